@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs distilset with its test tools; on Debian as root also
+# installs the offline Fashion-MNIST package. Torch is pinned to the CPU wheel on this machine's disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ -f "$FMNIST" ]; then
+  :
+elif [ "$(id -u)" = "0" ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null; then
+  echo "setup: installing Debian package dataset-fashion-mnist (offline Fashion-MNIST)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+else
+  echo "setup: note: not root on Debian, skipping dataset-fashion-mnist;" \
+       "Fashion-MNIST tests will skip (set DISTILSET_FASHION_MNIST_DIR to IDX files to enable them)"
+fi
+touch .venv/.distilset-installed

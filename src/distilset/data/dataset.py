@@ -1,0 +1,144 @@
+"""The in-memory dataset every method and the evaluation harness consume.
+
+Images are stored normalised, ``(x / 255 - mean) / std`` per channel (and ZCA-whitened when asked for);
+``DatasetInfo`` keeps what is needed to undo that for pictures and to rebuild the same preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from distilset.data.zca import ZCA
+from distilset.errors import DistilsetError
+
+# DSA strategies (REFERENCES.md): no flip for digit-like data, whose meaning changes under mirroring.
+DSA_WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
+DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a dataset: names, shape and the normalisation applied to its tensors."""
+
+    name: str
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dsa_strategy: str = DSA_WITH_FLIP
+    description: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "class_names": list(self.class_names),
+            "image_shape": list(self.image_shape),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "dsa_strategy": self.dsa_strategy,
+            "description": self.description,
+        }
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors plus metadata. ``train_x``: float32 (N, C, H, W); ``train_y``: int64 (N,)."""
+
+    info: DatasetInfo
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    zca: ZCA | None = field(default=None)
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def class_indices(self, c: int) -> torch.Tensor:
+        """Indices of the training examples of class ``c``."""
+        return torch.nonzero(self.train_y == c, as_tuple=True)[0]
+
+    def to(self, device: str | torch.device) -> Dataset:
+        return replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
+    def with_zca(self, eps: float = 0.1) -> Dataset:
+        """Fit ZCA whitening on the (normalised) training images and apply it to train and test."""
+        if self.zca is not None:
+            return self
+        zca = ZCA.fit(self.train_x, eps=eps)
+        return replace(self, train_x=zca.apply(self.train_x), test_x=zca.apply(self.test_x), zca=zca)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.info.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
+            f"classes={self.num_classes}, zca={self.zca is not None})"
+        )
+
+
+def from_arrays(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    class_names: tuple[str, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    scale: float = 255.0,
+    dsa_strategy: str = DSA_WITH_FLIP,
+    description: str = "",
+) -> Dataset:
+    """Build a normalised Dataset from raw arrays of shape (N, C, H, W) with values in [0, scale].
+
+    ``mean``/``std`` default to per-channel statistics of the training images (after dividing by ``scale``).
+    """
+    if train_x.ndim != 4 or test_x.ndim != 4:
+        raise DistilsetError(f"{name}: images must be (N, C, H, W), got {train_x.shape} and {test_x.shape}")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DistilsetError(f"{name}: train images {train_x.shape[1:]} and test {test_x.shape[1:]} differ")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise DistilsetError(f"{name}: image and label counts differ")
+    tx = torch.as_tensor(np.asarray(train_x, dtype=np.float32) / scale)
+    vx = torch.as_tensor(np.asarray(test_x, dtype=np.float32) / scale)
+    if mean is None or std is None:
+        mean = tuple(float(v) for v in tx.mean(dim=(0, 2, 3)))
+        std = tuple(max(float(v), 1e-6) for v in tx.std(dim=(0, 2, 3)))
+    if len(mean) != tx.shape[1] or len(std) != tx.shape[1]:
+        raise DistilsetError(f"{name}: mean/std need one value per channel ({tx.shape[1]})")
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    ty = torch.as_tensor(np.asarray(train_y, dtype=np.int64))
+    vy = torch.as_tensor(np.asarray(test_y, dtype=np.int64))
+    num_classes = int(max(ty.max(), vy.max())) + 1
+    if class_names is None:
+        class_names = tuple(str(c) for c in range(num_classes))
+    if len(class_names) < num_classes:
+        raise DistilsetError(f"{name}: labels go up to {num_classes - 1} but only {len(class_names)} class names")
+    info = DatasetInfo(
+        name=name,
+        class_names=tuple(class_names),
+        image_shape=tuple(int(d) for d in tx.shape[1:]),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        dsa_strategy=dsa_strategy,
+        description=description,
+    )
+    return Dataset(info, ((tx - m) / s).contiguous(), ty, ((vx - m) / s).contiguous(), vy)

@@ -1,0 +1,41 @@
+"""ZCA whitening fit on the training set and stored as tensors, so it can travel with a synthetic set.
+
+W = U diag(1 / sqrt(S + eps)) U^T from the covariance of the centred, flattened training images, as in
+MTT / KIP (Kornia's ``ZCAWhitening`` with ``eps=0.1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ZCA:
+    """A fitted whitening transform: ``apply(x) = (flatten(x) - mean) @ matrix``, shape preserved."""
+
+    mean: torch.Tensor  # (D,)
+    matrix: torch.Tensor  # (D, D), symmetric
+    eps: float = 0.1
+
+    @staticmethod
+    def fit(x: torch.Tensor, eps: float = 0.1) -> ZCA:
+        flat = x.reshape(len(x), -1).double()
+        mean = flat.mean(0)
+        centred = flat - mean
+        cov = centred.T @ centred / max(len(flat) - 1, 1)
+        evals, evecs = torch.linalg.eigh(cov)
+        evals = evals.clamp_min(0)
+        matrix = evecs @ torch.diag(1.0 / torch.sqrt(evals + eps)) @ evecs.T
+        return ZCA(mean.float(), matrix.float(), eps)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        return ((flat - self.mean.to(x)) @ self.matrix.to(x)).reshape(x.shape)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Map whitened images back to normalised pixel space (for pictures)."""
+        inverse = torch.linalg.inv(self.matrix.double()).to(x)
+        flat = x.reshape(len(x), -1)
+        return (flat @ inverse + self.mean.to(x)).reshape(x.shape)
