@@ -1,0 +1,140 @@
+"""DSA: differentiable siamese augmentation (Zhao & Bilen 2021), shared by distillation and evaluation.
+
+Every transform is built from arithmetic, ``affine_grid``/``grid_sample`` or gathers, so gradients reach the
+input images. One random transform from the strategy is applied per call (``color`` applies brightness,
+saturation and contrast together). With ``siamese=True`` one set of random parameters is drawn for the whole
+batch, and the same ``seed`` gives the same transform on a real and a synthetic batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distilset.errors import DistilsetError
+
+OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+@dataclass(frozen=True)
+class DSAParams:
+    """The DC/DSA parameters (REFERENCES.md)."""
+
+    scale: float = 1.2
+    rotate: float = 15.0  # degrees
+    crop: float = 0.125  # fraction of the side, translation with zero padding
+    cutout: float = 0.5  # fraction of the side
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+
+def check_strategy(strategy: str) -> list[str]:
+    ops = [o for o in strategy.split("_") if o]
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise DistilsetError(f"unknown DSA op(s) {bad or strategy!r} in strategy {strategy!r}; ops: {', '.join(OPS)}")
+    return ops
+
+
+def _rand(n: int, g: torch.Generator, siamese: bool, device) -> torch.Tensor:
+    r = torch.rand(1 if siamese else n, generator=g)
+    return r.expand(n).to(device) if siamese else r.to(device)
+
+
+def _randint(low: int, high: int, n: int, g: torch.Generator, siamese: bool, device) -> torch.Tensor:
+    r = torch.randint(low, high, (1 if siamese else n,), generator=g)
+    return r.expand(n).to(device) if siamese else r.to(device)
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, align_corners=True)
+
+
+def _scale(x, p, g, siamese):
+    n = len(x)
+    sx = _rand(n, g, siamese, x.device) * (p.scale - 1 / p.scale) + 1 / p.scale
+    sy = _rand(n, g, siamese, x.device) * (p.scale - 1 / p.scale) + 1 / p.scale
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1)
+    return _affine(x, theta)
+
+
+def _rotate(x, p, g, siamese):
+    n = len(x)
+    a = (_rand(n, g, siamese, x.device) - 0.5) * 2 * p.rotate / 180 * math.pi
+    zero = torch.zeros_like(a)
+    theta = torch.stack(
+        [torch.stack([a.cos(), a.sin(), zero], 1), torch.stack([-a.sin(), a.cos(), zero], 1)], 1
+    )
+    return _affine(x, theta)
+
+
+def _flip(x, p, g, siamese):
+    r = _rand(len(x), g, siamese, x.device) < 0.5
+    return torch.where(r.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def _color(x, p, g, siamese):
+    n = len(x)
+    x = x + (_rand(n, g, siamese, x.device).view(-1, 1, 1, 1) - 0.5) * p.brightness
+    m = x.mean(dim=1, keepdim=True)
+    x = (x - m) * (_rand(n, g, siamese, x.device).view(-1, 1, 1, 1) * p.saturation) + m
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * (_rand(n, g, siamese, x.device).view(-1, 1, 1, 1) + p.contrast) + m
+
+
+def _crop(x, p, g, siamese):
+    """Translate by up to crop * side pixels, filling with zeros (a gather, so gradients flow)."""
+    n, _, h, w = x.shape
+    sh, sw = int(h * p.crop + 0.5), int(w * p.crop + 0.5)
+    dy = _randint(-sh, sh + 1, n, g, siamese, x.device)
+    dx = _randint(-sw, sw + 1, n, g, siamese, x.device)
+    ys = torch.arange(h, device=x.device).view(1, h, 1) + dy.view(-1, 1, 1) + 1
+    xs = torch.arange(w, device=x.device).view(1, 1, w) + dx.view(-1, 1, 1) + 1
+    ys, xs = ys.clamp(0, h + 1).expand(n, h, w), xs.clamp(0, w + 1).expand(n, h, w)
+    padded = F.pad(x, [1, 1, 1, 1])  # out-of-range indices land on the zero border
+    b = torch.arange(n, device=x.device).view(-1, 1, 1).expand(n, h, w)
+    return padded.permute(0, 2, 3, 1)[b, ys, xs].permute(0, 3, 1, 2)
+
+
+def _cutout(x, p, g, siamese):
+    n, _, h, w = x.shape
+    ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
+    cy = _randint(0, h + (1 - ch % 2), n, g, siamese, x.device)
+    cx = _randint(0, w + (1 - cw % 2), n, g, siamese, x.device)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside_y = (ys >= (cy - ch // 2).view(-1, 1, 1)) & (ys < (cy - ch // 2 + ch).view(-1, 1, 1))
+    inside_x = (xs >= (cx - cw // 2).view(-1, 1, 1)) & (xs < (cx - cw // 2 + cw).view(-1, 1, 1))
+    mask = ~(inside_y & inside_x)
+    return x * mask.unsqueeze(1).to(x.dtype)
+
+
+_APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
+
+
+def dsa(
+    x: torch.Tensor,
+    strategy: str = "color_crop_cutout_flip_scale_rotate",
+    seed: int | None = None,
+    params: DSAParams = DSAParams(),
+    siamese: bool = True,
+) -> torch.Tensor:
+    """Apply one random DSA transform from ``strategy`` to the batch ``x`` (N, C, H, W).
+
+    ``seed``: the same seed gives the same op and parameters (pass it for a real and a synthetic batch);
+    ``None`` draws fresh randomness from the global generator. ``siamese``: one parameter set per batch
+    (distillation) instead of one per image (evaluation).
+    """
+    if x.ndim != 4:
+        raise DistilsetError(f"DSA expects images (N, C, H, W), got shape {tuple(x.shape)}")
+    ops = check_strategy(strategy)
+    g = torch.Generator()
+    g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+    op = ops[int(torch.randint(len(ops), (1,), generator=g).item())]
+    return _APPLY[op](x, params, g, siamese)

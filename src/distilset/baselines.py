@@ -1,0 +1,138 @@
+"""Baselines scored by the same harness: random real subset, class mean, k-means centroids, herding, full data.
+
+Each returns a SyntheticSet with ``ipc`` items per class (``full`` returns the whole training set).
+- random: ``ipc`` real training images per class, drawn without replacement.
+- mean: the class mean image for ipc 1; for ipc > 1 the means of ``ipc`` random, equal parts of the class.
+- kmeans: per class, the ``ipc`` centroids of k-means (k-means++ seeding, Lloyd iterations) in pixel space.
+- herding: per class, greedy herding (Welling 2009) in pixel space: each pick brings the running mean of the
+  picks closest to the class mean. (DC herds in the feature space of a trained ConvNet; pass ``embed`` to do
+  that.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from distilset.data.dataset import Dataset
+from distilset.errors import DistilsetError
+from distilset.synset import SyntheticSet
+
+BASELINES = ("random", "mean", "kmeans", "herding", "full")
+
+
+def _class_sizes_check(data: Dataset, ipc: int) -> None:
+    if ipc < 1:
+        raise DistilsetError(f"ipc must be >= 1, got {ipc}")
+    sizes = torch.bincount(data.train_y, minlength=data.num_classes)
+    smallest = int(sizes.min())
+    if ipc > smallest:
+        c = int(sizes.argmin())
+        raise DistilsetError(
+            f"ipc {ipc} is larger than class {c} ({data.info.class_names[c]!r}), which has {smallest} training "
+            f"images; use --ipc {smallest} or less"
+        )
+
+
+def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method: str, config: dict) -> SyntheticSet:
+    return SyntheticSet(
+        images=images.contiguous().clone(),
+        labels=labels.contiguous().clone(),
+        class_names=data.info.class_names,
+        mean=data.info.mean,
+        std=data.info.std,
+        dataset=data.info.name,
+        method=method,
+        zca=data.zca,
+        config=config,
+    )
+
+
+def _per_class(data: Dataset, ipc: int, pick: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor],
+               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for c in range(data.num_classes):
+        xc = data.train_x[data.class_indices(c)]
+        images.append(pick(xc, ipc, g))
+        labels.append(torch.full((ipc,), c, dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
+
+
+def _random(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    return xc[torch.randperm(len(xc), generator=g)[:k]]
+
+
+def _mean(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    parts = torch.randperm(len(xc), generator=g).chunk(k)
+    return torch.stack([xc[p].mean(0) for p in parts])
+
+
+def kmeans_centroids(x: torch.Tensor, k: int, g: torch.Generator, iters: int = 100) -> torch.Tensor:
+    """k-means on flattened ``x`` with k-means++ seeding; returns k centroids shaped like x's items."""
+    flat = x.reshape(len(x), -1).double()
+    first = int(torch.randint(len(flat), (1,), generator=g))
+    centres = [flat[first]]
+    d2 = ((flat - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
+        nxt = int(torch.multinomial(probs, 1, generator=g))
+        centres.append(flat[nxt])
+        d2 = torch.minimum(d2, ((flat - flat[nxt]) ** 2).sum(1))
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = torch.cdist(flat, c).argmin(1)
+        new = torch.stack([flat[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)])
+        if torch.allclose(new, c):
+            break
+        c = new
+    return c.to(x.dtype).reshape(k, *x.shape[1:])
+
+
+def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of k items chosen greedily so the running mean of the picks tracks the class mean."""
+    f = features.reshape(len(features), -1).double()
+    mu = f.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(mu)
+    available = torch.ones(len(f), dtype=torch.bool)
+    for t in range(1, k + 1):
+        dist = ((mu - (total + f) / t) ** 2).sum(1)
+        dist[~available] = float("inf")
+        i = int(dist.argmin())
+        chosen.append(i)
+        available[i] = False
+        total += f[i]
+    return torch.tensor(chosen)
+
+
+def baseline(
+    name: str,
+    data: Dataset,
+    ipc: int = 10,
+    seed: int = 0,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> SyntheticSet:
+    """Build baseline ``name`` (one of BASELINES) with ``ipc`` items per class."""
+    if name not in BASELINES:
+        raise DistilsetError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if name == "full":
+        return _make_set(data, data.train_x, data.train_y, "full", {"baseline": "full"})
+    _class_sizes_check(data, ipc)
+    config = {"baseline": name, "ipc": ipc, "seed": seed}
+    if name == "random":
+        images, labels = _per_class(data, ipc, _random, seed)
+    elif name == "mean":
+        images, labels = _per_class(data, ipc, _mean, seed)
+    elif name == "kmeans":
+        images, labels = _per_class(data, ipc, lambda xc, k, g: kmeans_centroids(xc, k, g), seed)
+    else:
+        def pick(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+            with torch.no_grad():
+                feats = embed(xc) if embed is not None else xc
+            return xc[herding_select(feats, k)]
+
+        images, labels = _per_class(data, ipc, pick, seed)
+        config["features"] = "embed" if embed is not None else "pixels"
+    return _make_set(data, images, labels, name, config)
