@@ -1,0 +1,152 @@
+"""The ``distilset`` command: a thin layer over the API (datasets, baseline, evaluate).
+
+User errors (unknown dataset, missing files, corrupt set, impossible ipc) print one line starting with
+``distilset: error:`` and exit with status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from distilset.baselines import BASELINES, baseline
+from distilset.data import list_datasets, load_dataset
+from distilset.errors import DistilsetError
+from distilset.evaluate import PROTOCOLS, evaluate
+from distilset.synset import SyntheticSet
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--dataset", required=required, help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH")
+    p.add_argument("--data-root", default=None, help="directory of raw dataset files (default $DISTILSET_DATA_ROOT)")
+    p.add_argument("--data-path", default=None, help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)")
+    p.add_argument("--download", action="store_true", help="download missing files (checksum-verified)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load(args: argparse.Namespace, zca: bool = False):
+    return load_dataset(args.dataset, root=args.data_root, download=args.download, path=args.data_path, zca=zca)
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistilsetError(f"--device {device} requested but no CUDA device is available; use --device cpu")
+
+
+def _net_kwargs(pairs: list[str] | None) -> dict:
+    out = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise DistilsetError(f"--net-arg expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    rows = list_datasets(args.data_root)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<15}{'shape':<12}{'classes':>8}  {'present':<8} description")
+    for r in rows:
+        shape = "x".join(map(str, r["image_shape"]))
+        print(f"{r['name']:<15}{shape:<12}{r['classes']:>8}  {'yes' if r['present'] else 'no':<8} {r['description']}")
+    print("also: npz:PATH (x_train, y_train[, x_test, y_test]) and folder:PATH (one sub-folder per class)")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    data = _load(args, zca=args.zca)
+    syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed)
+    out = syn.save(args.out)
+    print(f"wrote {len(syn)} images ({args.method}, ipc {args.ipc}, {data.info.name}) to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_device(args.device)
+    syn = SyntheticSet.load(args.dir)
+    if args.dataset is None:
+        if not syn.dataset:
+            raise DistilsetError("the set does not record its dataset; pass --dataset NAME")
+        args.dataset = syn.dataset
+    data = _load(args)
+    dsa = "auto" if args.dsa is None else (None if args.dsa == "none" else args.dsa)
+    result = evaluate(
+        syn, data, net=args.net, net_kwargs=_net_kwargs(args.net_arg) or None, protocol=args.protocol,
+        repeats=args.repeats, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, dsa_strategy=dsa,
+        seed=args.seed, device=args.device, progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"{args.dir}: {result}")
+        print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distilset", description="Dataset distillation: learn tiny training sets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list dataset sources and whether their files are present here")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("baseline", help="build a baseline set (random, mean, kmeans, herding, full)")
+    p.add_argument("method", choices=BASELINES)
+    _add_data_args(p)
+    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("evaluate", help="train fresh nets on a saved set and report test accuracy")
+    p.add_argument("dir", help="directory holding synset.json and synset.safetensors")
+    _add_data_args(p, required=False)
+    p.add_argument("--net", default=None, help="network (default: the set's own, else convnet)")
+    p.add_argument("--net-arg", action="append", metavar="KEY=VALUE", help="network option, e.g. width=32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="recipe for sets with learned lrs and step order, else standard")
+    p.add_argument("--epochs", type=int, default=None, help="standard protocol epochs (300; 1000 with DSA)")
+    p.add_argument("--lr", type=float, default=None, help="standard protocol lr (default: the set's, else 0.01)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dsa", default=None, help="DSA strategy, or 'none' (default: the set's own)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "device"):
+            _check_device(args.device)
+        return args.func(args)
+    except DistilsetError as e:
+        print(f"distilset: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distilset: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
