@@ -28,7 +28,10 @@ RNG = np.random.default_rng(0)
 def _idx_fixture(directory: Path, n_train: int = 50, n_test: int = 20, gz: bool = True) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".gz" if gz else ""
-    write_idx(directory / f"train-images-idx3-ubyte{suffix}", RNG.integers(0, 256, (n_train, 28, 28), dtype=np.uint8))
+    write_idx(
+        directory / f"train-images-idx3-ubyte{suffix}",
+        RNG.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+    )
     write_idx(directory / f"train-labels-idx1-ubyte{suffix}", (np.arange(n_train) % 10).astype(np.uint8))
     write_idx(directory / f"t10k-images-idx3-ubyte{suffix}", RNG.integers(0, 256, (n_test, 28, 28), dtype=np.uint8))
     write_idx(directory / f"t10k-labels-idx1-ubyte{suffix}", (np.arange(n_test) % 10).astype(np.uint8))

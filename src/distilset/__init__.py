@@ -1,10 +1,10 @@
 """distilset: dataset distillation in PyTorch, evaluated under one honest protocol.
 
-    import distilset as ds
-    data = ds.load_dataset("digits")
-    syn = ds.baseline("random", data, ipc=10)
-    print(ds.evaluate(syn, data, repeats=5))
-    syn.save("out/"); ds.SyntheticSet.load("out/")
+import distilset as ds
+data = ds.load_dataset("digits")
+syn = ds.baseline("random", data, ipc=10)
+print(ds.evaluate(syn, data, repeats=5))
+syn.save("out/"); ds.SyntheticSet.load("out/")
 """
 
 from distilset.baselines import baseline

@@ -68,9 +68,7 @@ def _rotate(x, p, g, siamese):
     n = len(x)
     a = (_rand(n, g, siamese, x.device) - 0.5) * 2 * p.rotate / 180 * math.pi
     zero = torch.zeros_like(a)
-    theta = torch.stack(
-        [torch.stack([a.cos(), a.sin(), zero], 1), torch.stack([-a.sin(), a.cos(), zero], 1)], 1
-    )
+    theta = torch.stack([torch.stack([a.cos(), a.sin(), zero], 1), torch.stack([-a.sin(), a.cos(), zero], 1)], 1)
     return _affine(x, theta)
 
 
@@ -115,7 +113,14 @@ def _cutout(x, p, g, siamese):
     return x * mask.unsqueeze(1).to(x.dtype)
 
 
-_APPLY = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
+_APPLY = {
+    "color": _color,
+    "crop": _crop,
+    "cutout": _cutout,
+    "flip": _flip,
+    "scale": _scale,
+    "rotate": _rotate,
+}
 
 
 def dsa(

@@ -49,8 +49,9 @@ def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method:
     )
 
 
-def _per_class(data: Dataset, ipc: int, pick: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor],
-               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_class(
+    data: Dataset, ipc: int, pick: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images, labels = [], []
     for c in range(data.num_classes):
@@ -128,6 +129,7 @@ def baseline(
     elif name == "kmeans":
         images, labels = _per_class(data, ipc, lambda xc, k, g: kmeans_centroids(xc, k, g), seed)
     else:
+
         def pick(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
             with torch.no_grad():
                 feats = embed(xc) if embed is not None else xc

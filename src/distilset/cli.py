@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -21,9 +20,17 @@ from distilset.synset import SyntheticSet
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH")
+    p.add_argument(
+        "--dataset",
+        required=required,
+        help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH",
+    )
     p.add_argument("--data-root", default=None, help="directory of raw dataset files (default $DISTILSET_DATA_ROOT)")
-    p.add_argument("--data-path", default=None, help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)")
+    p.add_argument(
+        "--data-path",
+        default=None,
+        help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)",
+    )
     p.add_argument("--download", action="store_true", help="download missing files (checksum-verified)")
 
 
@@ -85,9 +92,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _load(args)
     dsa = "auto" if args.dsa is None else (None if args.dsa == "none" else args.dsa)
     result = evaluate(
-        syn, data, net=args.net, net_kwargs=_net_kwargs(args.net_arg) or None, protocol=args.protocol,
-        repeats=args.repeats, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, dsa_strategy=dsa,
-        seed=args.seed, device=args.device, progress=not args.json and sys.stderr.isatty(),
+        syn,
+        data,
+        net=args.net,
+        net_kwargs=_net_kwargs(args.net_arg) or None,
+        protocol=args.protocol,
+        repeats=args.repeats,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        dsa_strategy=dsa,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.json and sys.stderr.isatty(),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -121,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", default=None, help="network (default: the set's own, else convnet)")
     p.add_argument("--net-arg", action="append", metavar="KEY=VALUE", help="network option, e.g. width=32")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                   help="recipe for sets with learned lrs and step order, else standard")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="recipe for sets with learned lrs and step order, else standard",
+    )
     p.add_argument("--epochs", type=int, default=None, help="standard protocol epochs (300; 1000 with DSA)")
     p.add_argument("--lr", type=float, default=None, help="standard protocol lr (default: the set's, else 0.01)")
     p.add_argument("--batch-size", type=int, default=256)

@@ -23,7 +23,9 @@ def main(out: str = "out/demo", ipc: int = 10, epochs: int = 100, repeats: int =
         res = ds.evaluate(syn, data, repeats=repeats, epochs=epochs)
         acc = f"{100 * res.accuracy_mean:.1f} ± {100 * res.accuracy_std:.1f}"
         print(f"| {name:<10} | {len(syn):>6} | {acc:>18} | {time.perf_counter() - t0:>8.1f} |")
-    print(f"\nsets and grid.png pictures in {out}/; evaluate one with: distilset evaluate {out}/kmeans --epochs {epochs}")
+    print(
+        f"\nsets and grid.png pictures in {out}/; evaluate one with: distilset evaluate {out}/kmeans --epochs {epochs}"
+    )
 
 
 if __name__ == "__main__":

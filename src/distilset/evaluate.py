@@ -80,7 +80,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     was_training = net.training
     net.eval()
     correct = 0
@@ -100,8 +100,7 @@ def train_standard(
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) with the standard protocol; y hard (N,) or soft (N, K)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(net.parameters(), protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
+    opt = torch.optim.SGD(net.parameters(), protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     net.train()
     n = len(x)
     for epoch in tqdm(range(protocol.epochs), desc="train", leave=False, disable=not progress):
@@ -130,8 +129,10 @@ def train_standard(
 def train_recipe(net: nn.Module, syn: SyntheticSet) -> nn.Module:
     """Replay the set's step order with its learned lrs: plain SGD steps, as Dataset Distillation trains."""
     if syn.lrs is None or syn.step_order is None:
-        raise DistilsetError("protocol 'recipe' needs a set with learned lrs and a step order "
-                             "(Dataset Distillation sets); use --protocol standard for this set")
+        raise DistilsetError(
+            "protocol 'recipe' needs a set with learned lrs and a step order "
+            "(Dataset Distillation sets); use --protocol standard for this set"
+        )
     params = [p for p in net.parameters() if p.requires_grad]
     device = params[0].device
     images, labels = syn.images.to(device), syn.labels.to(device)
@@ -149,8 +150,10 @@ def train_recipe(net: nn.Module, syn: SyntheticSet) -> nn.Module:
 def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != syn.image_shape:
-        raise DistilsetError(f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
-                             " evaluate on the dataset the set was made from")
+        raise DistilsetError(
+            f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
+            " evaluate on the dataset the set was made from"
+        )
     if data.num_classes != syn.num_classes:
         raise DistilsetError(f"set has {syn.num_classes} classes, {data.info.name} has {data.num_classes}")
     x = data.test_x
@@ -217,11 +220,15 @@ def evaluate(
     )
     if protocol == "recipe":
         if spec and net != spec.get("name"):
-            raise DistilsetError(f"the recipe was learned for net {spec.get('name')!r}; evaluate it with that net "
-                                 "or use --protocol standard")
+            raise DistilsetError(
+                f"the recipe was learned for net {spec.get('name')!r}; evaluate it with that net "
+                "or use --protocol standard"
+            )
         if syn.init_regime and syn.init_regime not in ("fixed", "random"):
-            raise DistilsetError(f"recipe evaluation of init regime {syn.init_regime!r} needs its pretrained pool; "
-                                 "use the method's own evaluator")
+            raise DistilsetError(
+                f"recipe evaluation of init regime {syn.init_regime!r} needs its pretrained pool; "
+                "use the method's own evaluator"
+            )
     seeds = [seed + r for r in range(repeats)]
     runs = []
     start = time.perf_counter()
@@ -233,7 +240,7 @@ def evaluate(
             train_recipe(model, syn)
         else:
             train_standard(model, x, y, cfg, seed=s, progress=progress)
-        runs.append(test_accuracy(model, test_x, test_y))
+        runs.append(accuracy(model, test_x, test_y))
     wall = time.perf_counter() - start
     mean = sum(runs) / len(runs)
     std = math.sqrt(sum((r - mean) ** 2 for r in runs) / len(runs))
@@ -254,5 +261,12 @@ def evaluate(
     )
 
 
-__all__ = ["EvalResult", "StandardProtocol", "evaluate", "soft_cross_entropy", "test_accuracy",
-           "train_recipe", "train_standard"]
+__all__ = [
+    "EvalResult",
+    "StandardProtocol",
+    "evaluate",
+    "soft_cross_entropy",
+    "accuracy",
+    "train_recipe",
+    "train_standard",
+]

@@ -90,8 +90,9 @@ class SyntheticSet:
         """Check shapes, dtypes and finiteness; raise SynsetFormatError naming the first problem."""
         n = len(self.images)
         if self.images.ndim not in (2, 4) or not self.images.is_floating_point():
-            raise SynsetFormatError(f"images must be float (N, C, H, W) or (N, D), got {self.images.dtype} "
-                                    f"{tuple(self.images.shape)}")
+            raise SynsetFormatError(
+                f"images must be float (N, C, H, W) or (N, D), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if n == 0:
             raise SynsetFormatError("a synthetic set needs at least one image")
         if not torch.isfinite(self.images).all():
@@ -100,12 +101,16 @@ class SyntheticSet:
             if self.labels.dtype != torch.int64:
                 raise SynsetFormatError(f"hard labels must be int64, got {self.labels.dtype}")
             if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-                raise SynsetFormatError(f"labels must lie in [0, {self.num_classes}), got "
-                                        f"[{int(self.labels.min())}, {int(self.labels.max())}]")
+                raise SynsetFormatError(
+                    f"labels must lie in [0, {self.num_classes}), got "
+                    f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+                )
         elif self.labels.ndim == 2:
             if not self.labels.is_floating_point() or self.labels.shape[1] != self.num_classes:
-                raise SynsetFormatError(f"soft labels must be float (N, {self.num_classes}), got "
-                                        f"{self.labels.dtype} {tuple(self.labels.shape)}")
+                raise SynsetFormatError(
+                    f"soft labels must be float (N, {self.num_classes}), got "
+                    f"{self.labels.dtype} {tuple(self.labels.shape)}"
+                )
             if not torch.isfinite(self.labels).all():
                 raise SynsetFormatError("soft labels contain NaN or inf")
         else:
@@ -122,8 +127,10 @@ class SyntheticSet:
             raise SynsetFormatError("lrs and step_order come together (recipe sets need both)")
         if self.lrs is not None and self.step_order is not None:
             if self.lrs.ndim != 1 or self.step_order.ndim != 2 or len(self.lrs) != len(self.step_order):
-                raise SynsetFormatError(f"lrs (T,) and step_order (T, B) disagree: {tuple(self.lrs.shape)} vs "
-                                        f"{tuple(self.step_order.shape)}")
+                raise SynsetFormatError(
+                    f"lrs (T,) and step_order (T, B) disagree: {tuple(self.lrs.shape)} vs "
+                    f"{tuple(self.step_order.shape)}"
+                )
             if self.step_order.dtype != torch.int64 or self.step_order.min() < 0 or self.step_order.max() >= n:
                 raise SynsetFormatError(f"step_order must hold int64 item indices in [0, {n})")
             if not torch.isfinite(self.lrs).all():
@@ -179,8 +186,9 @@ class SyntheticSet:
             "net": self.net,
             "config": self.config,
             "extra": self.extra,
-            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                        for k, v in tensors.items()},
+            "tensors": {
+                k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
+            },
         }
         _atomic_write(out / TENSOR_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
         _atomic_write(out / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=_json)))
@@ -193,8 +201,10 @@ class SyntheticSet:
         """Read a set written by ``save``; raise SynsetFormatError on anything malformed."""
         d = Path(directory)
         if not (d / META_FILE).exists() or not (d / TENSOR_FILE).exists():
-            raise SynsetFormatError(f"{d} is not a saved synthetic set: need {META_FILE} and {TENSOR_FILE} "
-                                    "(made by `distilset distill` or `distilset baseline`)")
+            raise SynsetFormatError(
+                f"{d} is not a saved synthetic set: need {META_FILE} and {TENSOR_FILE} "
+                "(made by `distilset distill` or `distilset baseline`)"
+            )
         try:
             meta = json.loads((d / META_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -202,8 +212,10 @@ class SyntheticSet:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise SynsetFormatError(f"{d / META_FILE} is not a distilset synset file (format field missing)")
         if meta.get("version") != VERSION:
-            raise SynsetFormatError(f"{d} has synset format version {meta.get('version')}; this distilset reads "
-                                    f"version {VERSION}: upgrade distilset or re-export the set")
+            raise SynsetFormatError(
+                f"{d} has synset format version {meta.get('version')}; this distilset reads "
+                f"version {VERSION}: upgrade distilset or re-export the set"
+            )
         try:
             tensors = load_file(str(d / TENSOR_FILE))
         except (SafetensorError, OSError, ValueError) as e:
@@ -214,8 +226,10 @@ class SyntheticSet:
         for k, v in tensors.items():
             want = listing[k]
             if list(v.shape) != want.get("shape") or str(v.dtype).removeprefix("torch.") != want.get("dtype"):
-                raise SynsetFormatError(f"{d}: tensor {k} is {str(v.dtype)} {list(v.shape)}, listed as "
-                                        f"{want.get('dtype')} {want.get('shape')}; the files do not belong together")
+                raise SynsetFormatError(
+                    f"{d}: tensor {k} is {str(v.dtype)} {list(v.shape)}, listed as "
+                    f"{want.get('dtype')} {want.get('shape')}; the files do not belong together"
+                )
         for key in ("images", "labels", "class_names", "mean", "std"):
             if key not in tensors and key not in meta:
                 raise SynsetFormatError(f"{d}: missing {key}")

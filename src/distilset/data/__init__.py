@@ -4,4 +4,13 @@ from distilset.data.dataset import Dataset, DatasetInfo, from_arrays
 from distilset.data.registry import SOURCES, default_root, list_datasets, load_dataset
 from distilset.data.zca import ZCA
 
-__all__ = ["Dataset", "DatasetInfo", "ZCA", "SOURCES", "default_root", "from_arrays", "list_datasets", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "DatasetInfo",
+    "ZCA",
+    "SOURCES",
+    "default_root",
+    "from_arrays",
+    "list_datasets",
+    "load_dataset",
+]

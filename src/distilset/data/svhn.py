@@ -12,7 +12,10 @@ from distilset.errors import DatasetNotFoundError, DistilsetError
 
 URL = "http://ufldl.stanford.edu/housenumbers/"
 # torchvision's published checksums for the two files.
-FILES = {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"}
+FILES = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+}
 
 
 def svhn_present(root: Path) -> bool:

@@ -29,7 +29,11 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         for d in range(depth):
             pad = 3 if d == 0 and (h, w) == (28, 28) else 1
-            layers += [nn.Conv2d(channels, width, 3, padding=pad), norm_layer(norm, width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=pad),
+                norm_layer(norm, width),
+                nn.ReLU(inplace=True),
+            ]
             h, w = h + 2 * pad - 2, w + 2 * pad - 2
             layers.append(pool_layer(pooling))
             if pooling != "none":

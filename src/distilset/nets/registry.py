@@ -17,7 +17,7 @@ def register_net(name: str, **defaults):
     """Decorator: register a constructor ``fn(in_shape, num_classes, **kw)`` under ``name``."""
 
     def wrap(fn):
-        NETS[name] = (lambda in_shape, num_classes, **kw: fn(in_shape, num_classes, **{**defaults, **kw}))
+        NETS[name] = lambda in_shape, num_classes, **kw: fn(in_shape, num_classes, **{**defaults, **kw})
         NETS[name].__doc__ = fn.__doc__
         return fn
 

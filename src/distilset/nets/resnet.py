@@ -37,7 +37,9 @@ class ResNet(nn.Module):
         norm: str = "instance",
     ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), norm_layer(norm, width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), norm_layer(norm, width), nn.ReLU()
+        )
         stages, cin = [], width
         for i, n in enumerate(blocks):
             cout = width * 2**i

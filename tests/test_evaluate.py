@@ -1,0 +1,113 @@
+"""The evaluation harness: standard and recipe protocols, soft labels, preprocessing carried by the set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import distilset as ds
+from distilset.errors import DistilsetError
+from distilset.evaluate import accuracy, soft_cross_entropy, train_recipe
+from distilset.nets import create_net
+from distilset.synset import SyntheticSet
+
+SMALL = {"width": 32}
+
+
+def test_standard_protocol_learns_from_real_subset(digits):
+    syn = ds.baseline("random", digits, ipc=10, seed=0)
+    res = ds.evaluate(syn, digits, net_kwargs=SMALL, repeats=2, epochs=150, lr=0.05)
+    assert res.accuracy_mean > 0.70  # chance is 0.10
+    assert res.protocol == "standard" and res.epochs == 150 and res.seeds == [0, 1] and len(res.runs) == 2
+    assert res.settings["lr"] == 0.05 and res.wall_time_s > 0
+    assert res.to_json()["accuracy_mean"] == res.accuracy_mean
+
+
+def test_same_seed_same_result_and_dsa_changes_training(digits):
+    syn = ds.baseline("random", digits, ipc=5, seed=1)
+    kw = {"net_kwargs": SMALL, "repeats": 1, "epochs": 40, "lr": 0.05}
+    a, b = ds.evaluate(syn, digits, **kw), ds.evaluate(syn, digits, **kw)
+    assert a.runs == b.runs and a.accuracy_mean > 0.3
+    c = ds.evaluate(syn, digits, dsa_strategy="crop_scale_rotate", **kw)
+    assert c.settings["dsa_strategy"] == "crop_scale_rotate" and c.runs != a.runs
+
+
+def test_soft_cross_entropy_matches_hard_for_one_hot():
+    logits = torch.randn(5, 4)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    assert torch.allclose(soft_cross_entropy(logits, y), soft_cross_entropy(logits, torch.eye(4)[y]))
+
+
+def test_soft_labels_train(digits):
+    syn = ds.baseline("kmeans", digits, ipc=3)
+    soft = SyntheticSet(syn.images, torch.eye(10)[syn.labels] * 0.9 + 0.01, syn.class_names, syn.mean, syn.std)
+    res = ds.evaluate(soft, digits, net="mlp", repeats=1, epochs=100, lr=0.05)
+    assert res.accuracy_mean > 0.6
+
+
+def test_recipe_replays_learned_steps_exactly(digits):
+    """A recipe set of 3 steps evaluated twice from its fixed init gives the same net as a manual replay."""
+    net = create_net("mlp", (1, 8, 8), 10, seed=3)
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    base = ds.baseline("mean", digits, ipc=1)
+    syn = SyntheticSet(
+        base.images,
+        base.labels,
+        base.class_names,
+        base.mean,
+        base.std,
+        lrs=torch.tensor([0.5, 0.3, 0.1]),
+        step_order=torch.arange(10).repeat(3, 1),
+        init_params=init,
+        init_regime="fixed",
+        net={"name": "mlp", "kwargs": {}, "init": "default"},
+    )
+    res = ds.evaluate(syn, digits, repeats=2)
+    assert res.protocol == "recipe" and res.runs[0] == res.runs[1]
+    manual = create_net("mlp", (1, 8, 8), 10, seed=99)
+    manual.load_state_dict(init)
+    for lr in (0.5, 0.3, 0.1):
+        loss = soft_cross_entropy(manual(base.images), base.labels)
+        grads = torch.autograd.grad(loss, list(manual.parameters()))
+        with torch.no_grad():
+            for p, g in zip(manual.parameters(), grads, strict=True):
+                p -= lr * g
+    assert abs(accuracy(manual, digits.test_x, digits.test_y) - res.runs[0]) < 1e-9
+    assert res.accuracy_mean > 0.3  # three steps on class means already beat chance (0.1)
+    with pytest.raises(DistilsetError, match="learned for net 'mlp'"):
+        ds.evaluate(syn, digits, net="convnet", protocol="recipe")
+
+
+def test_recipe_requires_learned_lrs(digits):
+    syn = ds.baseline("random", digits, ipc=1)
+    with pytest.raises(DistilsetError, match="use --protocol standard"):
+        train_recipe(create_net("mlp", (1, 8, 8), 10), syn)
+
+
+def test_test_data_follows_the_sets_normalisation(digits):
+    """A set stored with other mean/std is evaluated on test images mapped into its own space."""
+    syn = ds.baseline("random", digits, ipc=10)
+    c = torch.tensor(digits.info.std).view(1, 1, 1, 1)
+    m = torch.tensor(digits.info.mean).view(1, 1, 1, 1)
+    pixels = syn.images * c + m
+    other = SyntheticSet((pixels - 0.5) / 0.5, syn.labels, syn.class_names, mean=(0.5,), std=(0.5,))
+    kw = {"net": "mlp", "repeats": 1, "epochs": 60, "lr": 0.05}
+    assert ds.evaluate(other, digits, **kw).accuracy_mean > 0.7
+    zca_data = digits.with_zca()
+    zsyn = ds.baseline("random", zca_data, ipc=10)
+    assert zsyn.zca is not None
+    assert ds.evaluate(zsyn, digits, **kw).accuracy_mean > 0.6  # the set's ZCA is applied to raw test data
+
+
+def test_mismatched_dataset_is_refused(digits):
+    syn = SyntheticSet(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), ("a", "b"))
+    with pytest.raises(DistilsetError, match="evaluate on the dataset the set was made from"):
+        ds.evaluate(syn, digits)
+    with pytest.raises(DistilsetError, match="unknown protocol"):
+        ds.evaluate(ds.baseline("random", digits, ipc=1), digits, protocol="best")
+
+
+def test_divergence_is_reported(digits):
+    syn = ds.baseline("random", digits, ipc=2)
+    with pytest.raises(DistilsetError, match="diverged.*lower the lr"):
+        ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=50, lr=1e6)
