@@ -65,3 +65,10 @@ def test_full_and_errors(digits):
         ds.baseline("random", digits, ipc=1000)
     with pytest.raises(DistilsetError, match="unknown baseline"):
         ds.baseline("coreset", digits, ipc=1)
+
+
+def test_every_baseline_gives_exactly_ipc_per_class_at_large_ipc(digits):
+    # 139 images split into 50 parts: torch.chunk would give only 47 parts; each class must still get 50.
+    for name in ("random", "mean", "kmeans", "herding"):
+        syn = ds.baseline(name, digits, ipc=50)
+        assert torch.bincount(syn.labels).tolist() == [50] * 10, name

@@ -11,6 +11,7 @@ from distilset.baselines import baseline
 from distilset.data import Dataset, list_datasets, load_dataset
 from distilset.errors import DistilsetError
 from distilset.evaluate import EvalResult, evaluate
+from distilset.methods import distill
 from distilset.nets import create_net, list_nets
 from distilset.synset import SyntheticSet
 
@@ -22,6 +23,7 @@ __all__ = [
     "SyntheticSet",
     "baseline",
     "create_net",
+    "distill",
     "evaluate",
     "list_datasets",
     "list_nets",

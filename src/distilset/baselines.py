@@ -66,7 +66,7 @@ def _random(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _mean(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    parts = torch.randperm(len(xc), generator=g).chunk(k)
+    parts = torch.randperm(len(xc), generator=g).tensor_split(k)  # exactly k parts (chunk may give fewer)
     return torch.stack([xc[p].mean(0) for p in parts])
 
 

@@ -1,4 +1,4 @@
-"""The ``distilset`` command: a thin layer over the API (datasets, baseline, evaluate).
+"""The ``distilset`` command: a thin layer over the API (datasets, distill, baseline, evaluate).
 
 User errors (unknown dataset, missing files, corrupt set, impossible ipc) print one line starting with
 ``distilset: error:`` and exit with status 2; nothing else is caught.
@@ -16,6 +16,8 @@ from distilset.baselines import BASELINES, baseline
 from distilset.data import list_datasets, load_dataset
 from distilset.errors import DistilsetError
 from distilset.evaluate import PROTOCOLS, evaluate
+from distilset.methods import METHODS, distill
+from distilset.methods.presets import PRESETS, get_preset
 from distilset.synset import SyntheticSet
 
 
@@ -114,6 +116,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_attack(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError as e:
+        raise DistilsetError(f"--attack expects ATTACK_CLASS:TARGET_CLASS (e.g. 0:1), got {text!r}") from e
+    return a, b
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    preset = get_preset(args.preset) if args.preset else None
+    if preset is not None:
+        args.dataset = args.dataset or preset.dataset
+        args.iterations = args.iterations or preset.iterations
+    if args.dataset is None:
+        raise DistilsetError("--dataset is required (or a --preset that names one)")
+    options = dict(preset.options) if preset else {}
+    explicit = {
+        "ipc": args.ipc, "steps": args.steps, "epochs": args.epochs, "items": args.items, "init": args.init,
+        "n_nets": args.n_nets, "net": args.net, "lr": args.lr, "init_lr": args.init_lr,
+        "real_batch": args.real_batch, "label_init": args.label_init, "memory": args.memory,
+        "segment": args.segment, "decay_epochs": args.decay_epochs, "attack": _parse_attack(args.attack),
+        "pool_size": args.pool_size, "pretrain_epochs": args.pretrain_epochs,
+    }  # fmt: skip
+    options.update({k: v for k, v in explicit.items() if v is not None})
+    if args.net_arg:
+        options["net_kwargs"] = _net_kwargs(args.net_arg)
+    if args.soft_labels:
+        options["soft_labels"] = True
+    if args.pretrain_classes:
+        options["pretrain_classes"] = tuple(int(c) for c in args.pretrain_classes.split(","))
+    data = _load(args)
+    syn = distill(
+        args.method, data, iterations=args.iterations or 400, out=args.out, seed=args.seed, device=args.device,
+        resume=args.resume, progress=sys.stderr.isatty(), checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, **options,
+    )  # fmt: skip
+    print(f"wrote {len(syn)} distilled images ({args.method}, {data.info.name}, init {syn.init_regime}) to {args.out}")
+    if args.evaluate:
+        res = evaluate(syn, data, repeats=args.evaluate, device=args.device)
+        print(f"recipe evaluation: {res}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distilset", description="Dataset distillation: learn tiny training sets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +178,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
     _add_run_args(p)
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("distill", help="distill a dataset into a small synthetic set")
+    p.add_argument("method", choices=METHODS)
+    _add_data_args(p, required=False)
+    p.add_argument("--out", required=True, help="output directory (set, grid.png, history.json, checkpoint/)")
+    p.add_argument("--preset", default=None, help=f"named settings: {', '.join(PRESETS)}")
+    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 400 or the preset's)")
+    p.add_argument(
+        "--ipc", type=int, default=None, help="dd: images per class per step (the set holds steps x classes x ipc)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="dd: distilled batches (default 10)")
+    p.add_argument("--epochs", type=int, default=None, help="dd: passes over the distilled batches (default 3)")
+    p.add_argument("--items", type=int, default=None, help="dd: items per step instead of classes x ipc (soft labels)")
+    p.add_argument("--init", default=None, help="dd: fixed | random | fixed-pretrained | random-pretrained")
+    p.add_argument("--n-nets", type=int, default=None, help="dd: inits per outer iteration")
+    p.add_argument("--net", default=None, help="network (dd default lenet)")
+    p.add_argument("--net-arg", action="append", metavar="KEY=VALUE", help="network option, e.g. width=32")
+    p.add_argument("--lr", type=float, default=None, help="outer (Adam) learning rate, default 0.01")
+    p.add_argument("--init-lr", type=float, default=None, help="dd: initial inner lr, default 0.02")
+    p.add_argument("--decay-epochs", type=float, default=None, help="dd: halve the outer lr every N real epochs (40)")
+    p.add_argument("--real-batch", type=int, default=None, help="real images per outer iteration (1024)")
+    p.add_argument("--soft-labels", action="store_true", help="dd: learn a label vector per item")
+    p.add_argument("--label-init", default=None, help="dd soft labels: onehot | random")
+    p.add_argument("--attack", default=None, metavar="A:B", help="dd: poisoning, make class A read as class B")
+    p.add_argument("--pool-size", type=int, default=None, help="dd: pretrained nets in the pool")
+    p.add_argument("--pretrain-classes", default=None, help="dd: pretrain the pool on these classes only, e.g. 0,1,2")
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="dd: epochs of pool pretraining (5)")
+    p.add_argument("--memory", default=None, help="plain | checkpoint (sub-linear memory in the unroll length)")
+    p.add_argument("--segment", type=int, default=None, help="checkpoint segment length (default sqrt(T))")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=0, help="record a quick recipe accuracy every N iterations")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
+    p.add_argument("--evaluate", type=int, default=0, metavar="R", help="evaluate the result with R nets")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="train fresh nets on a saved set and report test accuracy")
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")

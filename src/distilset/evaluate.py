@@ -147,6 +147,15 @@ def train_recipe(net: nn.Module, syn: SyntheticSet) -> nn.Module:
     return net
 
 
+def _load_init(model: nn.Module, theta0: dict[str, torch.Tensor]) -> None:
+    """Load stored initial parameters (buffers may be absent: they keep the fresh net's values)."""
+    device = next(model.parameters()).device
+    missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in theta0.items()}, strict=False)
+    params = dict(model.named_parameters())
+    if unexpected or any(k in params for k in missing):
+        raise DistilsetError(f"stored init does not fit net: missing {missing}, unexpected {unexpected}")
+
+
 def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != syn.image_shape:
@@ -188,6 +197,7 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    init_pool: list[dict[str, torch.Tensor]] | None = None,
 ) -> EvalResult:
     """Train ``repeats`` fresh nets on ``syn`` and test them on ``data``'s test split.
 
@@ -232,11 +242,14 @@ def evaluate(
     seeds = [seed + r for r in range(repeats)]
     runs = []
     start = time.perf_counter()
-    for s in tqdm(seeds, desc=f"evaluate ({protocol})", disable=not progress):
+    for r, s in enumerate(tqdm(seeds, desc=f"evaluate ({protocol})", disable=not progress)):
         model = create_net(net, syn.image_shape, syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
         if protocol == "recipe":
-            if syn.init_regime == "fixed" and syn.init_params:
-                model.load_state_dict({k: v.to(device) for k, v in syn.init_params.items()})
+            theta0 = syn.init_params if syn.init_params else None
+            if syn.init_regime == "random-pretrained" and init_pool:
+                theta0 = init_pool[r % len(init_pool)]
+            if theta0 is not None:
+                _load_init(model, theta0)
             train_recipe(model, syn)
         else:
             train_standard(model, x, y, cfg, seed=s, progress=progress)
