@@ -225,13 +225,18 @@ class DatasetDistillation:
         return {"loss": total_loss, "lr_mean": float(lrs.mean()), "lr_min": float(lrs.min())}
 
     # ---- checkpointing ----------------------------------------------------------------------------------
+    def _identity(self) -> str:
+        """The settings a checkpoint must share to be resumed (the outer lr schedule may change)."""
+        fields = {k: v for k, v in asdict(self.cfg).items() if k not in ("lr", "decay_epochs", "decay_factor")}
+        return repr({**fields, "seed": self.seed})
+
     def state_dict(self) -> dict[str, Any]:
         state = {
             "images": self.images.detach().cpu(),
             "raw_lrs": self.raw_lrs.detach().cpu(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "config": repr(asdict(self.cfg)),
+            "config": self._identity(),
         }
         if self.labels is not None:
             state["labels"] = self.labels.detach().cpu()
@@ -242,9 +247,11 @@ class DatasetDistillation:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != repr(asdict(self.cfg)):
-            raise DistilsetError("the checkpoint was made with other settings; resume with the same options "
-                                 "or start a new --out directory")  # fmt: skip
+        if state.get("config") != self._identity():
+            raise DistilsetError(
+                "the checkpoint was made with other settings; resume with the same options (only --lr and the "
+                "decay may change) or start a new --out directory"
+            )
         with torch.no_grad():
             self.images.copy_(state["images"])
             self.raw_lrs.copy_(state["raw_lrs"])

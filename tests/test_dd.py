@@ -1,0 +1,150 @@
+"""Dataset Distillation: every init regime and objective lowers its loss, soft labels, resume, NaN stop,
+recipe evaluation, and the digits floors of the fast check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import distilset as ds
+from distilset.cli import main
+from distilset.errors import DistilsetError
+from distilset.evaluate import accuracy, train_recipe
+from distilset.methods.dd import DatasetDistillation, DDConfig
+from distilset.nets import create_net
+
+FAST = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256}
+
+
+def _losses(dd: DatasetDistillation, n: int) -> list[float]:
+    return [dd.step(i)["loss"] for i in range(n)]
+
+
+@pytest.mark.parametrize("init", ["fixed", "random", "fixed-pretrained", "random-pretrained"])
+def test_every_init_regime_lowers_the_loss(digits, init):
+    cfg = DDConfig(init=init, n_nets=2, pool_size=3, pretrain_epochs=3, lr=0.05, init_lr=0.05, **FAST)
+    if init.endswith("pretrained"):  # adaptation: the pool only saw classes 0-4
+        cfg = DDConfig(**{**cfg.__dict__, "pretrain_classes": (0, 1, 2, 3, 4)})
+    dd = DatasetDistillation(digits, cfg, seed=0)
+    losses = _losses(dd, 60)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    syn = dd.synthetic_set()
+    assert len(syn) == 2 * 10 and syn.init_regime == init and len(syn.lrs) == 4
+    assert (syn.init_params is not None) == init.startswith("fixed")
+
+
+def test_poisoning_attack_makes_the_attacked_class_fail(digits):
+    cfg = DDConfig(init="fixed-pretrained", net="mlp", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=20)
+    dd = DatasetDistillation(digits, cfg, seed=0)
+    losses = _losses(dd, 100)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    net = create_net("mlp", (1, 8, 8), 10)
+    net.load_state_dict(dd.pool[0])
+    attacked = digits.test_y == 0
+    before = accuracy(net, digits.test_x[attacked], digits.test_y[attacked])
+    train_recipe(net, dd.synthetic_set())  # one step on the distilled data
+    after = accuracy(net, digits.test_x[attacked], digits.test_y[attacked])
+    others = accuracy(net, digits.test_x[~attacked], digits.test_y[~attacked])
+    assert before > 0.9 and after < 0.3 and others > 0.8, (before, after, others)
+
+
+def test_soft_labels_with_fewer_items_than_classes(digits):
+    cfg = DDConfig(init="fixed", soft_labels=True, items=5, label_init="random", lr=0.02, **FAST)
+    dd = DatasetDistillation(digits, cfg, seed=0)
+    start = dd.labels.detach().clone()
+    losses = _losses(dd, 60)
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+    syn = dd.synthetic_set()
+    assert syn.images.shape == (10, 1, 8, 8) and syn.labels.shape == (10, 10) and syn.soft
+    assert not torch.allclose(syn.labels, start)  # the labels were learned
+    res = ds.evaluate(syn, digits, protocol="recipe", repeats=1)
+    assert res.accuracy_mean > 0.2  # 5 items per step for 10 classes still beat chance
+
+
+def test_hard_items_must_cover_classes(digits):
+    with pytest.raises(DistilsetError, match="--soft-labels"):
+        DatasetDistillation(digits, DDConfig(items=5, **FAST))
+    with pytest.raises(DistilsetError, match="unknown init regime"):
+        DatasetDistillation(digits, DDConfig(init="pretrained", **FAST))
+
+
+def test_checkpoint_memory_path_matches_plain(digits):
+    a = DatasetDistillation(digits, DDConfig(init="fixed", **FAST), seed=1)
+    b = DatasetDistillation(digits, DDConfig(init="fixed", memory="checkpoint", segment=2, **FAST), seed=1)
+    for i in range(3):
+        la, lb = a.step(i)["loss"], b.step(i)["loss"]
+        assert la == pytest.approx(lb, abs=1e-5)
+    assert torch.allclose(a.images, b.images, atol=1e-5)
+
+
+def test_resume_continues_bit_for_bit(digits, tmp_path):
+    opts = {"init": "random", "n_nets": 1, **FAST}
+    full = ds.distill("dd", digits, iterations=6, out=tmp_path / "full", checkpoint_every=3, **opts)
+    ds.distill("dd", digits, iterations=3, out=tmp_path / "part", **opts)
+    resumed = ds.distill("dd", digits, iterations=6, out=tmp_path / "part", resume=True, **opts)
+    assert torch.equal(full.images, resumed.images) and torch.equal(full.lrs, resumed.lrs)
+    h_full = json.loads((tmp_path / "full" / "history.json").read_text())
+    h_part = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert [r["loss"] for r in h_full] == [r["loss"] for r in h_part] and len(h_part) == 6
+    with pytest.raises(DistilsetError, match="other settings"):
+        ds.distill("dd", digits, iterations=8, out=tmp_path / "part", resume=True, **{**opts, "steps": 3})
+
+
+def test_nan_stops_after_saving_the_last_good_state(digits, tmp_path, monkeypatch):
+    original = DatasetDistillation._real_batch
+    calls = {"n": 0}
+
+    def poisoned(self):
+        x, y = original(self)
+        calls["n"] += 1
+        return (x * float("nan"), y) if calls["n"] == 4 else (x, y)
+
+    monkeypatch.setattr(DatasetDistillation, "_real_batch", poisoned)
+    with pytest.raises(DistilsetError, match=r"outer loss is nan at outer iteration 3.*saved in .*--resume"):
+        ds.distill("dd", digits, iterations=10, out=tmp_path, init="fixed", **FAST)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
+    assert state["iteration"] == 3 and torch.isfinite(state["distiller"]["images"]).all()
+    monkeypatch.setattr(DatasetDistillation, "_real_batch", original)
+    syn = ds.distill("dd", digits, iterations=5, out=tmp_path, resume=True, init="fixed", lr=0.005, **FAST)
+    assert torch.isfinite(syn.images).all()
+
+
+def test_recipe_evaluation_reproduces_distillation_time_accuracy(digits, tmp_path):
+    syn = ds.distill("dd", digits, iterations=20, out=tmp_path, eval_every=20, init="fixed", **FAST)
+    history = json.loads((tmp_path / "history.json").read_text())
+    loaded = ds.SyntheticSet.load(tmp_path)
+    res = ds.evaluate(loaded, digits)
+    assert res.protocol == "recipe" and res.runs[0] == history[-1]["acc"]
+    assert torch.equal(loaded.images, syn.images)
+    std = ds.evaluate(loaded, digits, protocol="standard", repeats=1, epochs=20)
+    assert std.protocol == "standard" and std.net == "mlp"
+
+
+def test_cli_distill_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "dd"
+    code = main(["distill", "dd", "--dataset", "digits", "--net", "mlp", "--steps", "2", "--epochs", "1",
+                 "--iterations", "5", "--out", str(out), "--evaluate", "1"])  # fmt: skip
+    assert code == 0 and (out / "grid.png").exists() and (out / "checkpoint" / "state.pt").exists()
+    assert "recipe evaluation" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocol"] == "recipe"
+    assert main(["distill", "dd", "--dataset", "digits", "--attack", "zero", "--out", str(out)]) == 2
+    assert "ATTACK_CLASS:TARGET_CLASS" in capsys.readouterr().err
+    assert main(["distill", "dd", "--preset", "nope", "--out", str(out)]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+# --- the fast check of the issue: floors from a 30-line script, on digits, about a minute each ----------
+
+
+def test_fast_check_fixed_init_digits(digits):
+    syn = ds.distill("dd", digits, iterations=400, **ds.methods.presets.PRESETS["dd-digits-fixed"].options)
+    assert len(syn) == 100 and len(syn.lrs) == 30
+    assert ds.evaluate(syn, digits, repeats=1).accuracy_mean >= 0.93
+
+
+def test_fast_check_random_init_digits(digits):
+    syn = ds.distill("dd", digits, iterations=400, **ds.methods.presets.PRESETS["dd-digits-random"].options)
+    assert ds.evaluate(syn, digits, repeats=10, seed=1000).accuracy_mean >= 0.82
