@@ -148,3 +148,24 @@ def test_fast_check_fixed_init_digits(digits):
 def test_fast_check_random_init_digits(digits):
     syn = ds.distill("dd", digits, iterations=400, **ds.methods.presets.PRESETS["dd-digits-random"].options)
     assert ds.evaluate(syn, digits, repeats=10, seed=1000).accuracy_mean >= 0.82
+
+
+def test_pretrained_sets_evaluate_from_their_inits(digits):
+    cfg = DDConfig(init="random-pretrained", pool_size=2, pretrain_epochs=2, **FAST)
+    dd = DatasetDistillation(digits, cfg, seed=0)
+    dd.step(0)
+    syn = dd.synthetic_set()
+    with pytest.raises(DistilsetError, match="init_pool"):
+        ds.evaluate(syn, digits, protocol="recipe")
+    res = ds.evaluate(syn, digits, protocol="recipe", repeats=2, init_pool=dd.pool)
+    manual = []
+    for state in dd.pool:
+        net = create_net("mlp", (1, 8, 8), 10)
+        net.load_state_dict(state)
+        train_recipe(net, syn)
+        manual.append(accuracy(net, digits.test_x, digits.test_y))
+    assert res.runs == manual
+    fixed = DatasetDistillation(digits, DDConfig(init="fixed-pretrained", pretrain_epochs=2, **FAST), seed=0)
+    fixed_set = fixed.synthetic_set()
+    assert torch.equal(fixed_set.init_params["classifier.weight"], fixed.pool[0]["classifier.weight"])
+    assert ds.evaluate(fixed_set, digits, protocol="recipe", repeats=1).runs[0] > 0.1

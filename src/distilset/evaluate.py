@@ -234,10 +234,10 @@ def evaluate(
                 f"the recipe was learned for net {spec.get('name')!r}; evaluate it with that net "
                 "or use --protocol standard"
             )
-        if syn.init_regime and syn.init_regime not in ("fixed", "random"):
+        if syn.init_regime == "random-pretrained" and not init_pool:
             raise DistilsetError(
-                f"recipe evaluation of init regime {syn.init_regime!r} needs its pretrained pool; "
-                "use the method's own evaluator"
+                "recipe evaluation of a random-pretrained set needs held-out pretrained nets: pass init_pool= "
+                "(distilset.methods.dd.pretrain_pool) or use --protocol standard"
             )
     seeds = [seed + r for r in range(repeats)]
     runs = []
