@@ -57,11 +57,17 @@ def _distill_row(data, options: dict, iterations: int, eval_every: int, repeats:
     res = ds.evaluate(syn, data, protocol="recipe", repeats=repeats, seed=1000)
     std = ds.evaluate(syn, data, protocol="standard", repeats=3, epochs=2 if SMOKE else 300)
     return {
-        "images": len(syn), "iterations": iterations, "distill_s": round(distill_s, 1),
-        "accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std, "runs": res.runs,
-        "standard_mean": std.accuracy_mean, "standard_std": std.accuracy_std,
-        "curve": _history_curve(history), "options": {k: v for k, v in options.items() if k != "net_kwargs"},
-    }  # fmt: skip
+        "images": len(syn),
+        "iterations": iterations,
+        "distill_s": round(distill_s, 1),
+        "accuracy_mean": res.accuracy_mean,
+        "accuracy_std": res.accuracy_std,
+        "runs": res.runs,
+        "standard_mean": std.accuracy_mean,
+        "standard_std": std.accuracy_std,
+        "curve": _history_curve(history),
+        "options": {k: v for k, v in options.items() if k != "net_kwargs"},
+    }
 
 
 def reproduce(name: str, results: ResultFile) -> None:
@@ -92,8 +98,16 @@ def reproduce(name: str, results: ResultFile) -> None:
                 continue
             syn = ds.baseline(method, data, ipc=ipc)
             res = ds.evaluate(syn, data, net="lenet", repeats=5, epochs=2 if SMOKE else 300)
-            results.add({**key, "images": len(syn), "accuracy_mean": res.accuracy_mean,
-                         "accuracy_std": res.accuracy_std, "runs": res.runs, "eval_s": round(res.wall_time_s, 1)})  # fmt: skip
+            results.add(
+                {
+                    **key,
+                    "images": len(syn),
+                    "accuracy_mean": res.accuracy_mean,
+                    "accuracy_std": res.accuracy_std,
+                    "runs": res.runs,
+                    "eval_s": round(res.wall_time_s, 1),
+                }
+            )
             print(f"{name} {method} ipc {ipc}: {100 * res.accuracy_mean:.1f}", flush=True)
 
 
@@ -116,10 +130,20 @@ def attack(data, iterations: int = 400) -> dict:
         train_recipe(net, syn)
         with torch.no_grad():
             to_target = float((net(data.test_x[mask]).argmax(1) == 1).float().mean())
-        rows.append({"before": before, "after": accuracy(net, data.test_x[mask], data.test_y[mask]),
-                     "to_target": to_target, "others_after": accuracy(net, data.test_x[~mask], data.test_y[~mask])})  # fmt: skip
-    return {"iterations": iterations, "distill_s": round(time.perf_counter() - t0, 1), "seen_net": rows[0],
-            "held_out": rows[1:]}  # fmt: skip
+        rows.append(
+            {
+                "before": before,
+                "after": accuracy(net, data.test_x[mask], data.test_y[mask]),
+                "to_target": to_target,
+                "others_after": accuracy(net, data.test_x[~mask], data.test_y[~mask]),
+            }
+        )
+    return {
+        "iterations": iterations,
+        "distill_s": round(time.perf_counter() - t0, 1),
+        "seen_net": rows[0],
+        "held_out": rows[1:],
+    }
 
 
 def adapt(results: ResultFile, iterations: int = 1000) -> None:
@@ -130,8 +154,15 @@ def adapt(results: ResultFile, iterations: int = 1000) -> None:
     if results.has(key):
         return
     data = ds.load_dataset(name)
-    opts = {"net": "lenet", "init": "random-pretrained", "steps": 10, "epochs": 3, "pool_size": 4,
-            "pretrain_classes": (0, 1, 2, 3, 4), "pretrain_epochs": 1}  # fmt: skip
+    opts = {
+        "net": "lenet",
+        "init": "random-pretrained",
+        "steps": 10,
+        "epochs": 3,
+        "pool_size": 4,
+        "pretrain_classes": (0, 1, 2, 3, 4),
+        "pretrain_epochs": 1,
+    }
     t0 = time.perf_counter()
     dd = DatasetDistillation(data, DDConfig(**opts), seed=0)
     for it in range(iterations):
@@ -144,9 +175,19 @@ def adapt(results: ResultFile, iterations: int = 1000) -> None:
     rr.lrs, rr.step_order, rr.init_regime = syn.lrs.clone().fill_(0.02), syn.step_order.clone(), "random-pretrained"
     rr.net = syn.net
     real = ds.evaluate(rr, data, protocol="recipe", repeats=4, init_pool=held_out)
-    results.add({**key, "images": len(syn), "iterations": iterations, "distill_s": round(time.perf_counter() - t0, 1),
-                 "before": before, "accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std,
-                 "random_real_mean": real.accuracy_mean, "random_real_std": real.accuracy_std})  # fmt: skip
+    results.add(
+        {
+            **key,
+            "images": len(syn),
+            "iterations": iterations,
+            "distill_s": round(time.perf_counter() - t0, 1),
+            "before": before,
+            "accuracy_mean": res.accuracy_mean,
+            "accuracy_std": res.accuracy_std,
+            "random_real_mean": real.accuracy_mean,
+            "random_real_std": real.accuracy_std,
+        }
+    )
 
 
 def _load(state, data):
@@ -184,8 +225,13 @@ def one_speed_config(steps: int, mode: str, iterations: int = 3) -> dict:
             dd.step(it)
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"T": steps, "mode": mode, "s_per_iter": min(times), "peak_rss_mb": round(peak, 1),
-            "peak_growth_mb": round(peak - base_rss, 1)}  # fmt: skip
+    return {
+        "T": steps,
+        "mode": mode,
+        "s_per_iter": min(times),
+        "peak_rss_mb": round(peak, 1),
+        "peak_growth_mb": round(peak - base_rss, 1),
+    }
 
 
 def _plain_iteration(dd: DatasetDistillation) -> None:
@@ -219,8 +265,9 @@ def speed(results: ResultFile) -> None:
             key = {"part": "speed", "T": steps, "mode": mode}
             if results.has(key):
                 continue
-            out = subprocess.run([sys.executable, __file__, "--speed-one", str(steps), mode], capture_output=True,
-                                 text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--speed-one", str(steps), mode], capture_output=True, text=True, check=True
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             results.add({**key, **row})
             print(row, flush=True)
@@ -243,10 +290,16 @@ def merge() -> list[dict]:
 
 def table() -> str:
     rows = merge()
-    out = ["| dataset | setting | images | recipe accuracy (%) | standard protocol (%) | paper (MNIST) | budget |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
-    names = {"fixed10": "fixed init", "soft10": "fixed init, soft labels", "soft5": "fixed init, soft labels, 5 items",
-             "random100": "random init (10 inits)"}  # fmt: skip
+    out = [
+        "| dataset | setting | images | recipe accuracy (%) | standard protocol (%) | paper (MNIST) | budget |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "fixed10": "fixed init",
+        "soft10": "fixed init, soft labels",
+        "soft5": "fixed init, soft labels, 5 items",
+        "random100": "random init (10 inits)",
+    }
     for r in rows:
         if r["part"] == "reproduce" and r["row"] in names:
             out.append(
@@ -255,8 +308,10 @@ def table() -> str:
                 f"{r['paper']} | {r['iterations']} it, {r['distill_s'] / 60:.0f} min |"
             )
         elif r["part"] == "reproduce" and "-ipc" in r["row"]:
-            out.append(f"| {r['dataset']} | baseline {r['row']} (LeNet, standard) | {r['images']} | - | "
-                       f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} | | |")  # fmt: skip
+            out.append(
+                f"| {r['dataset']} | baseline {r['row']} (LeNet, standard) | {r['images']} | - | "
+                f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} | | |"
+            )
     for r in rows:
         if r["part"] == "reproduce" and r["row"] == "attack":
             held = ", ".join(f"{100 * x['before']:.0f} -> {100 * x['after']:.0f}" for x in r["held_out"])
@@ -277,14 +332,20 @@ def table() -> str:
             )
     speed_rows = [r for r in rows if r["part"] == "speed"]
     if speed_rows:
-        out += ["", "| T | hand-written loop s/it | engine plain s/it | engine checkpoint s/it | peak growth MB "
-                "(hand / plain / checkpoint) |", "|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "| T | hand-written loop s/it | engine plain s/it | engine checkpoint s/it | peak growth MB "
+            "(hand / plain / checkpoint) |",
+            "|---|---|---|---|---|",
+        ]
         for t in (10, 30, 100):
             by = {r["mode"]: r for r in speed_rows if r["T"] == t}
             if len(by) == 3:
-                out.append(f"| {t} | {by['hand-written']['s_per_iter']:.2f} | {by['plain']['s_per_iter']:.2f} | "
-                           f"{by['checkpoint']['s_per_iter']:.2f} | {by['hand-written']['peak_growth_mb']:.0f} / "
-                           f"{by['plain']['peak_growth_mb']:.0f} / {by['checkpoint']['peak_growth_mb']:.0f} |")  # fmt: skip
+                out.append(
+                    f"| {t} | {by['hand-written']['s_per_iter']:.2f} | {by['plain']['s_per_iter']:.2f} | "
+                    f"{by['checkpoint']['s_per_iter']:.2f} | {by['hand-written']['peak_growth_mb']:.0f} / "
+                    f"{by['plain']['peak_growth_mb']:.0f} / {by['checkpoint']['peak_growth_mb']:.0f} |"
+                )
     return "\n".join(out)
 
 
@@ -305,7 +366,11 @@ if __name__ == "__main__":
     elif args.table:
         print(table())
     else:
-        results = ResultFile(RESULTS / f"dd-{args.part}-{args.dataset if args.part == 'reproduce' else 'all'}.json",
-                             {"version": 1})  # fmt: skip
-        {"reproduce": lambda: reproduce(args.dataset, results), "adapt": lambda: adapt(results),
-         "speed": lambda: speed(results)}[args.part]()  # fmt: skip
+        results = ResultFile(
+            RESULTS / f"dd-{args.part}-{args.dataset if args.part == 'reproduce' else 'all'}.json", {"version": 1}
+        )
+        {
+            "reproduce": lambda: reproduce(args.dataset, results),
+            "adapt": lambda: adapt(results),
+            "speed": lambda: speed(results),
+        }[args.part]()
