@@ -70,16 +70,19 @@ def _distill_row(data, options: dict, iterations: int, eval_every: int, repeats:
     }
 
 
-def reproduce(name: str, results: ResultFile) -> None:
+def reproduce(name: str, results: ResultFile, args: argparse.Namespace) -> None:
     data = ds.load_dataset(name)
     short = SHORT[name]
     fixed, random_ = PRESETS[f"dd-{short}-fixed"], PRESETS[f"dd-{short}-random"]
+    fixed_its = args.fixed_iterations or fixed.iterations
+    random_its = args.random_iterations or random_.iterations
     rows = {
-        "fixed10": (fixed.options, fixed.iterations, 1),
-        "soft10": ({**fixed.options, "soft_labels": True}, fixed.iterations, 1),
-        "soft5": ({**fixed.options, "soft_labels": True, "items": 5, "label_init": "random"}, fixed.iterations, 1),
-        "random100": (random_.options, random_.iterations, 10),
+        "fixed10": (fixed.options, fixed_its, 1),
+        "soft10": ({**fixed.options, "soft_labels": True}, fixed_its, 1),
+        "soft5": ({**fixed.options, "soft_labels": True, "items": 5, "label_init": "random"}, fixed_its, 1),
+        "random100": (random_.options, random_its, 10),
     }
+    rows = {k: v for k, v in rows.items() if k in args.rows}
     for row, (options, iterations, repeats) in rows.items():
         key = {"part": "reproduce", "dataset": name, "row": row}
         if results.has(key):
@@ -88,10 +91,10 @@ def reproduce(name: str, results: ResultFile) -> None:
         out = _distill_row(data, options, iterations, eval_every=250, repeats=repeats)
         results.add({**key, **out, "paper": PAPER[row]})
     key = {"part": "reproduce", "dataset": name, "row": "attack"}
-    if not results.has(key):
+    if "attack" in args.rows and not results.has(key):
         print(f"{name} attack 0->1", flush=True)
         results.add({**key, **attack(data)})
-    for method in ("random", "mean", "kmeans"):
+    for method in ("random", "mean", "kmeans") if "baselines" in args.rows else ():
         for ipc in (1, 10):
             key = {"part": "reproduce", "dataset": name, "row": f"{method}-ipc{ipc}"}
             if results.has(key):
@@ -356,6 +359,9 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", action="store_true")
     p.add_argument("--speed-one", nargs=2, metavar=("T", "MODE"))
+    p.add_argument("--rows", nargs="+", default=["fixed10", "soft10", "soft5", "random100", "attack", "baselines"])
+    p.add_argument("--fixed-iterations", type=int, default=None, help="budget of fixed-init rows (preset's)")
+    p.add_argument("--random-iterations", type=int, default=None, help="budget of the random-init row (preset's)")
     p.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (checks the script)")
     args = p.parse_args()
     if args.smoke:
@@ -370,7 +376,7 @@ if __name__ == "__main__":
             RESULTS / f"dd-{args.part}-{args.dataset if args.part == 'reproduce' else 'all'}.json", {"version": 1}
         )
         {
-            "reproduce": lambda: reproduce(args.dataset, results),
+            "reproduce": lambda: reproduce(args.dataset, results, args),
             "adapt": lambda: adapt(results),
             "speed": lambda: speed(results),
         }[args.part]()
