@@ -8,8 +8,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev]"
+# pip's notes about absent local index folders are noise here; real errors still fail the script.
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }
+quiet .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+quiet .venv/bin/python -m pip install -q -e ".[dev]"
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 if [ -f "$FMNIST" ]; then
