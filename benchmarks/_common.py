@@ -44,3 +44,49 @@ class ResultFile:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
+
+
+class HeapPeak:
+    """Peak bytes in use on the C heap (glibc ``mallinfo2``: arenas + mmapped blocks) inside a ``with`` block.
+
+    A thread polls every 0.5 ms; torch releases the GIL in its kernels, so short peaks are seen. This counts
+    tensor memory (CPU tensors live on the C heap) without the code pages and caches that RSS includes.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+        self._libc = ctypes.CDLL("libc.so.6")
+        self._libc.mallinfo2.restype = MallInfo2
+
+    def in_use(self) -> int:
+        info = self._libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def __enter__(self) -> HeapPeak:
+        import threading
+
+        self.base = self.peak = self.in_use()
+        self._stop = False
+
+        def poll() -> None:
+            while not self._stop:
+                self.peak = max(self.peak, self.in_use())
+                time.sleep(0.0005)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, self.in_use())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20

@@ -12,7 +12,7 @@ rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ Params = dict[str, torch.Tensor]
 # step t -> (inputs, targets, lr): built from the learnable tensors, so the unroll can be differentiated.
 StepFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# theta_T -> the outer loss, or an iterable of parts that sum to it (lets the checkpointed path free the
+# activations of one real-data chunk before building the next).
+OuterFn = Callable[[Params], torch.Tensor | Iterable[torch.Tensor]]
 
 
 def net_params(net: nn.Module, requires_grad: bool = True) -> Params:
@@ -69,7 +72,7 @@ def unrolled_gradient(
     params0: Params,
     step_fn: StepFn,
     steps: int,
-    outer_loss: Callable[[Params], torch.Tensor],
+    outer_loss: OuterFn,
     leaves: Sequence[torch.Tensor],
     segment: int | None = None,
     loss_fn: LossFn = soft_cross_entropy,
@@ -98,11 +101,16 @@ def unrolled_gradient(
         saved.append(params)
         params = _detached_unroll(net, params, step_fn, a, b, loss_fn)
     final = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    loss = outer_loss(final)
     keys = list(final)
-    out = torch.autograd.grad(loss, [final[k] for k in keys] + leaves, allow_unused=True)
-    g_params = [torch.zeros_like(final[k]) if g is None else g for k, g in zip(keys, out[: len(keys)], strict=True)]
-    g_leaves = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, out[len(keys) :], strict=True)]
+    g_params = [torch.zeros_like(final[k]) for k in keys]
+    g_leaves = [torch.zeros_like(v) for v in leaves]
+    loss = torch.zeros(())
+    parts = outer_loss(final)
+    for part in [parts] if isinstance(parts, torch.Tensor) else parts:
+        out = torch.autograd.grad(part, [final[k] for k in keys] + leaves, allow_unused=True)
+        g_params = [a if g is None else a + g for a, g in zip(g_params, out[: len(keys)], strict=True)]
+        g_leaves = [a if g is None else a + g for a, g in zip(g_leaves, out[len(keys) :], strict=True)]
+        loss = loss + part.detach()
     # Backward pass: recompute each segment with its graph, pull the gradient through it.
     for i in reversed(range(len(saved))):
         start = {k: v.detach().requires_grad_(True) for k, v in saved[i].items()}
@@ -113,6 +121,10 @@ def unrolled_gradient(
         g_params = [torch.zeros_like(start[k]) if g is None else g for k, g in zip(keys, got[: len(keys)], strict=True)]
         g_leaves = [acc if g is None else acc + g for acc, g in zip(g_leaves, got[len(keys) :], strict=True)]
     return loss.detach(), g_leaves
+
+
+def _as_tensor(loss: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
+    return loss if isinstance(loss, torch.Tensor) else torch.stack(list(loss)).sum()
 
 
 def _detached_unroll(net: nn.Module, params: Params, step_fn: StepFn, start: int, stop: int, loss_fn: LossFn) -> Params:

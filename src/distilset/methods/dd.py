@@ -65,6 +65,7 @@ class DDConfig:
     pretrain_epochs: int = 5
     memory: str = "plain"  # or "checkpoint": sub-linear memory in T, same gradient
     segment: int | None = None  # checkpoint segment length (default ceil(sqrt(T)))
+    outer_chunk: int = 256  # checkpoint mode: real images per outer-loss part (bounds their activations)
 
     @property
     def total_steps(self) -> int:
@@ -182,6 +183,16 @@ class DatasetDistillation:
             y = torch.where(y == a, torch.full_like(y, b), y)
         return x, y
 
+    def _outer_loss(self, params, x: torch.Tensor, y: torch.Tensor, chunked: bool):
+        """Cross-entropy of theta_T on the real batch; in parts of ``outer_chunk`` images when chunked."""
+        if not chunked:
+            return F.cross_entropy(forward(self.model, params, x), y)
+        n, size = len(x), self.cfg.outer_chunk
+        return (
+            F.cross_entropy(forward(self.model, params, x[i : i + size]), y[i : i + size], reduction="sum") / n
+            for i in range(0, n, size)
+        )
+
     def _outer_lr(self, iteration: int) -> float:
         epoch = iteration * self.cfg.real_batch / len(self.data.train_x)
         return self.cfg.lr * self.cfg.decay_factor ** math.floor(epoch / self.cfg.decay_epochs)
@@ -194,16 +205,16 @@ class DatasetDistillation:
         segment = None
         if cfg.memory == "checkpoint":
             segment = cfg.segment or default_segment(cfg.total_steps)
-        total_loss = 0.0
-        grads = [torch.zeros_like(v) for v in self.learnables()]
+        total_loss, grads = 0.0, None
         for params0 in inits:
             loss, g = unrolled_gradient(
                 self.model, params0, self._step_fn, cfg.total_steps,
-                lambda p: F.cross_entropy(forward(self.model, p, x_real), y_real),
+                lambda p: self._outer_loss(p, x_real, y_real, chunked=segment is not None),
                 self.learnables(), segment=segment,
             )  # fmt: skip
             total_loss += float(loss) / len(inits)
-            grads = [a + b / len(inits) for a, b in zip(grads, g, strict=True)]
+            g = [v / len(inits) for v in g] if len(inits) > 1 else g
+            grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
         if not math.isfinite(total_loss):
             raise NonFiniteError(f"outer loss is {total_loss}")
         if not all(torch.isfinite(g).all() for g in grads):
