@@ -115,6 +115,12 @@ def train_standard(
                 aug_seed = int(torch.randint(2**62, (1,), generator=g))
                 xb = dsa(xb, protocol.dsa_strategy, seed=aug_seed, siamese=False)
             loss = soft_cross_entropy(net(xb), y[idx])
+            if not torch.isfinite(loss) and y.ndim == 2 and bool((y < 0).any()):
+                raise DistilsetError(
+                    f"evaluation training diverged at epoch {epoch}: the soft labels hold negative entries "
+                    f"(min {float(y.min()):.3g}), so cross-entropy on them is unbounded below; evaluate this set "
+                    "with its recipe (--protocol recipe) or clip its labels"
+                )
             if not torch.isfinite(loss):
                 raise DistilsetError(
                     f"evaluation training diverged (loss {loss.item()}) at epoch {epoch}; lower the lr "
