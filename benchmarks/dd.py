@@ -295,7 +295,7 @@ def table() -> str:
     order = {"mnist5k": 0, "fashion-mnist": 1}
     rows = sorted(merge(), key=lambda r: order.get(r.get("dataset"), 2))
     out = [
-        "| dataset | setting | images | recipe accuracy (%) | standard protocol (%) | paper (MNIST, same setting) | budget |",
+        "| dataset | setting | images | recipe accuracy (%) | standard (%) | paper, MNIST (%) | budget |",
         "|---|---|---|---|---|---|---|",
     ]
     names = {
