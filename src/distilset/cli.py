@@ -148,6 +148,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         options["soft_labels"] = True
     if args.pretrain_classes:
         options["pretrain_classes"] = tuple(int(c) for c in args.pretrain_classes.split(","))
+    if args.method == "labels":
+        options = {k: v for k, v in options.items() if k in ("net", "real_batch")}
+        options.update({k: v for k, v in {"base": args.base, "variant": args.variant, "inner_lr": args.inner_lr,
+                                          "label_lr": args.label_lr}.items() if v is not None})  # fmt: skip
+        if args.base_dataset:
+            options["source"] = load_dataset(args.base_dataset, root=args.data_root, download=args.download)
     data = _load(args)
     syn = distill(
         args.method, data, iterations=args.iterations or 400, out=args.out, seed=args.seed, device=args.device,
@@ -157,7 +163,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"wrote {len(syn)} distilled images ({args.method}, {data.info.name}, init {syn.init_regime}) to {args.out}")
     if args.evaluate:
         res = evaluate(syn, data, repeats=args.evaluate, device=args.device)
-        print(f"recipe evaluation: {res}")
+        print(f"{res.protocol} evaluation: {res}")
     return 0
 
 
@@ -205,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=None, help="dd: pretrained nets in the pool")
     p.add_argument("--pretrain-classes", default=None, help="dd: pretrain the pool on these classes only, e.g. 0,1,2")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="dd: epochs of pool pretraining (5)")
+    p.add_argument("--base", type=int, default=None, help="labels: number of base examples (100)")
+    p.add_argument("--base-dataset", default=None, help="labels: take base images from this other dataset")
+    p.add_argument("--variant", default=None, help="labels: second-order | ridge")
+    p.add_argument("--inner-lr", type=float, default=None, help="labels: inner SGD lr (0.01)")
+    p.add_argument("--label-lr", type=float, default=None, help="labels: Adam lr on the labels (1e-3)")
     p.add_argument("--memory", default=None, help="plain | checkpoint (sub-linear memory in the unroll length)")
     p.add_argument("--segment", type=int, default=None, help="checkpoint segment length (default sqrt(T))")
     p.add_argument("--checkpoint-every", type=int, default=50)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from distilset.data.dataset import Dataset
 from distilset.errors import DistilsetError
-from distilset.methods import dd
+from distilset.methods import dd, labels
 from distilset.methods.base import RunConfig, run
 from distilset.synset import SyntheticSet
 
-METHODS = ("dd",)
+METHODS = ("dd", "labels")
+CONFIGS = {"dd": dd.DDConfig, "labels": labels.LabelConfig}
 
 
 def distill(
@@ -29,20 +30,24 @@ def distill(
     """Distill ``data`` with ``method``; ``options`` are the method's config fields (e.g. ``ipc``, ``steps``).
 
     With ``out`` the run writes the set, ``history.json`` and a checkpoint every ``checkpoint_every``
-    iterations to that directory; ``resume=True`` continues from its last checkpoint.
+    iterations to that directory; ``resume=True`` continues from its last checkpoint. Extra objects:
+    ``pool=`` (dd: pretrained weights), ``source=`` (labels: the Dataset the base images come from).
     """
     if method not in METHODS:
         raise DistilsetError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    cfg_fields = dd.DDConfig.__dataclass_fields__
-    unknown = [k for k in options if k not in cfg_fields]
+    extras = {k: options.pop(k) for k in ("pool", "source") if k in options}
+    fields = CONFIGS[method].__dataclass_fields__
+    unknown = [k for k in options if k not in fields]
     if unknown:
         raise DistilsetError(f"unknown option(s) for {method}: {', '.join(unknown)}")
-    pool = options.pop("pool", None)
-    cfg = dd.DDConfig(**options)
-    distiller = dd.DatasetDistillation(data, cfg, seed=seed, pool=pool, device=device)
+    cfg = CONFIGS[method](**options)
+    if method == "dd":
+        distiller = dd.DatasetDistillation(data, cfg, seed=seed, pool=extras.get("pool"), device=device)
+    else:
+        distiller = labels.LabelDistillation(data, cfg, seed=seed, source=extras.get("source"), device=device)
     run_cfg = RunConfig(iterations=iterations, out=Path(out) if out else None, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip
-    return run(distiller, run_cfg, quick_eval=distiller.quick_eval)
+    return run(distiller, run_cfg, quick_eval=getattr(distiller, "quick_eval", None))
 
 
 __all__ = ["METHODS", "distill"]
