@@ -119,3 +119,11 @@ def test_negative_soft_label_mass_is_named_when_training_diverges(digits):
     syn = SyntheticSet(base.images, soft, base.class_names, base.mean, base.std)
     with pytest.raises(DistilsetError, match="negative entries.*--protocol recipe"):
         ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=300, lr=0.1)
+
+
+def test_adam_optimizer_option(digits):
+    syn = ds.baseline("kmeans", digits, ipc=5)
+    res = ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=100, optimizer="adam")
+    assert res.settings["optimizer"] == "adam" and res.settings["lr"] == 0.001 and res.accuracy_mean > 0.6
+    with pytest.raises(DistilsetError, match="unknown optimizer"):
+        ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=1, optimizer="lbfgs")

@@ -107,6 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.json and sys.stderr.isatty(),
+        optimizer=args.optimizer,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="standard protocol epochs (300; 1000 with DSA)")
     p.add_argument("--lr", type=float, default=None, help="standard protocol lr (default: the set's, else 0.01)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="standard protocol optimiser")
     p.add_argument("--dsa", default=None, help="DSA strategy, or 'none' (default: the set's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_run_args(p)

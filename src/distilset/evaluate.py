@@ -42,6 +42,7 @@ class StandardProtocol:
     batch_size: int = 256
     decay_at_half: bool = True
     dsa_strategy: str | None = None  # None: no augmentation
+    optimizer: str = "sgd"  # or "adam" (Adam with the same lr schedule and weight decay, no momentum term)
 
 
 @dataclass
@@ -100,7 +101,14 @@ def train_standard(
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) with the standard protocol; y hard (N,) or soft (N, K)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(net.parameters(), protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    if protocol.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            net.parameters(), protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
+        )
+    elif protocol.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), protocol.lr, weight_decay=protocol.weight_decay)
+    else:
+        raise DistilsetError(f"unknown optimizer {protocol.optimizer!r}; choose sgd or adam")
     net.train()
     n = len(x)
     for epoch in tqdm(range(protocol.epochs), desc="train", leave=False, disable=not progress):
@@ -204,6 +212,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = False,
     init_pool: list[dict[str, torch.Tensor]] | None = None,
+    optimizer: str = "sgd",
 ) -> EvalResult:
     """Train ``repeats`` fresh nets on ``syn`` and test them on ``data``'s test split.
 
@@ -230,9 +239,10 @@ def evaluate(
         dsa_strategy = syn.dsa_strategy
     cfg = StandardProtocol(
         epochs=epochs if epochs is not None else (1000 if dsa_strategy else 300),
-        lr=lr if lr is not None else (syn.train_lr or 0.01),
+        lr=lr if lr is not None else (syn.train_lr or (0.001 if optimizer == "adam" else 0.01)),
         batch_size=batch_size,
         dsa_strategy=dsa_strategy,
+        optimizer=optimizer,
     )
     if protocol == "recipe":
         if spec and net != spec.get("name"):
