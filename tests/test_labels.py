@@ -55,8 +55,9 @@ def test_cross_dataset_base_with_other_classes_and_shape(digits, tmp_path):
     assert syn.labels.shape == (20, 10) and syn.config["base_dataset"].startswith("npz:")
 
 
-def test_resume_is_exact(digits, tmp_path):
-    opts = {"variant": "second-order", **FAST}
+@pytest.mark.parametrize("variant", ["second-order", "ridge"])
+def test_resume_is_exact(digits, tmp_path, variant):
+    opts = {"variant": variant, **FAST}
     full = ds.distill("labels", digits, iterations=6, out=tmp_path / "a", **opts)
     ds.distill("labels", digits, iterations=3, out=tmp_path / "b", **opts)
     resumed = ds.distill("labels", digits, iterations=6, out=tmp_path / "b", resume=True, **opts)

@@ -228,6 +228,8 @@ class LabelDistillation:
             "resets": self.resets,
             "best_avg": self.best_avg,
             "since_best": self.since_best,
+            "global_w": self.global_w.detach().cpu() if self.global_w is not None else torch.zeros(0),
+            "global_count": self.global_count,
             "config": repr(asdict(self.cfg)),
         }
 
@@ -245,6 +247,8 @@ class LabelDistillation:
         self.errors = state["errors"].tolist()
         self.resets = int(state["resets"])
         self.best_avg, self.since_best = float(state["best_avg"]), int(state["since_best"])
+        self.global_count = int(state["global_count"])
+        self.global_w = state["global_w"].to(self.device) if self.global_count else None
 
     def synthetic_set(self) -> SyntheticSet:
         info = self.data.info
