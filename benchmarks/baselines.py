@@ -77,7 +77,7 @@ def gap_table() -> str:
     if not path.exists():
         return ""
     rows = json.loads(path.read_text())["rows"]
-    lines = ["\n| dataset (random real, IPC 10) | ConvNet width | subset seed | accuracy (%) |", "|---|---|---|---|"]
+    lines = ["\n\n| dataset (random real, IPC 10) | ConvNet width | subset seed | accuracy (%) |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['width']} | {r['subset_seed']} | "
                      f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} |")  # fmt: skip
