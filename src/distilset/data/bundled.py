@@ -28,7 +28,7 @@ def load_digits() -> Dataset:
         class_names=DIGIT_NAMES,
         scale=16.0,
         dsa_strategy=DSA_NO_FLIP,
-        description="scikit-learn 8x8 digits, 1437 train / 360 test (stratified, seed 0)",
+        description="scikit-learn 8x8 digits, 1438 train / 359 test (stratified, seed 0)",
     )
 
 
