@@ -68,6 +68,10 @@ def test_hard_items_must_cover_classes(digits):
         DatasetDistillation(digits, DDConfig(items=5, **FAST))
     with pytest.raises(DistilsetError, match="unknown init regime"):
         DatasetDistillation(digits, DDConfig(init="pretrained", **FAST))
+    with pytest.raises(DistilsetError, match="--lr must be > 0"):
+        DatasetDistillation(digits, DDConfig(lr=-1, **FAST))
+    with pytest.raises(DistilsetError, match="--init-lr must be > 0"):
+        DatasetDistillation(digits, DDConfig(init_lr=0, **FAST))
 
 
 def test_checkpoint_memory_path_matches_plain(digits):

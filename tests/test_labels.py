@@ -80,3 +80,5 @@ def test_cli_distill_labels_and_evaluate(tmp_path, capsys):
 def test_bad_variant(digits):
     with pytest.raises(DistilsetError, match="unknown variant"):
         LabelDistillation(digits, LabelConfig(variant="first-order"))
+    with pytest.raises(DistilsetError, match="label_lr must be > 0"):
+        LabelDistillation(digits, LabelConfig(label_lr=0, **FAST))

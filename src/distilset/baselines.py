@@ -36,17 +36,8 @@ def _class_sizes_check(data: Dataset, ipc: int) -> None:
 
 
 def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method: str, config: dict) -> SyntheticSet:
-    return SyntheticSet(
-        images=images.contiguous().clone(),
-        labels=labels.contiguous().clone(),
-        class_names=data.info.class_names,
-        mean=data.info.mean,
-        std=data.info.std,
-        dataset=data.info.name,
-        method=method,
-        zca=data.zca,
-        config=config,
-    )
+    return SyntheticSet.for_dataset(data, images.contiguous().clone(), labels.contiguous().clone(), method,
+                                    config=config)  # fmt: skip
 
 
 def _per_class(

@@ -62,6 +62,13 @@ class SyntheticSet:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         self.validate()
 
+    @classmethod
+    def for_dataset(cls, data, images: torch.Tensor, labels: torch.Tensor, method: str, **fields) -> SyntheticSet:
+        """A set in ``data``'s space: its class names, normalisation, name and ZCA come along."""
+        info = data.info
+        return cls(images=images, labels=labels, class_names=info.class_names, mean=info.mean, std=info.std,
+                   dataset=info.name, method=method, zca=data.zca, **fields)  # fmt: skip
+
     # ---- shape facts -------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:

@@ -77,6 +77,11 @@ def _validate(cfg: DDConfig, data: Dataset) -> None:
         raise DistilsetError(f"unknown init regime {cfg.init!r}; choose from {', '.join(INIT_REGIMES)}")
     if cfg.steps < 1 or cfg.epochs < 1 or cfg.ipc < 1:
         raise DistilsetError("steps, epochs and ipc must all be >= 1")
+    for name in ("lr", "init_lr", "decay_factor", "decay_epochs"):
+        if not getattr(cfg, name) > 0:
+            raise DistilsetError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if cfg.real_batch < 1 or cfg.n_nets < 1 or cfg.pool_size < 1 or (cfg.items is not None and cfg.items < 1):
+        raise DistilsetError("real_batch, n_nets, pool_size and items must all be >= 1")
     if cfg.items is not None and not cfg.soft_labels and cfg.items % data.num_classes:
         raise DistilsetError(f"--items {cfg.items} with hard labels must be a multiple of the {data.num_classes} "
                              "classes; add --soft-labels to learn labels for fewer items than classes")  # fmt: skip
@@ -277,19 +282,15 @@ class DatasetDistillation:
 
     # ---- result -----------------------------------------------------------------------------------------
     def synthetic_set(self) -> SyntheticSet:
-        cfg, info = self.cfg, self.data.info
+        cfg = self.cfg
         order = torch.stack([torch.arange(self.per_step) + (t % cfg.steps) * self.per_step
                              for t in range(cfg.total_steps)])  # fmt: skip
         config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-        return SyntheticSet(
+        return SyntheticSet.for_dataset(
+            self.data,
             images=self.images.detach().cpu().clone(),
             labels=(self.labels.detach().cpu().clone() if self.labels is not None else self.hard_labels.cpu().clone()),
-            class_names=info.class_names,
-            mean=info.mean,
-            std=info.std,
-            dataset=info.name,
             method="dd",
-            zca=self.data.zca,
             lrs=self.lrs().detach().cpu().clone(),
             step_order=order,
             init_params=({k: v.cpu().clone() for k, v in self.fixed_init.items()} if self.fixed_init else None),

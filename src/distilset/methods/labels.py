@@ -101,6 +101,11 @@ class LabelDistillation:
                  source: Dataset | None = None, device: str = "cpu"):  # fmt: skip
         if cfg.variant not in VARIANTS:
             raise DistilsetError(f"unknown variant {cfg.variant!r}; choose from {', '.join(VARIANTS)}")
+        for name in ("inner_lr", "label_lr", "model_lr", "ridge_lambda"):
+            if not getattr(cfg, name) > 0:
+                raise DistilsetError(f"{name} must be > 0, got {getattr(cfg, name)}")
+        if min(cfg.base, cfg.base_batch, cfg.real_batch, cfg.inner_steps, cfg.reset_window) < 1:
+            raise DistilsetError("base, base_batch, real_batch, inner_steps and reset_window must all be >= 1")
         self.data, self.cfg, self.seed, self.device, self.source = data, cfg, seed, device, source
         k = data.num_classes
         self.base_x, base_y = select_base(data, cfg.base, source, seed)
@@ -253,15 +258,11 @@ class LabelDistillation:
     def synthetic_set(self) -> SyntheticSet:
         info = self.data.info
         config = {**asdict(self.cfg), "base_dataset": self.source.info.name if self.source else info.name}
-        return SyntheticSet(
+        return SyntheticSet.for_dataset(
+            self.data,
             images=self.base_x.detach().cpu().clone(),
             labels=self.labels.detach().cpu().clone(),
-            class_names=info.class_names,
-            mean=info.mean,
-            std=info.std,
-            dataset=info.name,
             method="labels",
-            zca=self.data.zca,
             net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
             config=config,
             extra={"seed": self.seed, "resets": self.resets,
