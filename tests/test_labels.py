@@ -82,3 +82,21 @@ def test_bad_variant(digits):
         LabelDistillation(digits, LabelConfig(variant="first-order"))
     with pytest.raises(DistilsetError, match="label_lr must be > 0"):
         LabelDistillation(digits, LabelConfig(label_lr=0, **FAST))
+
+
+def test_plateau_reset_records_training_length(digits):
+    """A tiny window forces the paper's plateau rule to fire: the model is re-initialised and the steps it took
+    to its lowest moving-average error become the recommended training length of the saved set."""
+    ld, _ = _run(digits, "ridge", 60, reset_window=3)
+    assert ld.resets >= 1 and len(ld.steps_to_best) == ld.resets
+    assert all(3 <= s < 60 for s in ld.steps_to_best)
+    assert ld.synthetic_set().extra["train_steps"] == ld.train_steps
+
+
+def test_label_init_options(digits):
+    ld = LabelDistillation(digits, LabelConfig(label_init="onehot", **FAST), seed=0)
+    assert torch.equal(ld.labels.detach(), torch.eye(10)[ld.base_classes])
+    uniform = LabelDistillation(digits, LabelConfig(**FAST), seed=0)
+    assert torch.allclose(uniform.labels, torch.full((20, 10), 0.1))  # the paper's start
+    with pytest.raises(DistilsetError, match="unknown label_init"):
+        LabelDistillation(digits, LabelConfig(label_init="random", **FAST))

@@ -150,7 +150,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.pretrain_classes:
         options["pretrain_classes"] = tuple(int(c) for c in args.pretrain_classes.split(","))
     if args.method == "labels":
-        options = {k: v for k, v in options.items() if k in ("net", "real_batch")}
+        options = {k: v for k, v in options.items() if k in ("net", "real_batch", "label_init")}
         options.update({k: v for k, v in {"base": args.base, "variant": args.variant, "inner_lr": args.inner_lr,
                                           "label_lr": args.label_lr}.items() if v is not None})  # fmt: skip
         if args.base_dataset:
