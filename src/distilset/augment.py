@@ -143,3 +143,20 @@ def dsa(
     g.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
     op = ops[int(torch.randint(len(ops), (1,), generator=g).item())]
     return _APPLY[op](x, params, g, siamese)
+
+
+def toroidal_crop(canvas: torch.Tensor, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """A random ``size`` crop of each canvas (N, C, H', W') after a random toroidal roll (texture mode).
+
+    Rolling wraps the canvas around like a torus, so every crop position is valid and training on the
+    crops makes the canvas tile seamlessly. Differentiable in ``canvas``; the same seed gives the same crops.
+    """
+    n, _, hc, wc = canvas.shape
+    h, w = size
+    if h > hc or w > wc:
+        raise DistilsetError(f"crop {size} is larger than the canvas {(hc, wc)}")
+    g = torch.Generator().manual_seed(seed)
+    dy = torch.randint(hc, (n,), generator=g).tolist()
+    dx = torch.randint(wc, (n,), generator=g).tolist()
+    crops = [torch.roll(canvas[i], shifts=(-dy[i], -dx[i]), dims=(-2, -1))[:, :h, :w] for i in range(n)]
+    return torch.stack(crops)

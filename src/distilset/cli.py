@@ -1,4 +1,4 @@
-"""The ``distilset`` command: a thin layer over the API (datasets, distill, baseline, evaluate).
+"""The ``distilset`` command: a thin layer over the API (datasets, experts, distill, baseline, evaluate).
 
 User errors (unknown dataset, missing files, corrupt set, impossible ipc) print one line starting with
 ``distilset: error:`` and exit with status 2; nothing else is caught.
@@ -17,6 +17,8 @@ from distilset.data import list_datasets, load_dataset
 from distilset.errors import DistilsetError
 from distilset.evaluate import PROTOCOLS, evaluate
 from distilset.methods import METHODS, distill
+from distilset.methods.experts import ExpertConfig, train_experts
+from distilset.methods.mtt import MTTConfig
 from distilset.methods.presets import PRESETS, get_preset
 from distilset.synset import SyntheticSet
 
@@ -117,6 +119,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experts(args: argparse.Namespace) -> int:
+    data = _load(args, zca=args.zca)
+    cfg = ExpertConfig(net=args.net, net_kwargs=_net_kwargs(args.net_arg), epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, dsa=not args.no_dsa, dtype=args.dtype)  # fmt: skip
+    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device,
+                        progress=sys.stderr.isatty())  # fmt: skip
+    accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
+    print(f"{len(buf)} experts x {buf.epochs} epochs of {args.net} on {data.info.name} in {args.out} "
+          f"(final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
+    return 0
+
+
+def _mtt_options(args: argparse.Namespace, options: dict) -> dict:
+    """The distill options that apply to MTT, with its own flags on top."""
+    fields = MTTConfig.__dataclass_fields__
+    options = {k: v for k, v in options.items() if k in fields}
+    own = {"syn_steps": args.syn_steps, "expert_epochs": args.expert_epochs, "max_start_epoch": args.max_start_epoch,
+           "lr_img": args.lr_img, "lr_lr": args.lr_lr, "lr_teacher": args.lr_teacher, "batch_syn": args.batch_syn,
+           "canvas": args.canvas}  # fmt: skip
+    options.update({k: v for k, v in own.items() if v is not None})
+    if args.texture:
+        options["texture"] = True
+    if args.no_dsa:
+        options["dsa"] = False
+    if not args.experts_dir:
+        raise DistilsetError("mtt needs --experts-dir DIR (make it with `distilset experts --dataset NAME --out DIR`)")
+    options["experts"] = args.experts_dir
+    return options
+
+
 def _parse_attack(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -155,7 +187,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                           "label_lr": args.label_lr}.items() if v is not None})  # fmt: skip
         if args.base_dataset:
             options["source"] = load_dataset(args.base_dataset, root=args.data_root, download=args.download)
-    data = _load(args)
+    if args.method == "mtt":
+        options = _mtt_options(args, options)
+    data = _load(args, zca=args.zca)
     syn = distill(
         args.method, data, iterations=args.iterations or 400, out=args.out, seed=args.seed, device=args.device,
         resume=args.resume, progress=sys.stderr.isatty(), checkpoint_every=args.checkpoint_every,
@@ -193,12 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help=f"named settings: {', '.join(PRESETS)}")
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 400 or the preset's)")
     p.add_argument(
-        "--ipc", type=int, default=None, help="dd: images per class per step (the set holds steps x classes x ipc)"
+        "--ipc", type=int, default=None, help="images per class (dd: per step; the set holds steps x classes x ipc)"
     )
     p.add_argument("--steps", type=int, default=None, help="dd: distilled batches (default 10)")
     p.add_argument("--epochs", type=int, default=None, help="dd: passes over the distilled batches (default 3)")
     p.add_argument("--items", type=int, default=None, help="dd: items per step instead of classes x ipc (soft labels)")
-    p.add_argument("--init", default=None, help="dd: fixed | random | fixed-pretrained | random-pretrained")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="dd: fixed | random | fixed-pretrained | random-pretrained; mtt: real | noise",
+    )
     p.add_argument("--n-nets", type=int, default=None, help="dd: inits per outer iteration")
     p.add_argument("--net", default=None, help="network (dd default lenet)")
     p.add_argument("--net-arg", action="append", metavar="KEY=VALUE", help="network option, e.g. width=32")
@@ -217,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default=None, help="labels: second-order | ridge")
     p.add_argument("--inner-lr", type=float, default=None, help="labels: inner SGD lr (0.01)")
     p.add_argument("--label-lr", type=float, default=None, help="labels: Adam lr on the labels (1e-3)")
+    p.add_argument("--experts-dir", default=None, help="mtt: directory made by `distilset experts`")
+    p.add_argument("--syn-steps", type=int, default=None, help="mtt: student steps per iteration")
+    p.add_argument("--expert-epochs", type=int, default=None, help="mtt: expert epochs to match (M)")
+    p.add_argument("--max-start-epoch", type=int, default=None, help="mtt: start epochs are drawn below this")
+    p.add_argument("--lr-img", type=float, default=None, help="mtt: SGD lr on the images")
+    p.add_argument("--lr-lr", type=float, default=None, help="mtt: SGD lr on the learned student lr")
+    p.add_argument("--lr-teacher", type=float, default=None, help="mtt: initial student lr (0.01)")
+    p.add_argument("--batch-syn", type=int, default=None, help="mtt: synthetic images per student step (all)")
+    p.add_argument("--texture", action="store_true", help="mtt: tileable textures (canvas, roll-and-crop)")
+    p.add_argument("--canvas", type=int, default=None, help="mtt texture: canvas side in image sides (2)")
+    p.add_argument("--no-dsa", action="store_true", help="mtt: no augmentation of the student's batches")
+    p.add_argument("--zca", action="store_true", help="distil in ZCA-whitened space (the set carries the ZCA)")
     p.add_argument("--memory", default=None, help="plain | checkpoint (sub-linear memory in the unroll length)")
     p.add_argument("--segment", type=int, default=None, help="checkpoint segment length (default sqrt(T))")
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -225,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", type=int, default=0, metavar="R", help="evaluate the result with R nets")
     _add_run_args(p)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("experts", help="train expert trajectories on real data (for mtt)")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="experts directory (resumes: finished experts are kept)")
+    p.add_argument("--experts", type=int, default=5, help="number of experts (MTT: 100)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs per expert (MTT: 50)")
+    p.add_argument("--net", default="convnet")
+    p.add_argument("--net-arg", action="append", metavar="KEY=VALUE", help="network option, e.g. width=32")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD lr (MTT: 0.01)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-dsa", action="store_true", help="train without DSA augmentation")
+    p.add_argument("--zca", action="store_true", help="train on ZCA-whitened data")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored parameter precision")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("evaluate", help="train fresh nets on a saved set and report test accuracy")
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")

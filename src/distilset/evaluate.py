@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from distilset.augment import dsa
+from distilset.augment import dsa, toroidal_crop
 from distilset.data.dataset import Dataset
 from distilset.errors import DistilsetError
 from distilset.nets import create_net
@@ -43,6 +43,7 @@ class StandardProtocol:
     decay_at_half: bool = True
     dsa_strategy: str | None = None  # None: no augmentation
     optimizer: str = "sgd"  # or "adam" (Adam with the same lr schedule and weight decay, no momentum term)
+    crop: tuple[int, int] | None = None  # texture sets: train on random toroidal crops of this size
 
 
 @dataclass
@@ -119,6 +120,8 @@ def train_standard(
         for i in range(0, n, protocol.batch_size):
             idx = perm[i : i + protocol.batch_size]
             xb = x[idx]
+            if protocol.crop:
+                xb = toroidal_crop(xb, protocol.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
             if protocol.dsa_strategy:
                 aug_seed = int(torch.randint(2**62, (1,), generator=g))
                 xb = dsa(xb, protocol.dsa_strategy, seed=aug_seed, siamese=False)
@@ -172,7 +175,10 @@ def _load_init(model: nn.Module, theta0: dict[str, torch.Tensor]) -> None:
 
 def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
-    if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != syn.image_shape:
+    shape = syn.image_shape
+    if texture_crop(syn):
+        shape = (shape[0], *texture_crop(syn))
+    if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != shape:
         raise DistilsetError(
             f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
             " evaluate on the dataset the set was made from"
@@ -191,6 +197,12 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
     if syn.zca is not None:
         x = syn.zca.apply(x)
     return x, data.test_y
+
+
+def texture_crop(syn: SyntheticSet) -> tuple[int, int] | None:
+    """The crop size of a texture set (MTT texture mode: its images are larger, tileable canvases)."""
+    texture = syn.extra.get("texture")
+    return tuple(texture["crop"]) if texture else None
 
 
 def default_protocol(syn: SyntheticSet) -> str:
@@ -243,6 +255,7 @@ def evaluate(
         batch_size=batch_size,
         dsa_strategy=dsa_strategy,
         optimizer=optimizer,
+        crop=texture_crop(syn),
     )
     if protocol == "recipe":
         if spec and net != spec.get("name"):
@@ -259,7 +272,7 @@ def evaluate(
     runs = []
     start = time.perf_counter()
     for r, s in enumerate(tqdm(seeds, desc=f"evaluate ({protocol})", disable=not progress)):
-        model = create_net(net, syn.image_shape, syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
+        model = create_net(net, tuple(test_x.shape[1:]), syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
         if protocol == "recipe":
             theta0 = syn.init_params if syn.init_params else None
             if syn.init_regime == "random-pretrained" and init_pool:

@@ -161,6 +161,13 @@ class SyntheticSet:
 
         return image_grid(self.to_pixels(), self.hard_labels(), self.class_names, Path(path), max_per_class)
 
+    def save_tiles(self, path: str | os.PathLike, repeat: int = 3, max_per_class: int = 1) -> Path:
+        """Texture sets: each class's canvas tiled ``repeat`` x ``repeat``, so any seam would show."""
+        from distilset.report import image_grid
+
+        tiled = self.to_pixels().repeat(1, 1, repeat, repeat)
+        return image_grid(tiled, self.hard_labels(), self.class_names, Path(path), max_per_class)
+
     # ---- save / load ---------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
         t = {"images": self.images, "labels": self.labels}
@@ -201,6 +208,8 @@ class SyntheticSet:
         _atomic_write(out / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=_json)))
         if grid and self.images.ndim == 4:
             self.save_grid(out / "grid.png")
+            if self.extra.get("texture"):
+                self.save_tiles(out / "tiles.png")
         return out
 
     @classmethod

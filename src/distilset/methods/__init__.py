@@ -6,12 +6,12 @@ from pathlib import Path
 
 from distilset.data.dataset import Dataset
 from distilset.errors import DistilsetError
-from distilset.methods import dd, labels
+from distilset.methods import dd, labels, mtt
 from distilset.methods.base import RunConfig, run
 from distilset.synset import SyntheticSet
 
-METHODS = ("dd", "labels")
-CONFIGS = {"dd": dd.DDConfig, "labels": labels.LabelConfig}
+METHODS = ("dd", "labels", "mtt")
+CONFIGS = {"dd": dd.DDConfig, "labels": labels.LabelConfig, "mtt": mtt.MTTConfig}
 
 
 def distill(
@@ -31,11 +31,12 @@ def distill(
 
     With ``out`` the run writes the set, ``history.json`` and a checkpoint every ``checkpoint_every``
     iterations to that directory; ``resume=True`` continues from its last checkpoint. Extra objects:
-    ``pool=`` (dd: pretrained weights), ``source=`` (labels: the Dataset the base images come from).
+    ``pool=`` (dd: pretrained weights), ``source=`` (labels: the Dataset the base images come from),
+    ``experts=`` (mtt: an experts directory or ``ExpertBuffer``, required).
     """
     if method not in METHODS:
         raise DistilsetError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    extras = {k: options.pop(k) for k in ("pool", "source") if k in options}
+    extras = {k: options.pop(k) for k in ("pool", "source", "experts") if k in options}
     fields = CONFIGS[method].__dataclass_fields__
     unknown = [k for k in options if k not in fields]
     if unknown:
@@ -43,6 +44,10 @@ def distill(
     cfg = CONFIGS[method](**options)
     if method == "dd":
         distiller = dd.DatasetDistillation(data, cfg, seed=seed, pool=extras.get("pool"), device=device)
+    elif method == "mtt":
+        if "experts" not in extras:
+            raise DistilsetError("mtt needs expert trajectories: experts=DIR (make them with `distilset experts`)")
+        distiller = mtt.MTT(data, extras["experts"], cfg, seed=seed, device=device)
     else:
         distiller = labels.LabelDistillation(data, cfg, seed=seed, source=extras.get("source"), device=device)
     run_cfg = RunConfig(iterations=iterations, out=Path(out) if out else None, checkpoint_every=checkpoint_every,
