@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dsa", action="store_true", help="mtt: no augmentation of the student's batches")
     p.add_argument("--zca", action="store_true", help="distil in ZCA-whitened space (the set carries the ZCA)")
     p.add_argument("--memory", default=None, help="plain | checkpoint (sub-linear memory in the unroll length)")
-    p.add_argument("--segment", type=int, default=None, help="checkpoint segment length (default sqrt(T))")
+    p.add_argument("--segment", type=int, default=None, help="checkpoint segment length (dd: sqrt(T); mtt: 5)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=0, help="record a quick recipe accuracy every N iterations")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")

@@ -34,7 +34,7 @@ from distilset.methods.base import NonFiniteError
 from distilset.methods.experts import ExpertBuffer
 from distilset.nets import create_net
 from distilset.synset import SyntheticSet
-from distilset.unroll import default_segment, unrolled_gradient
+from distilset.unroll import unrolled_gradient
 
 INITS = ("real", "noise")
 MEMORY = ("plain", "checkpoint")
@@ -42,15 +42,15 @@ MEMORY = ("plain", "checkpoint")
 
 @dataclass(frozen=True)
 class MTTConfig:
-    """MTT settings; defaults are the paper's CIFAR-10 IPC 10 row (REFERENCES.md [4])."""
+    """MTT settings; defaults are the paper's CIFAR-10 IPC 10 row (REFERENCES.md [4]; used with ZCA)."""
 
     ipc: int = 10
     syn_steps: int = 30
     expert_epochs: int = 2
     max_start_epoch: int = 20
-    lr_img: float = 1000.0  # paper CIFAR-10 IPC 10 uses 100 with ZCA; 1000 without (IPC 50)
+    lr_img: float = 100.0
     lr_lr: float = 1e-5
-    lr_teacher: float = 0.01  # initial student lr
+    lr_teacher: float = 0.001  # initial student lr
     momentum: float = 0.5
     batch_syn: int | None = None  # None: all synthetic images in every student step
     init: str = "real"
@@ -58,7 +58,9 @@ class MTTConfig:
     net: str = "convnet"
     net_kwargs: dict = field(default_factory=dict)
     memory: str = "plain"
-    segment: int | None = None  # checkpoint segment length; None: ceil(sqrt(syn_steps))
+    # checkpoint: student steps per recomputed segment. Memory ~ one segment's activations + one parameter
+    # copy per segment; a fixed length keeps it flat in syn_steps (the student's parameters are small).
+    segment: int = 5
     min_syn_lr: float = 1e-6
     texture: bool = False
     canvas: int = 2  # texture mode: canvas side = canvas x image side
@@ -100,8 +102,8 @@ class MTT:
         for name in ("lr_img", "lr_lr", "lr_teacher", "min_syn_lr"):
             if not getattr(cfg, name) > 0:
                 raise DistilsetError(f"{name} must be > 0, got {getattr(cfg, name)}")
-        if min(cfg.ipc, cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.canvas) < 1:
-            raise DistilsetError("ipc, syn_steps, expert_epochs, max_start_epoch and canvas must all be >= 1")
+        if min(cfg.ipc, cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.canvas, cfg.segment) < 1:
+            raise DistilsetError("ipc, syn_steps, expert_epochs, max_start_epoch, canvas and segment must be >= 1")
         if cfg.batch_syn is not None and cfg.batch_syn < 1:
             raise DistilsetError(f"batch_syn must be >= 1 or None, got {cfg.batch_syn}")
         if cfg.texture and data.zca is not None:
@@ -169,7 +171,7 @@ class MTT:
             return (flat - target).pow(2).sum() / denom
 
         memory = memory or cfg.memory
-        segment = (cfg.segment or default_segment(cfg.syn_steps)) if memory == "checkpoint" else None
+        segment = min(cfg.segment, cfg.syn_steps) if memory == "checkpoint" else None
         return unrolled_gradient(self.model, theta_start, step_fn, cfg.syn_steps, outer,
                                  [self.images, self.syn_lr], segment=segment)  # fmt: skip
 
