@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from _common import RESULTS, ResultFile
@@ -45,20 +46,22 @@ def base_batch(base: int) -> int:
     return 10 if base <= 20 else (25 if base <= 50 else 50)
 
 
-def paper_eval(syn: ds.SyntheticSet, data: ds.Dataset, steps: int) -> list[float]:
+def paper_eval(syn: ds.SyntheticSet, data: ds.Dataset, steps: int, device: str) -> list[float]:
     """The paper's retraining: Adam lr 1e-3, base-batch minibatches, the distillation's step count."""
     batch = base_batch(len(syn))
     epochs = max(1, math.ceil(steps * batch / len(syn)))
-    res = ds.evaluate(syn, data, net="lenet", repeats=5, epochs=epochs, optimizer="adam", lr=1e-3, batch_size=batch)
+    res = ds.evaluate(syn, data, net="lenet", repeats=5, epochs=epochs, optimizer="adam", lr=1e-3, batch_size=batch,
+                      device=device)  # fmt: skip
     return _acc(res)
 
 
-def run_row(target: str, source: str | None, base: int, variant: str, iterations: int) -> dict:
+def run_row(target: str, source: str | None, base: int, variant: str, iterations: int, device: str = "cpu") -> dict:
     data = ds.load_dataset(target)
     src = ds.load_dataset(source) if source else None
+    ev = {**EVAL, "device": device}
     t0 = time.perf_counter()
     cfg = LabelConfig(base=base, variant=variant, base_batch=base_batch(base))
-    ld = LabelDistillation(data, cfg, seed=0, source=src)
+    ld = LabelDistillation(data, cfg, seed=0, source=src, device=device)
     for it in range(iterations):
         m = ld.step(it)
     distill_s = time.perf_counter() - t0
@@ -69,18 +72,18 @@ def run_row(target: str, source: str | None, base: int, variant: str, iterations
         "final_loss": m["loss"],
         "resets": ld.resets,
         "train_steps": ld.train_steps,
-        "learned": _acc(ds.evaluate(syn, data, **EVAL)),
-        "learned_paper": paper_eval(syn, data, ld.train_steps),
+        "learned": _acc(ds.evaluate(syn, data, **ev)),
+        "learned_paper": paper_eval(syn, data, ld.train_steps, device),
     }
     if source is None:
         onehot = ds.SyntheticSet(syn.images, ld.base_classes.clone(), syn.class_names, syn.mean, syn.std)
-        row["onehot"] = _acc(ds.evaluate(onehot, data, **EVAL))
-        row["onehot_paper"] = paper_eval(onehot, data, ld.train_steps)
-        row["random_real"] = _acc(ds.evaluate(ds.baseline("random", data, ipc=base // 10, seed=1), data, **EVAL))
-        if base == 100 and target == "mnist5k":  # other architectures on the same labels
+        row["onehot"] = _acc(ds.evaluate(onehot, data, **ev))
+        row["onehot_paper"] = paper_eval(onehot, data, ld.train_steps, device)
+        row["random_real"] = _acc(ds.evaluate(ds.baseline("random", data, ipc=base // 10, seed=1), data, **ev))
+        if base == 100 and target == "mnist5k" and device == "cpu":  # other architectures on the same labels
             for net, kw in (("convnet", {"width": 32}), ("mlp", {})):
-                row[f"learned_{net}"] = _acc(ds.evaluate(syn, data, **{**EVAL, "net": net, "net_kwargs": kw}))
-                row[f"onehot_{net}"] = _acc(ds.evaluate(onehot, data, **{**EVAL, "net": net, "net_kwargs": kw}))
+                row[f"learned_{net}"] = _acc(ds.evaluate(syn, data, **{**ev, "net": net, "net_kwargs": kw}))
+                row[f"onehot_{net}"] = _acc(ds.evaluate(onehot, data, **{**ev, "net": net, "net_kwargs": kw}))
     return row
 
 
@@ -89,8 +92,15 @@ def _acc(res) -> list[float]:
 
 
 def table() -> str:
-    data = json.loads((RESULTS / "labels.json").read_text())
+    return "\n\n".join(_table(path) for path in sorted(RESULTS.glob("labels*.json")))
+
+
+def _table(path) -> str:
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    where = f"{m['gpu']}, torch {m['torch']}" if m.get("gpu") else f"{m['cores']} CPU cores, one thread per process"
     lines = [
+        f"**{path.stem}** ({where})\n",
         "| target | base images from | base | variant | outer steps | learned labels | one-hot labels | random real "
         "| learned (paper retraining) | one-hot (paper retraining) | distill time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -114,8 +124,8 @@ def table() -> str:
                 f"{cell(r['learned_mlp'])} vs {cell(r['onehot_mlp'])} (standard protocol)."
             )
     lines.append(
-        f"\nLeNet; evaluation: 5 fresh nets each, final test accuracy mean ± std, standard protocol (SGD, 300 "
-        f"epochs) unless marked; {data['machine']['cores']} CPU cores, one thread per process."
+        "\nLeNet; evaluation: 5 fresh nets each, final test accuracy mean ± std, standard protocol (SGD, 300 "
+        "epochs) unless marked."
     )
     return "\n".join(lines)
 
@@ -126,6 +136,10 @@ if __name__ == "__main__":
     p.add_argument("--second-order-iterations", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-rows", type=int, default=len(ROWS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", default=None, metavar="TARGET:SOURCE:BASE:VARIANT", help="run one row (SOURCE - for none)")
+    p.add_argument("--tag", default=None, help="results file benchmarks/results/labels-TAG.json (default labels.json)")
+    p.add_argument("--results", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
     if args.table:
@@ -133,11 +147,18 @@ if __name__ == "__main__":
     else:
         torch.set_num_threads(args.threads)
         iterations = {"ridge": args.ridge_iterations, "second-order": args.second_order_iterations}
-        results = ResultFile(RESULTS / "labels.json", {"iterations": iterations, "eval": EVAL})
-        for target, source, base, variant in ROWS[: args.max_rows]:
+        name = f"labels-{args.tag}.json" if args.tag else "labels.json"
+        results = ResultFile(Path(args.results or RESULTS) / name, {"iterations": iterations, "eval": EVAL})
+        if args.device.startswith("cuda"):
+            results.data["machine"]["gpu"] = torch.cuda.get_device_name()
+        rows = ROWS[: args.max_rows]
+        if args.only:
+            t, s, b, v = args.only.split(":")
+            rows = [(t, None if s == "-" else s, int(b), v)]
+        for target, source, base, variant in rows:
             key = {"target": target, "source": source, "base": base, "variant": variant}
             if results.has(key):
                 continue
-            row = run_row(target, source, base, variant, iterations[variant])
+            row = run_row(target, source, base, variant, iterations[variant], args.device)
             results.add({**key, **row})
             print(json.dumps({**key, **row}), flush=True)
