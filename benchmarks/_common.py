@@ -13,8 +13,9 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine() -> dict:
-    return {
+def machine(device: str = "cpu") -> dict:
+    """What the numbers were measured on; names the GPU when the device is one."""
+    info = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -22,14 +23,17 @@ def machine() -> dict:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 class ResultFile:
     """A JSON file of rows, rewritten atomically after each row so an interrupted run loses nothing."""
 
-    def __init__(self, path: Path, settings: dict):
+    def __init__(self, path: Path, settings: dict, device: str = "cpu"):
         self.path = path
-        self.data = {"settings": settings, "machine": machine(), "rows": []}
+        self.data = {"settings": settings, "machine": machine(device), "rows": []}
         if path.exists():
             old = json.loads(path.read_text())
             if old.get("settings") == settings:

@@ -148,9 +148,9 @@ if __name__ == "__main__":
         torch.set_num_threads(args.threads)
         iterations = {"ridge": args.ridge_iterations, "second-order": args.second_order_iterations}
         name = f"labels-{args.tag}.json" if args.tag else "labels.json"
-        results = ResultFile(Path(args.results or RESULTS) / name, {"iterations": iterations, "eval": EVAL})
-        if args.device.startswith("cuda"):
-            results.data["machine"]["gpu"] = torch.cuda.get_device_name()
+        results = ResultFile(
+            Path(args.results or RESULTS) / name, {"iterations": iterations, "eval": EVAL}, args.device
+        )
         rows = ROWS[: args.max_rows]
         if args.only:
             t, s, b, v = args.only.split(":")

@@ -221,9 +221,7 @@ if __name__ == "__main__":
         prof = PROFILES[args.profile]
         results_dir = Path(args.results) if args.results else RESULTS
         settings = {**prof, "iters": {str(k): v for k, v in prof["iters"].items()}}
-        results = ResultFile(results_dir / f"mtt-{args.profile}.json", settings)
-        if args.device.startswith("cuda"):
-            results.data["machine"]["gpu"] = torch.cuda.get_device_name()
+        results = ResultFile(results_dir / f"mtt-{args.profile}.json", settings, args.device)
         for part in args.parts.split(","):
             t0 = time.perf_counter()
             if part in ("fashion", "mnist5k"):
