@@ -184,3 +184,10 @@ def test_cli_experts_distill_evaluate(tmp_path, capsys):
     assert result["settings"]["lr"] == pytest.approx(ds.SyntheticSet.load(out).train_lr)
     assert main(["distill", "mtt", "--dataset", "digits", "--out", str(out)]) == 2
     assert "--experts-dir" in capsys.readouterr().err
+    assert main(["distill", "dd", "--preset", "mtt-fashion-ipc10", "--out", str(out)]) == 2
+    assert "is for `distill mtt`" in capsys.readouterr().err
+    # a preset's settings apply, explicit flags override them (the experts cover fewer epochs than it assumes)
+    assert main(["distill", "mtt", "--preset", "mtt-mnist5k-ipc1", "--dataset", "digits", "--net", "mlp",
+                 "--experts-dir", str(exp), "--max-start-epoch", "1", "--expert-epochs", "1", "--syn-steps", "2",
+                 "--iterations", "1", "--out", str(tmp_path / "p")]) == 0  # fmt: skip
+    assert ds.SyntheticSet.load(tmp_path / "p").config["lr_img"] == 1000.0

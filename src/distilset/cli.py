@@ -162,6 +162,8 @@ def _parse_attack(text: str | None) -> tuple[int, int] | None:
 def cmd_distill(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset) if args.preset else None
     if preset is not None:
+        if preset.method != args.method:
+            raise DistilsetError(f"preset {args.preset} is for `distill {preset.method}`, not `distill {args.method}`")
         args.dataset = args.dataset or preset.dataset
         args.iterations = args.iterations or preset.iterations
     if args.dataset is None:
