@@ -191,3 +191,10 @@ def test_cli_experts_distill_evaluate(tmp_path, capsys):
                  "--experts-dir", str(exp), "--max-start-epoch", "1", "--expert-epochs", "1", "--syn-steps", "2",
                  "--iterations", "1", "--out", str(tmp_path / "p")]) == 0  # fmt: skip
     assert ds.SyntheticSet.load(tmp_path / "p").config["lr_img"] == 1000.0
+
+
+def test_resume_is_exact(digits, experts_dir, tmp_path):
+    full = ds.distill("mtt", digits, iterations=4, out=tmp_path / "a", experts=experts_dir, **SMALL)
+    ds.distill("mtt", digits, iterations=2, out=tmp_path / "b", experts=experts_dir, **SMALL)
+    resumed = ds.distill("mtt", digits, iterations=4, out=tmp_path / "b", resume=True, experts=experts_dir, **SMALL)
+    assert torch.equal(full.images, resumed.images) and full.train_lr == resumed.train_lr
