@@ -12,6 +12,7 @@ from distilset.data import Dataset, list_datasets, load_dataset
 from distilset.errors import DistilsetError
 from distilset.evaluate import EvalResult, evaluate
 from distilset.methods import distill
+from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
 from distilset.synset import SyntheticSet
 
@@ -20,6 +21,8 @@ __all__ = [
     "Dataset",
     "DistilsetError",
     "EvalResult",
+    "ExpertBuffer",
+    "ExpertConfig",
     "SyntheticSet",
     "baseline",
     "create_net",
@@ -28,4 +31,5 @@ __all__ = [
     "list_datasets",
     "list_nets",
     "load_dataset",
+    "train_experts",
 ]
