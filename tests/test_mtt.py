@@ -170,6 +170,22 @@ def test_bad_settings(digits, experts_dir):
         MTT(digits, experts_dir, MTTConfig(**{**SMALL, "lr_img": 0}))
 
 
+def test_damaged_expert_files_give_clear_errors(digits, experts_dir, tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    for f in experts_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    expert_path(out, 1).write_bytes(b"not a safetensors file")
+    with pytest.raises(DistilsetError, match="cannot read epoch 0 of expert 1.*delete the file"):
+        ExpertBuffer(out).flat(1, 0)
+    expert_path(out, 0).unlink()
+    with pytest.raises(DistilsetError, match="cannot read epoch 0 of expert 0"):
+        ExpertBuffer(out).flat(0, 0)
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(DistilsetError, match="not valid JSON"):
+        ExpertBuffer(out)
+
+
 def test_cli_experts_distill_evaluate(tmp_path, capsys):
     exp, out = tmp_path / "experts", tmp_path / "mtt"
     assert main(["experts", "--dataset", "digits", "--net", "mlp", "--experts", "1", "--epochs", "2",

@@ -175,9 +175,8 @@ def _load_init(model: nn.Module, theta0: dict[str, torch.Tensor]) -> None:
 
 def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
-    shape = syn.image_shape
-    if texture_crop(syn):
-        shape = (shape[0], *texture_crop(syn))
+    crop = texture_crop(syn)
+    shape = (syn.image_shape[0], *crop) if crop else syn.image_shape
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != shape:
         raise DistilsetError(
             f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -154,7 +154,10 @@ class ExpertBuffer:
                 f"no expert trajectories in {self.path} ({MANIFEST} missing); make them with "
                 f"`distilset experts --dataset NAME --out {self.path}`"
             )
-        self.manifest = json.loads(mf.read_text())
+        try:
+            self.manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as e:
+            raise DistilsetError(f"{mf} is not valid JSON ({e}); remake the experts with `distilset experts`") from e
         self.ids = sorted(int(k) for k in self.manifest["experts"])
         if not self.ids:
             raise DistilsetError(f"{self.path} has no finished expert yet; run `distilset experts` to completion")
@@ -183,8 +186,15 @@ class ExpertBuffer:
         """Parameters of ``expert`` after ``epoch`` epochs, as one float32 vector."""
         if not 0 <= epoch <= self.epochs:
             raise DistilsetError(f"epoch {epoch} is outside the stored 0..{self.epochs}")
-        with safe_open(str(expert_path(self.path, expert)), framework="pt") as f:
-            return f.get_tensor(f"epoch_{epoch:03d}").float()
+        path = expert_path(self.path, expert)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(f"epoch_{epoch:03d}").float()
+        except (OSError, SafetensorError) as e:
+            raise DistilsetError(
+                f"cannot read epoch {epoch} of expert {expert} from {path} ({e}); delete the file and rerun "
+                "`distilset experts` with the same settings to remake it"
+            ) from e
 
     def params(self, expert: int, epoch: int, device: str = "cpu") -> dict[str, torch.Tensor]:
         """The same parameters as a name -> tensor dict (views of one vector)."""
