@@ -9,16 +9,22 @@ import distilset as ds
 from distilset.baselines import herding_select, kmeans_centroids
 from distilset.errors import DistilsetError
 
-# Floors for ConvNet-3 width 32, 150 epochs, lr 0.05, IPC 10 on digits (chance 10 %). Measured: 80-93 %.
-FLOOR = 0.60
-
 
 @pytest.mark.parametrize("name", ["random", "mean", "kmeans", "herding"])
-def test_baseline_scores_above_chance(digits, name):
+def test_baseline_gives_ipc_per_class_and_trains_a_net(digits, name):
     syn = ds.baseline(name, digits, ipc=10, seed=0)
     assert len(syn) == 100 and torch.bincount(syn.labels).tolist() == [10] * 10
-    res = ds.evaluate(syn, digits, net_kwargs={"width": 32}, repeats=1, epochs=150, lr=0.05)
-    assert res.accuracy_mean > FLOOR, f"{name}: {res}"
+    res = ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=100, lr=0.05)
+    assert res.accuracy_mean > 0.6, f"{name}: {res}"  # chance is 0.1; these sets are real or averaged digits
+
+
+def test_kmeans_and_class_means_beat_random_images_at_one_per_class(digits):
+    """The summarising baselines carry more of each class than one random image (48 vs 75 % in the README)."""
+    kw = {"net": "mlp", "repeats": 3, "epochs": 100, "lr": 0.05}
+    random = ds.evaluate(ds.baseline("random", digits, ipc=1, seed=0), digits, **kw).accuracy_mean
+    for name in ("kmeans", "mean"):
+        summary = ds.evaluate(ds.baseline(name, digits, ipc=1, seed=0), digits, **kw).accuracy_mean
+        assert summary > random + 0.1, (name, summary, random)
 
 
 def test_random_subset_is_real_and_distinct(digits):
@@ -61,7 +67,7 @@ def test_herding_tracks_the_mean_better_than_random():
 def test_full_and_errors(digits):
     full = ds.baseline("full", digits)
     assert len(full) == len(digits.train_x)
-    with pytest.raises(DistilsetError, match="larger than class .* use --ipc"):
+    with pytest.raises(DistilsetError, match="larger than class .* use ipc"):
         ds.baseline("random", digits, ipc=1000)
     with pytest.raises(DistilsetError, match="unknown baseline"):
         ds.baseline("coreset", digits, ipc=1)

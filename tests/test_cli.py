@@ -43,7 +43,7 @@ def test_baseline_then_evaluate_json(tmp_path, capsys):
     )
     result = json.loads(out)
     assert code == 0 and result["dataset"] == "digits" and len(result["runs"]) == 2
-    assert result["accuracy_mean"] > 0.5 and result["protocol"] == "standard"
+    assert result["accuracy_mean"] > 0.5 and result["protocol"] == "recipe" and result["recipe"]["lr"] == 0.05
     code, out, _ = _run(capsys, "evaluate", str(out_dir), "--net", "mlp", "--epochs", "5", "--repeats", "1")
     assert code == 0 and "test accuracy" in out and "runs:" in out
 
@@ -61,6 +61,10 @@ def test_baseline_then_evaluate_json(tmp_path, capsys):
         (["evaluate", "CORRUPT"], "unreadable"),
         (["baseline", "random", "--dataset", "digits", "--out", "X", "--device", "cuda"], "no CUDA device"),
         (["evaluate", "GOOD", "--net-arg", "width"], "KEY=VALUE"),
+        (["evaluate", "GOOD", "--protocol", "best"], "invalid choice: 'best'"),
+        (["evaluate", "GOOD", "--repeats", "0"], "--repeats must be >= 1"),
+        (["experts", "--dataset", "digits", "--out", "X", "--lr", "0"], "--lr must be > 0"),
+        (["experts", "--dataset", "digits", "--out", "X", "--experts", "0"], "--experts must be >= 1"),
     ],
 )
 def test_error_paths_are_one_line(tmp_path, capsys, argv, message):

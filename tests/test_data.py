@@ -51,7 +51,7 @@ def test_mnist5k_is_400_100_per_class():
     assert data.train_x.shape == (4000, 1, 28, 28) and data.test_x.shape == (1000, 1, 28, 28)
     assert torch.bincount(data.train_y).tolist() == [400] * 10
     assert torch.bincount(data.test_y).tolist() == [100] * 10
-    assert data.info.mean == (0.1307,)
+    assert data.info.norm.mean == (0.1307,)
 
 
 @needs_fashion

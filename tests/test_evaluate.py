@@ -6,10 +6,14 @@ import pytest
 import torch
 
 import distilset as ds
-from distilset.errors import DistilsetError
-from distilset.evaluate import accuracy, soft_cross_entropy, train_recipe
+from distilset.data.dataset import Normalization
+from distilset.errors import ConfigError, DistilsetError
+from distilset.evaluate import training_recipe
+from distilset.losses import soft_cross_entropy
 from distilset.nets import create_net
+from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
+from distilset.train import accuracy, fit
 
 SMALL = {"width": 32}
 
@@ -18,8 +22,8 @@ def test_standard_protocol_learns_from_real_subset(digits):
     syn = ds.baseline("random", digits, ipc=10, seed=0)
     res = ds.evaluate(syn, digits, net_kwargs=SMALL, repeats=2, epochs=150, lr=0.05)
     assert res.accuracy_mean > 0.70  # chance is 0.10
-    assert res.protocol == "standard" and res.epochs == 150 and res.seeds == [0, 1] and len(res.runs) == 2
-    assert res.settings["lr"] == 0.05 and res.wall_time_s > 0
+    assert res.protocol == "recipe" and res.recipe["epochs"] == 150 and res.seeds == [0, 1] and len(res.runs) == 2
+    assert res.recipe["lr"] == 0.05 and res.recipe["kind"] == "standard" and res.wall_time_s > 0
     assert res.to_json()["accuracy_mean"] == res.accuracy_mean
 
 
@@ -28,8 +32,8 @@ def test_same_seed_same_result_and_dsa_changes_training(digits):
     kw = {"net_kwargs": SMALL, "repeats": 1, "epochs": 40, "lr": 0.05}
     a, b = ds.evaluate(syn, digits, **kw), ds.evaluate(syn, digits, **kw)
     assert a.runs == b.runs and a.accuracy_mean > 0.3
-    c = ds.evaluate(syn, digits, dsa_strategy="crop_scale_rotate", **kw)
-    assert c.settings["dsa_strategy"] == "crop_scale_rotate" and c.runs != a.runs
+    c = ds.evaluate(syn, digits, dsa="crop_scale_rotate", **kw)
+    assert c.recipe["dsa"] == "crop_scale_rotate" and c.runs != a.runs
 
 
 def test_soft_cross_entropy_matches_hard_for_one_hot():
@@ -40,7 +44,7 @@ def test_soft_cross_entropy_matches_hard_for_one_hot():
 
 def test_soft_labels_train(digits):
     syn = ds.baseline("kmeans", digits, ipc=3)
-    soft = SyntheticSet(syn.images, torch.eye(10)[syn.labels] * 0.9 + 0.01, syn.class_names, syn.mean, syn.std)
+    soft = SyntheticSet(syn.images, torch.eye(10)[syn.labels] * 0.9 + 0.01, syn.class_names, syn.norm)
     res = ds.evaluate(soft, digits, net="mlp", repeats=1, epochs=100, lr=0.05)
     assert res.accuracy_mean > 0.6
 
@@ -54,12 +58,11 @@ def test_recipe_replays_learned_steps_exactly(digits):
         base.images,
         base.labels,
         base.class_names,
-        base.mean,
-        base.std,
+        base.norm,
+        recipe=Replay(init="fixed"),
         lrs=torch.tensor([0.5, 0.3, 0.1]),
         step_order=torch.arange(10).repeat(3, 1),
         init_params=init,
-        init_regime="fixed",
         net={"name": "mlp", "kwargs": {}, "init": "default"},
     )
     res = ds.evaluate(syn, digits, repeats=2)
@@ -78,21 +81,44 @@ def test_recipe_replays_learned_steps_exactly(digits):
         ds.evaluate(syn, digits, net="convnet", protocol="recipe")
 
 
-def test_recipe_requires_learned_lrs(digits):
-    syn = ds.baseline("random", digits, ipc=1)
-    with pytest.raises(DistilsetError, match="use --protocol standard"):
-        train_recipe(create_net("mlp", (1, 8, 8), 10), syn)
+def test_standard_options_need_a_standard_recipe(digits):
+    base = ds.baseline("mean", digits, ipc=1)
+    syn = SyntheticSet(base.images, base.labels, base.class_names, base.norm, recipe=Replay(),
+                       lrs=torch.tensor([0.1]), step_order=torch.arange(10)[None])  # fmt: skip
+    with pytest.raises(ConfigError, match="lr set.*add --protocol standard"):
+        ds.evaluate(syn, digits, lr=0.1)
+    assert training_recipe(syn, "standard", lr=0.1) == Standard(lr=0.1)
+    labels = SyntheticSet(base.images, base.labels, base.class_names, base.norm,
+                          recipe=Standard(optimizer="adam", lr=1e-3, steps=50, dsa="crop"))  # fmt: skip
+    assert training_recipe(labels, "standard") == Standard(dsa="crop")  # DC's protocol, the set's augmentation
+    assert training_recipe(labels, epochs=7).steps is None  # an epoch count replaces the step budget
+    with pytest.raises(ConfigError, match="unknown training option"):
+        ds.evaluate(labels, digits, momentun=0.5)
+
+
+def test_fit_by_steps_and_epochs(digits):
+    x, y = digits.train_x[:100], digits.train_y[:100]
+    seen = []
+    fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, epochs=3),
+        on_epoch=lambda e, net: seen.append(e))  # fmt: skip
+    assert seen == [1, 2, 3]  # four minibatches an epoch, a callback after each full epoch
+    seen.clear()
+    fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9),
+        on_epoch=lambda e, net: seen.append(e))  # fmt: skip
+    assert seen == [1, 2]  # 9 steps: two full epochs and one minibatch of the third
+    a = fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9), seed=4)
+    b = fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9), seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_test_data_follows_the_sets_normalisation(digits):
     """A set stored with other mean/std is evaluated on test images mapped into its own space."""
     syn = ds.baseline("random", digits, ipc=10)
-    c = torch.tensor(digits.info.std).view(1, 1, 1, 1)
-    m = torch.tensor(digits.info.mean).view(1, 1, 1, 1)
-    pixels = syn.images * c + m
-    other = SyntheticSet((pixels - 0.5) / 0.5, syn.labels, syn.class_names, mean=(0.5,), std=(0.5,))
+    pixels = digits.info.norm.denormalize(syn.images)
+    other = SyntheticSet((pixels - 0.5) / 0.5, syn.labels, syn.class_names, Normalization((0.5,), (0.5,)))
     kw = {"net": "mlp", "repeats": 1, "epochs": 60, "lr": 0.05}
-    assert ds.evaluate(other, digits, **kw).accuracy_mean > 0.7
+    same, moved = ds.evaluate(syn, digits, **kw).accuracy_mean, ds.evaluate(other, digits, **kw).accuracy_mean
+    assert moved > 0.7 and abs(same - moved) < 0.05
     zca_data = digits.with_zca()
     zsyn = ds.baseline("random", zca_data, ipc=10)
     assert zsyn.zca is not None
@@ -109,21 +135,21 @@ def test_mismatched_dataset_is_refused(digits):
 
 def test_divergence_is_reported(digits):
     syn = ds.baseline("random", digits, ipc=2)
-    with pytest.raises(DistilsetError, match="diverged.*lower the lr"):
+    with pytest.raises(DistilsetError, match="diverged.*lower the learning rate"):
         ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=50, lr=1e6)
 
 
 def test_negative_soft_label_mass_is_named_when_training_diverges(digits):
     base = ds.baseline("random", digits, ipc=2)
     soft = torch.eye(10)[base.labels] * 2 - 0.5  # learned labels may go negative: CE is then unbounded below
-    syn = SyntheticSet(base.images, soft, base.class_names, base.mean, base.std)
+    syn = SyntheticSet(base.images, soft, base.class_names, base.norm)
     with pytest.raises(DistilsetError, match="negative entries.*--protocol recipe"):
         ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=300, lr=0.1)
 
 
 def test_adam_optimizer_option(digits):
     syn = ds.baseline("kmeans", digits, ipc=5)
-    res = ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=100, optimizer="adam")
-    assert res.settings["optimizer"] == "adam" and res.settings["lr"] == 0.001 and res.accuracy_mean > 0.6
-    with pytest.raises(DistilsetError, match="unknown optimizer"):
+    res = ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=100, optimizer="adam", lr=1e-3)
+    assert res.recipe["optimizer"] == "adam" and res.accuracy_mean > 0.6
+    with pytest.raises(ConfigError, match="optimizer must be one of sgd, adam"):
         ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=1, optimizer="lbfgs")

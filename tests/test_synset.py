@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import SynsetFormatError
 from distilset.nets import create_net
+from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
 
 
@@ -22,17 +24,14 @@ def _full_set() -> SyntheticSet:
         images=images,
         labels=torch.softmax(torch.randn(6, 3, generator=g), 1),
         class_names=("a", "b", "c"),
-        mean=(0.5,),
-        std=(0.25,),
+        norm=Normalization((0.5,), (0.25,)),
         dataset="digits",
         method="dd",
         zca=ZCA.fit(torch.randn(100, 1, 8, 8, generator=g)),
         lrs=torch.rand(4, generator=g).double(),
         step_order=torch.tensor([[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]]),
         init_params={k: v.clone() for k, v in net.state_dict().items()},
-        init_regime="fixed",
-        train_lr=0.0123,
-        dsa_strategy="color_crop",
+        recipe=Replay(init="fixed"),
         net={"name": "lenet", "kwargs": {}, "init": "xavier"},
         config={"steps": 2, "epochs": 2},
         extra={"note": "test"},
@@ -49,20 +48,23 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert torch.equal(syn.zca.matrix, back.zca.matrix) and torch.equal(syn.zca.mean, back.zca.mean)
     assert syn.init_params.keys() == back.init_params.keys()
     assert all(torch.equal(syn.init_params[k], back.init_params[k]) for k in syn.init_params)
-    for name in (
-        "class_names",
-        "mean",
-        "std",
-        "dataset",
-        "method",
-        "init_regime",
-        "train_lr",
-        "dsa_strategy",
-        "net",
-        "config",
-        "extra",
-    ):
+    for name in ("class_names", "norm", "dataset", "method", "recipe", "net", "config", "extra"):
         assert getattr(syn, name) == getattr(back, name), name
+
+
+def test_standard_recipe_round_trip_and_version_1_sets(tmp_path):
+    recipe = Standard(optimizer="adam", lr=0.0123, weight_decay=0.0, batch_size=10, steps=77, schedule="constant",
+                      dsa="color_crop", crop=(8, 8))  # fmt: skip
+    syn = SyntheticSet(torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 0, 1]), ("a", "b"), recipe=recipe)
+    syn.save(tmp_path / "s")
+    assert SyntheticSet.load(tmp_path / "s").recipe == recipe
+    assert (tmp_path / "s" / "tiles.png").exists()  # a set trained on crops is a texture: its tiling is shown
+    # A version-1 file (before typed recipes): its learned lr, DSA strategy and crop become a Standard recipe.
+    meta = json.loads((tmp_path / "s" / "synset.json").read_text())
+    del meta["recipe"]
+    meta.update(version=1, train_lr=0.5, dsa_strategy="crop", init_regime=None, extra={"texture": {"crop": [8, 8]}})
+    (tmp_path / "s" / "synset.json").write_text(json.dumps(meta))
+    assert SyntheticSet.load(tmp_path / "s").recipe == Standard(lr=0.5, dsa="crop", crop=(8, 8))
 
 
 def test_hard_labels_and_grid(tmp_path):
@@ -70,8 +72,7 @@ def test_hard_labels_and_grid(tmp_path):
         torch.rand(6, 3, 8, 8),
         torch.tensor([0, 0, 1, 1, 2, 2]),
         ("a", "b", "c"),
-        mean=(0.1, 0.2, 0.3),
-        std=(1.0, 1.0, 1.0),
+        norm=Normalization((0.1, 0.2, 0.3), (1.0, 1.0, 1.0)),
     )
     syn.save(tmp_path)
     back = SyntheticSet.load(tmp_path)
@@ -135,3 +136,19 @@ def test_validation_rejects_bad_sets():
         SyntheticSet(x * float("nan"), torch.tensor([0, 1, 1, 0]), ("a", "b"))
     with pytest.raises(SynsetFormatError, match="item indices"):
         SyntheticSet(x, torch.tensor([0, 1, 1, 0]), ("a", "b"), lrs=torch.ones(1), step_order=torch.tensor([[0, 9]]))
+    with pytest.raises(SynsetFormatError, match="replay recipe needs the learned lrs"):
+        SyntheticSet(x, torch.tensor([0, 1, 1, 0]), ("a", "b"), recipe=Replay())
+    with pytest.raises(SynsetFormatError, match="stored init"):
+        order = torch.tensor([[0, 1]])
+        SyntheticSet(x, torch.tensor([0, 1, 1, 0]), ("a", "b"), recipe=Replay("fixed"), lrs=torch.ones(1),
+                     step_order=order)  # fmt: skip
+
+
+def test_a_recipe_that_breaks_its_own_rules_is_refused(tmp_path):
+    SyntheticSet(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), ("a", "b")).save(tmp_path)
+    meta = json.loads((tmp_path / "synset.json").read_text())
+    for bad, message in (({"kind": "standard", "lr": -1}, "lr must be > 0"), ({"kind": "sgd"}, "unknown training"),
+                         ({"kind": "standard", "speed": 3}, "unknown fields")):  # fmt: skip
+        (tmp_path / "synset.json").write_text(json.dumps({**meta, "recipe": bad}))
+        with pytest.raises(SynsetFormatError, match=message):
+            SyntheticSet.load(tmp_path)

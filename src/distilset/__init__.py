@@ -2,34 +2,44 @@
 
 import distilset as ds
 data = ds.load_dataset("digits")
-syn = ds.baseline("random", data, ipc=10)
-print(ds.evaluate(syn, data, repeats=5))
+syn = ds.distill("dd", data)                 # defaults resolved from the dataset
+print(ds.evaluate(syn, data, repeats=5))     # trains fresh nets by the set's own recipe
 syn.save("out/"); ds.SyntheticSet.load("out/")
 """
 
 from distilset.baselines import baseline
-from distilset.data import Dataset, list_datasets, load_dataset
-from distilset.errors import DistilsetError
+from distilset.data import Dataset, Normalization, list_datasets, load_dataset
+from distilset.errors import ConfigError, DistilsetError
 from distilset.evaluate import EvalResult, evaluate
-from distilset.methods import distill
+from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
+from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
+from distilset.train import fit
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
+    "ConfigError",
     "Dataset",
     "DistilsetError",
     "EvalResult",
     "ExpertBuffer",
     "ExpertConfig",
+    "Normalization",
+    "Replay",
+    "Standard",
     "SyntheticSet",
     "baseline",
     "create_net",
     "distill",
     "evaluate",
+    "fit",
+    "get_method",
     "list_datasets",
+    "list_methods",
     "list_nets",
     "load_dataset",
+    "register_method",
     "train_experts",
 ]

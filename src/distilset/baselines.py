@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from distilset.data.dataset import Dataset
-from distilset.errors import DistilsetError
+from distilset.errors import ConfigError, DistilsetError
 from distilset.synset import SyntheticSet
 
 BASELINES = ("random", "mean", "kmeans", "herding", "full")
@@ -24,14 +24,14 @@ BASELINES = ("random", "mean", "kmeans", "herding", "full")
 
 def _class_sizes_check(data: Dataset, ipc: int) -> None:
     if ipc < 1:
-        raise DistilsetError(f"ipc must be >= 1, got {ipc}")
+        raise ConfigError(f"`ipc` must be >= 1, got {ipc}")
     sizes = torch.bincount(data.train_y, minlength=data.num_classes)
     smallest = int(sizes.min())
     if ipc > smallest:
         c = int(sizes.argmin())
         raise DistilsetError(
             f"ipc {ipc} is larger than class {c} ({data.info.class_names[c]!r}), which has {smallest} training "
-            f"images; use --ipc {smallest} or less"
+            f"images; use `ipc` {smallest} or less"
         )
 
 
@@ -50,10 +50,6 @@ def _per_class(
         images.append(pick(xc, ipc, g))
         labels.append(torch.full((ipc,), c, dtype=torch.int64))
     return torch.cat(images), torch.cat(labels)
-
-
-def _random(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    return xc[torch.randperm(len(xc), generator=g)[:k]]
 
 
 def _mean(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -114,7 +110,8 @@ def baseline(
     _class_sizes_check(data, ipc)
     config = {"baseline": name, "ipc": ipc, "seed": seed}
     if name == "random":
-        images, labels = _per_class(data, ipc, _random, seed)
+        idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
+        images, labels = data.train_x[idx], data.train_y[idx]
     elif name == "mean":
         images, labels = _per_class(data, ipc, _mean, seed)
     elif name == "kmeans":

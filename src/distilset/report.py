@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from distilset.io import atomic_write
+
 
 def image_grid(
     pixels: torch.Tensor,
@@ -34,8 +36,4 @@ def image_grid(
             tile = Image.fromarray(img[..., 0] if c == 1 else img[..., :3]).convert("RGB")
             tile = tile.resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cell_w + pad), y0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    canvas.save(tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: canvas.save(f, format="PNG"))

@@ -1,8 +1,11 @@
 """SyntheticSet: a distilled (or baseline) training set that carries everything needed to use it.
 
-On disk a set is ``synset.safetensors`` (tensors) plus ``synset.json`` (metadata, a listing of the tensors
-with shapes and dtypes, and the format version), both written atomically; no pickle anywhere. ``load``
-validates the pair and refuses malformed files with a message naming the problem.
+On disk a set is ``synset.safetensors`` (tensors) plus ``synset.json`` (metadata, the typed training recipe,
+the resolved config of the method that made it, a listing of the tensors with shapes and dtypes, and the
+format version), both written atomically; no pickle anywhere. ``load`` validates the pair and refuses
+malformed files with a message naming the problem. Version 1 files (before typed recipes) are read and
+converted: learned lrs become a ``Replay`` recipe, a learned ``train_lr`` / DSA strategy / texture crop a
+``Standard`` one.
 """
 
 from __future__ import annotations
@@ -10,19 +13,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
-from distilset.errors import SynsetFormatError
+from distilset.errors import DistilsetError, SynsetFormatError
+from distilset.io import save_tensors, write_json
+from distilset.recipes import Recipe, Replay, Standard, recipe_from_json, recipe_to_json
 
 FORMAT = "distilset.synset"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
 
@@ -33,41 +39,37 @@ class SyntheticSet:
 
     images: float (N, C, H, W) in the dataset's normalised (and possibly ZCA) space, or (N, D) embeddings.
     labels: int64 (N,) hard labels, or float (N, K) soft label vectors.
-    lrs / step_order: per-step learned learning rates (T,) and the item indices of each step (T, B), for the
-    ``recipe`` protocol (Dataset Distillation). init_params: the fixed initial weights of a fixed-init set.
-    train_lr: a learned learning rate for standard training (MTT). dsa_strategy: augmentation used while
-    distilling, used again by default at evaluation. net: {"name", "kwargs", "init"} of the distillation net.
+    recipe: how a fresh network must be trained on the set (``Standard`` or ``Replay``, see recipes.py).
+    lrs / step_order: per-step learned learning rates (T,) and the item indices of each step (T, B), which a
+    ``Replay`` recipe replays. init_params: the fixed initial weights of a fixed-init set.
+    net: {"name", "kwargs", "init"} of the distillation net. config: the resolved config of the method.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: tuple[str, ...]
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    norm: Normalization = field(default_factory=Normalization)
     dataset: str = ""
     method: str = ""
     zca: ZCA | None = None
+    recipe: Recipe = field(default_factory=Standard)
     lrs: torch.Tensor | None = None
     step_order: torch.Tensor | None = None
     init_params: dict[str, torch.Tensor] | None = None
-    init_regime: str | None = None
-    train_lr: float | None = None
-    dsa_strategy: str | None = None
     net: dict | None = None
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
         self.validate()
 
     @classmethod
     def for_dataset(cls, data, images: torch.Tensor, labels: torch.Tensor, method: str, **fields) -> SyntheticSet:
         """A set in ``data``'s space: its class names, normalisation, name and ZCA come along."""
         info = data.info
-        return cls(images=images, labels=labels, class_names=info.class_names, mean=info.mean, std=info.std,
-                   dataset=info.name, method=method, zca=data.zca, **fields)  # fmt: skip
+        return cls(images=images, labels=labels, class_names=info.class_names, norm=info.norm, dataset=info.name,
+                   method=method, zca=data.zca, **fields)  # fmt: skip
 
     # ---- shape facts -------------------------------------------------------------------------------
     @property
@@ -124,8 +126,15 @@ class SyntheticSet:
             raise SynsetFormatError(f"labels must be (N,) or (N, K), got {tuple(self.labels.shape)}")
         if len(self.labels) != n:
             raise SynsetFormatError(f"{n} images but {len(self.labels)} labels")
-        if self.images.ndim == 4 and len(self.mean) != self.images.shape[1]:
-            raise SynsetFormatError(f"mean/std have {len(self.mean)} channels, images {self.images.shape[1]}")
+        if self.images.ndim == 4 and self.norm.channels != self.images.shape[1]:
+            raise SynsetFormatError(f"mean/std have {self.norm.channels} channels, images {self.images.shape[1]}")
+        if not isinstance(self.recipe, (Standard, Replay)):
+            raise SynsetFormatError(f"recipe must be a Standard or Replay recipe, got {type(self.recipe).__name__}")
+        if isinstance(self.recipe, Replay):
+            if self.lrs is None:
+                raise SynsetFormatError("a replay recipe needs the learned lrs and step order")
+            if self.recipe.init in ("fixed", "fixed-pretrained") and not self.init_params:
+                raise SynsetFormatError(f"a replay from {self.recipe.init} init needs the stored init parameters")
         if self.zca is not None:
             d = math.prod(self.images.shape[1:])
             if tuple(self.zca.matrix.shape) != (d, d) or tuple(self.zca.mean.shape) != (d,):
@@ -151,9 +160,7 @@ class SyntheticSet:
         x = self.images.detach().float().cpu()
         if self.zca is not None:
             x = self.zca.invert(x)
-        m = torch.tensor(self.mean).view(1, -1, 1, 1)
-        s = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x * s + m).clamp(0, 1)
+        return self.norm.denormalize(x).clamp(0, 1)
 
     def save_grid(self, path: str | os.PathLike, max_per_class: int = 20) -> Path:
         """Write a PNG grid: one row per class (label by name), items of that class along the row."""
@@ -189,14 +196,11 @@ class SyntheticSet:
             "format": FORMAT,
             "version": VERSION,
             "class_names": list(self.class_names),
-            "mean": list(self.mean),
-            "std": list(self.std),
+            **self.norm.to_json(),
             "dataset": self.dataset,
             "method": self.method,
             "zca_eps": self.zca.eps if self.zca is not None else None,
-            "init_regime": self.init_regime,
-            "train_lr": self.train_lr,
-            "dsa_strategy": self.dsa_strategy,
+            "recipe": recipe_to_json(self.recipe),
             "net": self.net,
             "config": self.config,
             "extra": self.extra,
@@ -204,11 +208,11 @@ class SyntheticSet:
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
             },
         }
-        _atomic_write(out / TENSOR_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-        _atomic_write(out / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=_json)))
+        save_tensors(out / TENSOR_FILE, tensors, metadata={"format": FORMAT})
+        write_json(out / META_FILE, meta, default=_json)
         if grid and self.images.ndim == 4:
             self.save_grid(out / "grid.png")
-            if self.extra.get("texture"):
+            if isinstance(self.recipe, Standard) and self.recipe.crop:
                 self.save_tiles(out / "tiles.png")
         return out
 
@@ -227,10 +231,10 @@ class SyntheticSet:
             raise SynsetFormatError(f"{d / META_FILE} is not valid JSON ({e}); the set is corrupt") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise SynsetFormatError(f"{d / META_FILE} is not a distilset synset file (format field missing)")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise SynsetFormatError(
-                f"{d} has synset format version {meta.get('version')}; this distilset reads "
-                f"version {VERSION}: upgrade distilset or re-export the set"
+                f"{d} has synset format version {meta.get('version')}; this distilset reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade distilset or re-export the set"
             )
         try:
             tensors = load_file(str(d / TENSOR_FILE))
@@ -253,25 +257,37 @@ class SyntheticSet:
         if "zca.matrix" in tensors:
             zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], meta.get("zca_eps") or 0.1)
         init = {k[5:]: v for k, v in tensors.items() if k.startswith("init.")} or None
-        return cls(
-            images=tensors["images"],
-            labels=tensors["labels"],
-            class_names=tuple(meta["class_names"]),
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
-            dataset=meta.get("dataset", ""),
-            method=meta.get("method", ""),
-            zca=zca,
-            lrs=tensors.get("lrs"),
-            step_order=tensors.get("step_order"),
-            init_params=init,
-            init_regime=meta.get("init_regime"),
-            train_lr=meta.get("train_lr"),
-            dsa_strategy=meta.get("dsa_strategy"),
-            net=meta.get("net"),
-            config=meta.get("config") or {},
-            extra=meta.get("extra") or {},
-        )
+        recipe = recipe_from_json(meta["recipe"]) if meta["version"] >= 2 else _recipe_v1(meta, "lrs" in tensors)
+        try:
+            return cls(
+                images=tensors["images"],
+                labels=tensors["labels"],
+                class_names=tuple(meta["class_names"]),
+                norm=Normalization(meta["mean"], meta["std"]),
+                dataset=meta.get("dataset", ""),
+                method=meta.get("method", ""),
+                zca=zca,
+                recipe=recipe,
+                lrs=tensors.get("lrs"),
+                step_order=tensors.get("step_order"),
+                init_params=init,
+                net=meta.get("net"),
+                config=meta.get("config") or {},
+                extra=meta.get("extra") or {},
+            )
+        except SynsetFormatError as e:
+            raise SynsetFormatError(f"{d}: {e}") from e
+        except (DistilsetError, TypeError, ValueError) as e:
+            raise SynsetFormatError(f"{d}: malformed metadata ({e}); the set is corrupt") from e
+
+
+def _recipe_v1(meta: dict, has_lrs: bool) -> Recipe:
+    """The recipe a version-1 set implied: its learned steps, or standard training with its lr/DSA/crops."""
+    if has_lrs:
+        return Replay(init=meta.get("init_regime") or "random")
+    texture = (meta.get("extra") or {}).get("texture")
+    return Standard(lr=meta.get("train_lr") or 0.01, dsa=meta.get("dsa_strategy"),
+                    crop=tuple(texture["crop"]) if texture else None)  # fmt: skip
 
 
 def _json(o):
@@ -282,15 +298,3 @@ def _json(o):
     if isinstance(o, torch.Tensor):
         return o.tolist()
     raise TypeError(f"cannot store {type(o).__name__} in synset.json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

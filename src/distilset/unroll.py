@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from distilset.evaluate import soft_cross_entropy
+from distilset.losses import soft_cross_entropy
 
 Params = dict[str, torch.Tensor]
 # step t -> (inputs, targets, lr): built from the learnable tensors, so the unroll can be differentiated.

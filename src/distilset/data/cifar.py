@@ -15,6 +15,7 @@ import numpy as np
 from distilset.data.dataset import DSA_WITH_FLIP, Dataset, from_arrays
 from distilset.data.download import download_verified
 from distilset.errors import DatasetNotFoundError, DistilsetError
+from distilset.io import write_bytes
 
 PIXELS = 3 * 32 * 32
 
@@ -113,9 +114,7 @@ def _extract_members(archive: Path, spec: CifarSpec, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(member)
                 assert src is not None
-                tmp = target.with_name(target.name + ".part")
-                tmp.write_bytes(src.read())
-                tmp.replace(target)
+                write_bytes(target, src.read())
 
 
 def load_cifar(spec: CifarSpec, root: Path, download: bool = False) -> Dataset:

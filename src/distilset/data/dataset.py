@@ -1,7 +1,9 @@
 """The in-memory dataset every method and the evaluation harness consume.
 
 Images are stored normalised, ``(x / 255 - mean) / std`` per channel (and ZCA-whitened when asked for);
-``DatasetInfo`` keeps what is needed to undo that for pictures and to rebuild the same preprocessing.
+``DatasetInfo.norm`` (a ``Normalization``, the one type for this everywhere) keeps what is needed to undo
+that for pictures and to rebuild the same preprocessing. ``Dataset.sample_per_class`` is the one
+class-balanced sampler (baselines, real-image initialisation, base examples, per-class real batches).
 """
 
 from __future__ import annotations
@@ -20,14 +22,46 @@ DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
 
 
 @dataclass(frozen=True)
+class Normalization:
+    """Per-channel normalisation: ``normalize(pixels) = (pixels - mean) / std`` on (N, C, H, W) in [0, 1]."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise DistilsetError(f"mean and std need one value per channel, got {self.mean} and {self.std}")
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.channels) + (1,) * (x.ndim - 2)
+        return torch.tensor(self.mean, dtype=x.dtype).view(shape), torch.tensor(self.std, dtype=x.dtype).view(shape)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(pixels)
+        return (pixels - mean.to(pixels.device)) / std.to(pixels.device)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(x)
+        return x * std.to(x.device) + mean.to(x.device)
+
+    def to_json(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """Metadata of a dataset: names, shape and the normalisation applied to its tensors."""
 
     name: str
     class_names: tuple[str, ...]
     image_shape: tuple[int, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    norm: Normalization
     dsa_strategy: str = DSA_WITH_FLIP
     description: str = ""
 
@@ -40,8 +74,7 @@ class DatasetInfo:
             "name": self.name,
             "class_names": list(self.class_names),
             "image_shape": list(self.image_shape),
-            "mean": list(self.mean),
-            "std": list(self.std),
+            **self.norm.to_json(),
             "dsa_strategy": self.dsa_strategy,
             "description": self.description,
         }
@@ -69,6 +102,22 @@ class Dataset:
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices of the training examples of class ``c``."""
         return torch.nonzero(self.train_y == c, as_tuple=True)[0]
+
+    def sample_per_class(self, n: int, generator: torch.Generator, what: str = "`ipc`") -> torch.Tensor:
+        """Indices of ``n`` training examples of every class, drawn without replacement, class after class.
+
+        A class with fewer than ``n`` examples is an error that names ``what`` asked for them.
+        """
+        picks = []
+        for c in range(self.num_classes):
+            members = self.class_indices(c)
+            if n > len(members):
+                raise DistilsetError(
+                    f"{what} {n} needs {n} training images of class {c} ({self.info.class_names[c]!r}), which has "
+                    f"{len(members)}; use {len(members)} or less"
+                )
+            picks.append(members[torch.randperm(len(members), generator=generator)[:n]])
+        return torch.cat(picks)
 
     def to(self, device: str | torch.device) -> Dataset:
         return replace(
@@ -123,8 +172,7 @@ def from_arrays(
         std = tuple(max(float(v), 1e-6) for v in tx.std(dim=(0, 2, 3)))
     if len(mean) != tx.shape[1] or len(std) != tx.shape[1]:
         raise DistilsetError(f"{name}: mean/std need one value per channel ({tx.shape[1]})")
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+    norm = Normalization(mean, std)
     ty = torch.as_tensor(np.asarray(train_y, dtype=np.int64))
     vy = torch.as_tensor(np.asarray(test_y, dtype=np.int64))
     num_classes = int(max(ty.max(), vy.max())) + 1
@@ -136,9 +184,8 @@ def from_arrays(
         name=name,
         class_names=tuple(class_names),
         image_shape=tuple(int(d) for d in tx.shape[1:]),
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
+        norm=norm,
         dsa_strategy=dsa_strategy,
         description=description,
     )
-    return Dataset(info, ((tx - m) / s).contiguous(), ty, ((vx - m) / s).contiguous(), vy)
+    return Dataset(info, norm.normalize(tx).contiguous(), ty, norm.normalize(vx).contiguous(), vy)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from distilset.errors import ChecksumError, DistilsetError
+from distilset.io import atomic_write
 
 MIRROR_ENV = "DISTILSET_MIRROR"
 
@@ -35,26 +35,27 @@ def download_verified(url: str, dest: Path, md5: str, progress: bool = True) -> 
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         url = mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-    except OSError as e:
-        part.unlink(missing_ok=True)
-        raise DistilsetError(
-            f"download of {url} failed: {e}; check the network or place the file at {dest} yourself"
-        ) from e
-    got = md5sum(part)
-    if got != md5:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the file was deleted. "
-            "Retry, or fetch it from the publisher and place it at " + str(dest)
-        )
-    shutil.move(part, dest)
-    return dest
+
+    def fetch(out) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+        except OSError as e:
+            raise DistilsetError(
+                f"download of {url} failed: {e}; check the network or place the file at {dest} yourself"
+            ) from e
+        got = digest.hexdigest()
+        if got != md5:
+            raise ChecksumError(
+                f"checksum mismatch for {url}: expected md5 {md5}, got {got}; the file was deleted. "
+                "Retry, or fetch it from the publisher and place it at " + str(dest)
+            )
+
+    # Written to a private temporary file and renamed only once the checksum matched.
+    return atomic_write(dest, fetch)

@@ -1,34 +1,69 @@
-"""What every distillation method shares: the outer-loop runner with checkpoints, resume, history, NaN stop.
+"""What every distillation method shares: its config base, the context it is built in, and the outer loop.
 
-A method is an object with ``step(iteration) -> metrics``, ``state_dict()``, ``load_state_dict()`` and
-``synthetic_set()``. ``run`` drives it: progress bar, metrics history, a checkpoint every N iterations
-(``DIR/checkpoint/state.pt``, tensors and plain values only, loaded with ``weights_only=True``), resume from
-the last checkpoint so that an interrupted run continues bit for bit, and on a non-finite loss or parameter
-a stop that first saves the last good state and names the iteration.
+A method is a config class (``MethodConfig``: options, checks, dataset-aware defaults) and a stepwise
+distiller: an object with ``step(iteration) -> metrics``, ``state_dict()``, ``load_state_dict()`` and
+``synthetic_set()``. ``run`` drives it: progress bar, metrics history (``history.json``), a checkpoint every
+N iterations (``DIR/checkpoint/state.pt``, tensors and plain values only, read with ``weights_only=True``),
+resume from the last checkpoint so that an interrupted run continues bit for bit, and on a non-finite loss,
+gradient or learned value a stop that first saves the last good state, names the iteration and the options
+of the method that ran. The saved set carries the resolved config and the reasons for the resolved values.
+
+Checkpoint identity: the checkpoint stores the method, seed and resolved config (format 2); ``--resume``
+compares them field by field with the new run and names the first setting that differs. Only the fields a
+method lists in ``RESUMABLE`` (e.g. the outer learning rate) may change on resume.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from tqdm import tqdm
 
+from distilset.config import Config
 from distilset.errors import DistilsetError
+from distilset.io import save_torch, write_json
 from distilset.synset import SyntheticSet
 
 CHECKPOINT = "checkpoint/state.pt"
+CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteError(DistilsetError):
     """Raised by a method's ``step`` before it changes any state, when a loss, gradient or lr is NaN/inf."""
+
+
+@dataclass(frozen=True)
+class MethodConfig(Config):
+    """Base of the methods' configs: a default iteration budget, resumable fields and a hint for NaN stops."""
+
+    ITERATIONS: ClassVar[int] = 400
+    """Outer iterations when the user gives none (CPU-sized; the papers' budgets are in the presets)."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ()
+    """Fields that may differ when a run is resumed (e.g. the outer learning rate)."""
+    NONFINITE_HINT: ClassVar[str] = "lower the method's learning rates"
+    """What to change after a non-finite stop, options in backticks."""
+
+    def default_iterations(self, data: Any) -> int:
+        return self.ITERATIONS
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where and how a method runs: seed, device, output directory, progress and a logger for notes."""
+
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None
+    progress: bool = False
+    log: Callable[[str], None] = field(default=lambda message: None)
+    data_root: str | None = None
+    download: bool = False
 
 
 class Distiller(Protocol):
@@ -50,30 +85,49 @@ class RunConfig:
     progress: bool = False
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass(frozen=True)
+class Identity:
+    """What a checkpoint must share with a run that resumes it."""
+
+    method: str
+    seed: int
+    config: Config
+
+    def to_json(self) -> str:
+        return json.dumps({"format": CHECKPOINT_FORMAT, "method": self.method, "seed": self.seed,
+                           "config": self.config.to_json()})  # fmt: skip
+
+    def check(self, stored: str | None, where: Path) -> None:
+        """Refuse a checkpoint made with other settings, naming the first setting that differs."""
+        try:
+            old = json.loads(stored) if isinstance(stored, str) else None
+        except json.JSONDecodeError:
+            old = None
+        if not isinstance(old, dict) or old.get("format") != CHECKPOINT_FORMAT:
+            raise DistilsetError(
+                f"the checkpoint in {where} was written by an older distilset (no settings to compare); "
+                "start a new --out directory"
+            )
+        if old.get("method") != self.method:
+            raise DistilsetError(f"{where} holds a `distill {old.get('method')}` run, not `distill {self.method}`")
+        if old.get("seed") != self.seed:
+            raise DistilsetError(f"cannot resume {where}: it was made with `seed` {old.get('seed')}, not {self.seed}")
+        mine = self.config.to_json()
+        theirs = old.get("config") or {}
+        resumable = type(self.config).RESUMABLE
+        for key in mine:
+            if key not in resumable and json.dumps(mine[key]) != json.dumps(theirs.get(key)):
+                may = f" (only {', '.join(f'`{k}`' for k in resumable)} may change)" if resumable else ""
+                raise DistilsetError(
+                    f"cannot resume {where}: it was made with `{key}` {theirs.get(key)!r}, this run has "
+                    f"{mine[key]!r}; resume with the same settings{may} or start a new --out directory"
+                )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def save_checkpoint(distiller: Distiller, out: Path, iteration: int, history: list[dict]) -> Path:
-    path = out / CHECKPOINT
-    _atomic_torch_save({"iteration": iteration, "distiller": distiller.state_dict(), "history": json.dumps(history)},
-                       path)  # fmt: skip
-    return path
+def save_checkpoint(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
+    state = {"iteration": iteration, "identity": identity.to_json(), "distiller": distiller.state_dict(),
+             "history": json.dumps(history)}  # fmt: skip
+    return save_torch(out / CHECKPOINT, state)
 
 
 def load_checkpoint(out: Path) -> dict[str, Any] | None:
@@ -88,10 +142,14 @@ def load_checkpoint(out: Path) -> dict[str, Any] | None:
 
 def run(
     distiller: Distiller,
+    identity: Identity,
     cfg: RunConfig,
     quick_eval: Callable[[], dict[str, float]] | None = None,
+    extra: dict | None = None,
 ) -> SyntheticSet:
-    """Run ``cfg.iterations`` outer iterations (continuing a checkpoint with ``resume``), then save the set."""
+    """Run ``cfg.iterations`` outer iterations (continuing a checkpoint with ``resume``), then save the set.
+
+    The set records the method, its resolved config, the seed, the iterations and ``extra``."""
     start, history = 0, []
     if cfg.resume:
         if cfg.out is None:
@@ -100,33 +158,36 @@ def run(
         if state is None:
             print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
         else:
+            identity.check(state.get("identity"), cfg.out)
             distiller.load_state_dict(state["distiller"])
             start, history = int(state["iteration"]), json.loads(state["history"])
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc="distill", disable=not cfg.progress, initial=start,
                total=cfg.iterations)  # fmt: skip
+    hint = type(identity.config).NONFINITE_HINT
     for it in bar:
         try:
             metrics = distiller.step(it)
         except NonFiniteError as e:
             where = ""
             if cfg.out is not None:
-                path = save_checkpoint(distiller, cfg.out, it, history)
-                _write_json(cfg.out / "history.json", history)
+                path = save_checkpoint(distiller, identity, cfg.out, it, history)
+                write_json(cfg.out / "history.json", history)
                 where = f"; the last good state (before iteration {it}) is saved in {path}, continue with --resume"
-            raise DistilsetError(f"{e} at outer iteration {it}{where}; lower the outer learning rate (--lr)") from e
+            raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
         row = {"iteration": it + 1, "time_s": round(time.perf_counter() - t0, 3), **metrics}
         if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             row.update(quick_eval())
         history.append(row)
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "acc")})
         if cfg.out is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(distiller, cfg.out, it + 1, history)
-            _write_json(cfg.out / "history.json", history)
+            save_checkpoint(distiller, identity, cfg.out, it + 1, history)
+            write_json(cfg.out / "history.json", history)
     syn = distiller.synthetic_set()
-    syn.extra = {**syn.extra, "iterations": cfg.iterations}
+    syn.config = {"method": identity.method, **identity.config.to_json()}
+    syn.extra = {**syn.extra, "seed": identity.seed, "iterations": cfg.iterations, **(extra or {})}
     if cfg.out is not None:
-        save_checkpoint(distiller, cfg.out, cfg.iterations, history)
-        _write_json(cfg.out / "history.json", history)
+        save_checkpoint(distiller, identity, cfg.out, cfg.iterations, history)
+        write_json(cfg.out / "history.json", history)
         syn.save(cfg.out)
     return syn

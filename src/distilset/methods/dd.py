@@ -21,104 +21,154 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
+from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
-from distilset.errors import DistilsetError
-from distilset.evaluate import StandardProtocol, evaluate, train_standard
-from distilset.methods.base import NonFiniteError
-from distilset.nets import create_net
+from distilset.errors import ConfigError
+from distilset.evaluate import evaluate
+from distilset.methods.base import Context, MethodConfig, NonFiniteError
+from distilset.methods.registry import Preset, register_method
+from distilset.nets import create_net, list_nets
+from distilset.nets.registry import classic_net_for, fit_net_to_input
+from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
+from distilset.train import fit
 from distilset.unroll import default_segment, forward, net_params, unrolled_gradient
 
-INIT_REGIMES = ("fixed", "random", "fixed-pretrained", "random-pretrained")
+# The paper halves the outer lr every 40 epochs of MNIST (60,000 images, real batch 1024): every 2,344
+# iterations. Unset, ``decay_epochs`` keeps that period in iterations on every dataset.
+PAPER_DECAY_ITERATIONS = 40 * 60_000 / 1024
 
 
 @dataclass(frozen=True)
-class DDConfig:
-    """Dataset Distillation settings; defaults are the paper's (MNIST, LeNet)."""
+class DDConfig(MethodConfig):
+    """Dataset Distillation (Wang et al. 2018), with learned soft labels (Sucholutsky & Schonlau 2021)."""
 
-    steps: int = 10  # distilled batches
-    epochs: int = 3  # passes over them: T = steps * epochs inner steps
-    ipc: int = 1  # images per class per step
-    items: int | None = None  # items per step instead of classes * ipc (soft labels: fewer items than classes)
-    init: str = "fixed"  # one of INIT_REGIMES
-    n_nets: int = 1  # inits per outer iteration, gradients averaged
-    net: str = "lenet"
-    net_kwargs: dict = field(default_factory=dict)
-    init_scheme: str = "xavier"  # xavier-normal weights, zero biases
-    lr: float = 0.01  # Adam on images, lrs and labels
+    steps: int = 10
+    """Distilled batches (the paper's 10)."""
+    epochs: int = 3
+    """Passes over the distilled batches: T = steps x epochs inner SGD steps, each with its own learned lr."""
+    ipc: int = 1
+    """Images per class in each distilled batch (the set holds steps x classes x ipc images)."""
+    items: int | None = None
+    """Items per distilled batch instead of classes x ipc (with `soft_labels`, fewer items than classes)."""
+    init: Literal["fixed", "random", "fixed-pretrained", "random-pretrained"] = "fixed"
+    """Initial weights: one stored init, fresh inits every iteration, or nets pretrained on the data."""
+    n_nets: int = 1
+    """Initial weights per outer iteration (random / random-pretrained init), gradients averaged."""
+    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), else mlp", choices=list_nets)
+    """Network the distilled data trains."""
+    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
+    """Network options as KEY=VALUE, e.g. width=32."""
+    init_scheme: Literal["xavier", "default"] = "xavier"
+    """Weight initialisation of fresh nets (the paper: xavier-normal weights, zero biases)."""
+    lr: float = 0.01
+    """Adam learning rate on the images, the learned lrs and the labels."""
     betas: tuple[float, float] = (0.5, 0.999)
-    decay_epochs: float = 40  # StepLR period, in epochs over the real data
+    """Adam betas."""
+    decay_epochs: float | None = auto("every 2,344 iterations: the paper's 40 MNIST epochs, on any dataset")
+    """Halve the outer lr every this many epochs over the real data."""
     decay_factor: float = 0.5
-    init_lr: float = 0.02  # initial inner lr: raw = softplus^-1(init_lr)
+    """Factor of each outer-lr decay."""
+    init_lr: float = 0.02
+    """Initial value of every learned inner lr."""
     real_batch: int = 1024
+    """Real images per outer iteration."""
     soft_labels: bool = False
-    label_init: str = "onehot"  # or "random"
-    attack: tuple[int, int] | None = None  # (attack_class, target_class)
-    pool_size: int = 4  # pretrained nets in the pool (random-pretrained)
-    pretrain_classes: tuple[int, ...] | None = None  # pretrain on these classes only (adaptation)
+    """Learn a label vector per distilled item (soft-label Dataset Distillation)."""
+    label_init: Literal["onehot", "random"] = "onehot"
+    """Soft labels' start: one-hot of the item's class, or random distributions."""
+    attack: tuple[int, int] | None = None
+    """Poisoning: ATTACK_CLASS TARGET_CLASS; training on the set makes the net read the first as the second."""
+    pool_size: int = 4
+    """Pretrained nets in the pool (random-pretrained init)."""
+    pretrain_classes: tuple[int, ...] | None = None
+    """Pretrain the pool on these classes only (adaptation to the rest)."""
     pretrain_epochs: int = 5
-    memory: str = "plain"  # or "checkpoint": sub-linear memory in T, same gradient
-    segment: int | None = None  # checkpoint segment length (default ceil(sqrt(T)))
-    outer_chunk: int = 256  # checkpoint mode: real images per outer-loss part (bounds their activations)
+    """Epochs of pool pretraining."""
+    memory: Literal["plain", "checkpoint"] = "plain"
+    """Gradient path: the plain unrolled graph, or segment checkpointing (same gradient, memory ~ sqrt(T))."""
+    segment: int | None = auto("ceil(sqrt(T)) with memory checkpoint")
+    """Inner steps per recomputed segment (memory checkpoint)."""
+    outer_chunk: int = 256
+    """Memory checkpoint: real images per part of the outer loss."""
+
+    ITERATIONS: ClassVar[int] = 400
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr", "decay_epochs", "decay_factor")
+    NONFINITE_HINT: ClassVar[str] = "resume with a lower outer learning rate `lr` (or start with a lower `init_lr`)"
 
     @property
     def total_steps(self) -> int:
         return self.steps * self.epochs
 
+    def check(self) -> None:
+        self.require_at_least(1, "steps", "epochs", "ipc", "items", "n_nets", "real_batch", "pool_size",
+                              "pretrain_epochs", "segment", "outer_chunk")  # fmt: skip
+        self.require_positive("lr", "init_lr", "decay_epochs", "decay_factor")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"`betas` must lie in [0, 1), got {self.betas}")
+        if self.attack is not None and self.attack[0] == self.attack[1]:
+            raise ConfigError(f"`attack` needs two different classes, got {self.attack}")
 
-def _validate(cfg: DDConfig, data: Dataset) -> None:
-    if cfg.init not in INIT_REGIMES:
-        raise DistilsetError(f"unknown init regime {cfg.init!r}; choose from {', '.join(INIT_REGIMES)}")
-    if cfg.steps < 1 or cfg.epochs < 1 or cfg.ipc < 1:
-        raise DistilsetError("steps, epochs and ipc must all be >= 1")
-    for name in ("lr", "init_lr", "decay_factor", "decay_epochs"):
-        if not getattr(cfg, name) > 0:
-            raise DistilsetError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-    if cfg.real_batch < 1 or cfg.n_nets < 1 or cfg.pool_size < 1 or (cfg.items is not None and cfg.items < 1):
-        raise DistilsetError("real_batch, n_nets, pool_size and items must all be >= 1")
-    if cfg.items is not None and not cfg.soft_labels and cfg.items % data.num_classes:
-        raise DistilsetError(f"--items {cfg.items} with hard labels must be a multiple of the {data.num_classes} "
-                             "classes; add --soft-labels to learn labels for fewer items than classes")  # fmt: skip
-    if cfg.memory not in ("plain", "checkpoint"):
-        raise DistilsetError(f"memory must be 'plain' or 'checkpoint', got {cfg.memory!r}")
-    if cfg.label_init not in ("onehot", "random"):
-        raise DistilsetError(f"label_init must be 'onehot' or 'random', got {cfg.label_init!r}")
-    if cfg.attack is not None:
-        a, b = cfg.attack
-        if not (0 <= a < data.num_classes and 0 <= b < data.num_classes) or a == b:
-            raise DistilsetError(f"--attack {a}:{b} needs two different classes in [0, {data.num_classes})")
+    def resolve(self, data: Dataset) -> tuple[DDConfig, dict[str, str]]:
+        k = data.num_classes
+        if self.items is not None and not self.soft_labels and self.items % k:
+            raise ConfigError(f"`items` {self.items} with hard labels must be a multiple of the {k} classes; "
+                              "add `soft_labels` to learn labels for fewer items than classes")  # fmt: skip
+        for name, classes in (("attack", self.attack), ("pretrain_classes", self.pretrain_classes)):
+            if classes is not None and not all(0 <= c < k for c in classes):
+                raise ConfigError(f"`{name}` {classes} names classes outside [0, {k})")
+        net, why = classic_net_for(data.image_shape)
+        net = self.net or net
+        kwargs, depth_why = fit_net_to_input(net, self.net_kwargs, data.image_shape)
+        n = len(data.train_x)
+        cfg, notes = self.fill(
+            net=(net, why),
+            decay_epochs=(PAPER_DECAY_ITERATIONS * self.real_batch / n,
+                          f"every {PAPER_DECAY_ITERATIONS:.0f} iterations, the paper's 40 MNIST epochs"),
+            segment=(default_segment(self.total_steps) if self.memory == "checkpoint" else None, "ceil(sqrt(T))"),
+        )  # fmt: skip
+        if depth_why:
+            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": depth_why}
+        return cfg, {k_: v for k_, v in notes.items() if getattr(cfg, k_) is not None}
 
 
 def pretrain_pool(
     data: Dataset, cfg: DDConfig, n: int, seed: int, classes: tuple[int, ...] | None = None
 ) -> list[dict[str, torch.Tensor]]:
-    """Train ``n`` nets (SGD, standard protocol) on ``data`` (optionally only ``classes``): a pretrained pool."""
+    """Train ``n`` nets (SGD, DC's protocol for ``pretrain_epochs``) on ``data`` (optionally only ``classes``)."""
     x, y = data.train_x, data.train_y
     if classes is not None:
         keep = torch.isin(y, torch.tensor(classes))
         x, y = x[keep], y[keep]
-    proto = StandardProtocol(epochs=cfg.pretrain_epochs, lr=0.01, batch_size=256)
+    recipe = Standard(epochs=cfg.pretrain_epochs)
     pool = []
     for i in range(n):
         net = create_net(cfg.net, data.image_shape, data.num_classes, seed=seed + i, init=cfg.init_scheme,
                          **cfg.net_kwargs)  # fmt: skip
-        train_standard(net, x, y, proto, seed=seed + i)
+        fit(net, x, y, recipe, seed=seed + i)
         pool.append({k: v.detach().clone() for k, v in net.state_dict().items()})
     return pool
 
 
 class DatasetDistillation:
-    """Algorithm 1 as a stepwise, checkpointable object (driven by ``methods.base.run``)."""
+    """Algorithm 1 as a stepwise, checkpointable object (driven by ``methods.base.run``).
 
-    def __init__(self, data: Dataset, cfg: DDConfig = DDConfig(), seed: int = 0,
-                 pool: list[dict[str, torch.Tensor]] | None = None, device: str = "cpu"):  # fmt: skip
-        _validate(cfg, data)
+    The learned inner lrs are lr_t = softplus(raw_t), raw_t updated by Adam: an lr can never turn negative,
+    and one Adam step moves raw_t by about the outer lr (0.01), so an lr changes by at most ~1 % per
+    iteration, never by orders of magnitude.
+    """
+
+    def __init__(self, data: Dataset, cfg: DDConfig | None = None, ctx: Context | None = None,
+                 pool: list[dict[str, torch.Tensor]] | None = None):  # fmt: skip
+        cfg, _ = (cfg or DDConfig()).resolve(data)
+        ctx = ctx or Context()
+        seed, device = ctx.seed, ctx.device
         self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
         k = data.num_classes
         self.per_step = cfg.items if cfg.items is not None else k * cfg.ipc
@@ -241,18 +291,12 @@ class DatasetDistillation:
         return {"loss": total_loss, "lr_mean": float(lrs.mean()), "lr_min": float(lrs.min())}
 
     # ---- checkpointing ----------------------------------------------------------------------------------
-    def _identity(self) -> str:
-        """The settings a checkpoint must share to be resumed (the outer lr schedule may change)."""
-        fields = {k: v for k, v in asdict(self.cfg).items() if k not in ("lr", "decay_epochs", "decay_factor")}
-        return repr({**fields, "seed": self.seed})
-
     def state_dict(self) -> dict[str, Any]:
         state = {
             "images": self.images.detach().cpu(),
             "raw_lrs": self.raw_lrs.detach().cpu(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "config": self._identity(),
         }
         if self.labels is not None:
             state["labels"] = self.labels.detach().cpu()
@@ -263,11 +307,6 @@ class DatasetDistillation:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != self._identity():
-            raise DistilsetError(
-                "the checkpoint was made with other settings; resume with the same options (only --lr and the "
-                "decay may change) or start a new --out directory"
-            )
         with torch.no_grad():
             self.images.copy_(state["images"])
             self.raw_lrs.copy_(state["raw_lrs"])
@@ -285,19 +324,17 @@ class DatasetDistillation:
         cfg = self.cfg
         order = torch.stack([torch.arange(self.per_step) + (t % cfg.steps) * self.per_step
                              for t in range(cfg.total_steps)])  # fmt: skip
-        config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
         return SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().clone(),
             labels=(self.labels.detach().cpu().clone() if self.labels is not None else self.hard_labels.cpu().clone()),
             method="dd",
+            recipe=Replay(init=cfg.init),
             lrs=self.lrs().detach().cpu().clone(),
             step_order=order,
             init_params=({k: v.cpu().clone() for k, v in self.fixed_init.items()} if self.fixed_init else None),
-            init_regime=cfg.init,
             net={"name": cfg.net, "kwargs": dict(cfg.net_kwargs), "init": cfg.init_scheme},
-            config=config,
-            extra={"seed": self.seed, "items_per_step": self.per_step},
+            extra={"items_per_step": self.per_step},
         )
 
     def quick_eval(self, repeats: int = 2) -> dict[str, float]:
@@ -305,11 +342,46 @@ class DatasetDistillation:
         syn = self.synthetic_set()
         pool = self.pool if self.cfg.init == "random-pretrained" else None
         reps = 1 if self.cfg.init.startswith("fixed") else repeats
-        res = evaluate(syn, self.data, protocol="recipe", repeats=reps, seed=self.seed + 777, init_pool=pool,
-                       device=self.device)  # fmt: skip
+        res = evaluate(syn, self.data, repeats=reps, seed=self.seed + 777, init_pool=pool, device=self.device)
         return {"acc": res.accuracy_mean}
 
 
-def with_overrides(cfg: DDConfig, **kw) -> DDConfig:
-    """``cfg`` with the non-None keyword overrides applied (CLI helper)."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+def _build(data: Dataset, cfg: DDConfig, ctx: Context, pool=None) -> DatasetDistillation:
+    return DatasetDistillation(data, cfg, ctx, pool=pool)
+
+
+_LENET_FIXED_10 = {"net": "lenet", "init": "fixed", "steps": 1, "epochs": 3}  # 1 step x 10 classes x 1
+_LENET_RANDOM_100 = {"net": "lenet", "init": "random", "steps": 10, "epochs": 3}  # 10 steps x 10 classes x 1
+_ALEX_100 = {"net": "alexcifarnet", "steps": 10, "epochs": 3}
+PAPER_ITERATIONS = {"mnist": 400 * 59, "cifar10": 400 * 49}  # 400 epochs at real batch 1024
+
+register_method(
+    "dd",
+    DDConfig,
+    _build,
+    objects=("pool",),
+    presets={
+        "dd-mnist-fixed": Preset("mnist", PAPER_ITERATIONS["mnist"], {**_LENET_FIXED_10, "decay_epochs": 40},
+                                 "paper: 10 images, fixed init, 93.8 %"),
+        "dd-mnist-random": Preset("mnist", PAPER_ITERATIONS["mnist"],
+                                  {**_LENET_RANDOM_100, "n_nets": 4, "decay_epochs": 40},
+                                  "paper: 100 images, random init, 79.5 +- 8.1 %"),
+        "dd-cifar10-fixed": Preset("cifar10", PAPER_ITERATIONS["cifar10"],
+                                   {**_ALEX_100, "init": "fixed", "decay_epochs": 40},
+                                   "paper: 100 images, fixed init, 54.0 %"),
+        "dd-cifar10-random": Preset("cifar10", PAPER_ITERATIONS["cifar10"],
+                                    {**_ALEX_100, "init": "random", "n_nets": 4, "decay_epochs": 40},
+                                    "paper: 100 images, random init, 36.8 +- 1.2 %"),
+        "sldd-mnist-fixed": Preset("mnist", PAPER_ITERATIONS["mnist"],
+                                   {**_LENET_FIXED_10, "soft_labels": True, "decay_epochs": 40},
+                                   "soft-label paper: 10 images with learned labels, 96 %"),
+        "sldd-mnist-5items": Preset("mnist", PAPER_ITERATIONS["mnist"],
+                                    {**_LENET_FIXED_10, "soft_labels": True, "items": 5, "label_init": "random",
+                                     "decay_epochs": 40}, "soft-label paper: 5 images for 10 classes, 92 %"),
+        # CPU-sized runs of the benchmark tables (the outer lr keeps the paper's period in iterations)
+        "dd-mnist5k-fixed": Preset("mnist5k", 3000, _LENET_FIXED_10),
+        "dd-mnist5k-random": Preset("mnist5k", 1000, _LENET_RANDOM_100),
+        "dd-fashion-fixed": Preset("fashion-mnist", 3000, _LENET_FIXED_10),
+        "dd-fashion-random": Preset("fashion-mnist", 1000, _LENET_RANDOM_100),
+    },
+)  # fmt: skip

@@ -21,89 +21,134 @@ scale) is re-initialised. The number of steps each model took to its lowest movi
 mean of the last three is the paper's training length for fresh models (``SyntheticSet.extra['train_steps']``).
 ``reset_window`` defaults to the paper's 50 (200 above 100 base examples).
 
-Deviation: the paper keeps the labels with the best validation error (a fresh model trained every 5
-epochs); we return the final labels and leave model selection to the evaluation harness.
+Model selection, as the paper's code: a class-balanced ``validation`` share of the training images is held
+out; every ``val_every`` iterations (and at the end) a fresh model is trained on the current labels by the
+paper's retraining (Adam, minibatches of ``base_batch``, ``train_steps`` steps) and scored on it; the set keeps
+the labels (and training length) of the best check. Its recipe is that retraining.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
+from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
-from distilset.errors import DistilsetError
-from distilset.evaluate import soft_cross_entropy
-from distilset.methods.base import NonFiniteError
-from distilset.nets import create_net
+from distilset.data.registry import load_dataset
+from distilset.errors import ConfigError, DistilsetError
+from distilset.losses import soft_cross_entropy
+from distilset.methods.base import Context, MethodConfig, NonFiniteError
+from distilset.methods.registry import register_method
+from distilset.nets import create_net, list_nets
+from distilset.nets.registry import classic_net_for, fit_net_to_input
+from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
+from distilset.train import accuracy, fit
 from distilset.unroll import forward, net_params, unrolled_gradient
-
-VARIANTS = ("second-order", "ridge")
 
 
 @dataclass(frozen=True)
-class LabelConfig:
-    """Label distillation settings; defaults follow the paper where REFERENCES.md gives them."""
+class LabelConfig(MethodConfig):
+    """Label distillation (Bohdal et al. 2020): learn soft labels for fixed real base examples."""
 
-    base: int = 100  # number of base examples
-    variant: str = "second-order"
-    net: str = "lenet"
-    net_kwargs: dict = field(default_factory=dict)
-    label_init: str = "uniform"  # the paper's code; "onehot" starts within-dataset labels at the true class
+    base: int = 100
+    """Number of base examples (class-balanced within the dataset)."""
+    variant: Literal["second-order", "ridge"] = "second-order"
+    """Meta-gradient through one inner SGD step, or the first-order ridge-regression variant."""
+    base_dataset: str | None = None
+    """Take the base images from this other dataset (cross-dataset labels), e.g. fashion-mnist or npz:PATH."""
+    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), else mlp", choices=list_nets)
+    """Network trained alongside the labels."""
+    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
+    """Network options as KEY=VALUE, e.g. width=32."""
+    label_init: Literal["uniform", "onehot"] = "uniform"
+    """Labels' start: uniform (the paper's code) or one-hot of the base example's class."""
     inner_lr: float = 0.01
+    """Second-order: lr of the inner SGD step with fast weights."""
     inner_steps: int = 1
-    base_batch: int = 50  # the paper: 10 for 10/20 base examples, 25 for 50, 50 for 100
+    """Second-order: inner SGD steps."""
+    base_batch: int | None = auto("the paper's: 10 up to 20 base examples, base/2 up to 50")
+    """Base examples per outer step."""
     real_batch: int = 1024
+    """Target (real) examples per outer step."""
     label_lr: float = 1e-3
-    model_lr: float = 1e-3  # Adam on the model trained alongside (both variants)
+    """Adam learning rate on the labels."""
+    model_lr: float = 1e-3
+    """Adam learning rate of the model trained alongside."""
     ridge_lambda: float = 1.0
-    global_rate: float = 0.01  # ridge: w <- (1 - rate) w + rate w_local
-    scale_lr: float = 0.01  # ridge: Adam on the calibration scale
-    reset_window: int | None = None  # None: 50, or 200 above 100 base examples (the paper)
+    """Ridge: regularisation of the closed-form regression."""
+    global_rate: float = 0.01
+    """Ridge: the global weights move this far towards each step's local solution."""
+    scale_lr: float = 0.01
+    """Ridge: Adam learning rate of the calibration scale."""
+    reset_window: int | None = auto("50, or 200 above 100 base examples (the paper)")
+    """Steps of the moving average (and of patience) of the plateau rule that re-initialises the model."""
+    validation: float = 1 / 6
+    """Share of the training images held out to keep the labels that train the best fresh model (the paper:
+    10,000 of MNIST's 60,000); 0 keeps the final labels."""
+    val_every: int | None = auto("every 5 passes over the target data (the paper), at least every 100 iterations")
+    """Iterations between validation checks."""
 
-    @property
-    def window(self) -> int:
-        return self.reset_window if self.reset_window is not None else (200 if self.base > 100 else 50)
+    ITERATIONS: ClassVar[int] = 3000
+    NONFINITE_HINT: ClassVar[str] = "lower `label_lr` (or `inner_lr`)"
+
+    def check(self) -> None:
+        self.require_positive("inner_lr", "label_lr", "model_lr", "ridge_lambda", "global_rate", "scale_lr")
+        self.require_at_least(1, "base", "inner_steps", "base_batch", "real_batch", "reset_window", "val_every")
+        if not 0 <= self.validation < 1:
+            raise ConfigError(f"`validation` must lie in [0, 1), got {self.validation}")
+        if self.label_init == "onehot" and self.base_dataset is not None:
+            raise ConfigError("`label_init` onehot needs base examples of the target dataset (no `base_dataset`)")
+
+    def resolve(self, data: Dataset) -> tuple[LabelConfig, dict[str, str]]:
+        k = data.num_classes
+        if self.base_dataset is None and self.base % k:
+            raise ConfigError(f"`base` {self.base} must be a multiple of the {k} classes for class-balanced base "
+                              "examples")  # fmt: skip
+        net, why = classic_net_for(data.image_shape)
+        kwargs, depth_why = fit_net_to_input(self.net or net, self.net_kwargs, data.image_shape)
+        batch = min(50, max(10, self.base // 2), self.base)
+        cfg, notes = self.fill(
+            net=(net, why),
+            base_batch=(batch, f"the paper's for {self.base} base examples"),
+            reset_window=(200 if self.base > 100 else 50, f"the paper's for {self.base} base examples"),
+            val_every=(
+                max(100, round(5 * len(data.train_x) * (1 - self.validation) / self.real_batch)),
+                "5 passes over the target data (the paper), at least 100 iterations",
+            ),
+        )
+        if depth_why:
+            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": depth_why}
+        return cfg, notes
 
 
 def map_images(source: Dataset, x: torch.Tensor, target: Dataset) -> torch.Tensor:
     """Express ``source`` images in ``target``'s space: undo/redo normalisation, match channels and size."""
-    c_s, c_t = source.train_x.shape[1], target.train_x.shape[1]
-    pixels = x * torch.tensor(source.info.std).view(1, c_s, 1, 1) + torch.tensor(source.info.mean).view(1, c_s, 1, 1)
-    if c_s != c_t:
-        pixels = pixels.mean(1, keepdim=True).expand(-1, c_t, -1, -1) if c_t in (1, 3) else None
-        if pixels is None:
-            raise DistilsetError(f"cannot map {c_s}-channel base images to {c_t} channels")
+    c_t = target.train_x.shape[1]
+    pixels = source.info.norm.denormalize(x)
+    if pixels.shape[1] != c_t:
+        if c_t not in (1, 3):
+            raise DistilsetError(f"cannot map {pixels.shape[1]}-channel base images to {c_t} channels")
+        pixels = pixels.mean(1, keepdim=True).expand(-1, c_t, -1, -1)
     size = tuple(target.train_x.shape[2:])
     if tuple(pixels.shape[2:]) != size:
         pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-    mean = torch.tensor(target.info.mean).view(1, c_t, 1, 1)
-    std = torch.tensor(target.info.std).view(1, c_t, 1, 1)
-    return ((pixels - mean) / std).contiguous()
+    return target.info.norm.normalize(pixels).contiguous()
 
 
 def select_base(target: Dataset, n: int, source: Dataset | None, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Base images (in the target's space) and, within a dataset, their classes (class-balanced picks)."""
     g = torch.Generator().manual_seed(seed)
     if source is None:
-        k = target.num_classes
-        if n % k:
-            raise DistilsetError(f"--base {n} must be a multiple of the {k} classes for class-balanced base examples")
-        per = n // k
-        idx = []
-        for c in range(k):
-            members = target.class_indices(c)
-            if per > len(members):
-                raise DistilsetError(f"--base {n} needs {per} images of class {c}, which has {len(members)}")
-            idx.append(members[torch.randperm(len(members), generator=g)[:per]])
-        idx = torch.cat(idx)
+        idx = target.sample_per_class(n // target.num_classes, g, what="`base` / classes =")
         return target.train_x[idx].clone(), target.train_y[idx].clone()
     if n > len(source.train_x):
-        raise DistilsetError(f"--base {n} is more than the {len(source.train_x)} images of {source.info.name}")
+        raise ConfigError(f"`base` {n} is more than the {len(source.train_x)} images of {source.info.name}")
     idx = torch.randperm(len(source.train_x), generator=g)[:n]
     return map_images(source, source.train_x[idx], target), None
 
@@ -111,30 +156,30 @@ def select_base(target: Dataset, n: int, source: Dataset | None, seed: int) -> t
 class LabelDistillation:
     """Learns soft labels for fixed base examples; stepwise and checkpointable (driven by ``methods.base.run``)."""
 
-    def __init__(self, data: Dataset, cfg: LabelConfig = LabelConfig(), seed: int = 0,
-                 source: Dataset | None = None, device: str = "cpu"):  # fmt: skip
-        if cfg.variant not in VARIANTS:
-            raise DistilsetError(f"unknown variant {cfg.variant!r}; choose from {', '.join(VARIANTS)}")
-        if cfg.label_init not in ("uniform", "onehot"):
-            raise DistilsetError(f"unknown label_init {cfg.label_init!r}; choose uniform or onehot")
-        for name in ("inner_lr", "label_lr", "model_lr", "ridge_lambda", "global_rate", "scale_lr"):
-            if not getattr(cfg, name) > 0:
-                raise DistilsetError(f"{name} must be > 0, got {getattr(cfg, name)}")
-        if min(cfg.base, cfg.base_batch, cfg.real_batch, cfg.inner_steps, cfg.window) < 1:
-            raise DistilsetError("base, base_batch, real_batch, inner_steps and reset_window must all be >= 1")
+    def __init__(self, data: Dataset, cfg: LabelConfig | None = None, ctx: Context | None = None):
+        cfg, _ = (cfg or LabelConfig()).resolve(data)
+        ctx = ctx or Context()
+        seed, device = ctx.seed, ctx.device
+        source = None
+        if cfg.base_dataset is not None:
+            source = load_dataset(cfg.base_dataset, root=ctx.data_root, download=ctx.download)
         self.data, self.cfg, self.seed, self.device, self.source = data, cfg, seed, device, source
         k = data.num_classes
-        self.base_x, base_y = select_base(data, cfg.base, source, seed)
+        # The paper holds out part of the training data to pick the best labels; base and target batches
+        # come from the rest. The test split is never seen.
+        held_out = split_validation(data, cfg.validation, seed)
+        self.target, self.val_x, self.val_y = held_out
+        self.base_x, base_y = select_base(self.target, cfg.base, source, seed)
         self.base_x = self.base_x.to(device)
         self.base_classes = base_y
-        if cfg.label_init == "onehot" and base_y is None:
-            raise DistilsetError("label_init onehot needs base examples from the target dataset (no --base-dataset)")
         init = F.one_hot(base_y, k).float() if cfg.label_init == "onehot" else torch.full((cfg.base, k), 1.0 / k)
         self.labels = init.to(device).requires_grad_(True)
         self.label_opt = torch.optim.Adam([self.labels], lr=cfg.label_lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.resets = 0
         self.steps_to_best: list[int] = []  # per re-initialised model: steps to its lowest moving-average error
+        self.checks = 0  # validation checks so far
+        self.best: dict[str, Any] | None = None  # labels, training length, validation accuracy, iteration
         self._new_model()
 
     # ---- the model that is trained alongside ----------------------------------------------------------
@@ -155,7 +200,7 @@ class LabelDistillation:
     def _track_error(self, error: float) -> None:
         """The paper's plateau rule: once ``window`` errors are in, re-initialise after ``window`` steps
         without a new lowest moving average; remember how many steps this model took to its lowest."""
-        window = self.cfg.window
+        window = self.cfg.reset_window
         self.errors.append(error)
         if len(self.errors) < window:
             return
@@ -178,8 +223,8 @@ class LabelDistillation:
     def _batches(self):
         g = self.generator
         b = torch.randperm(len(self.base_x), generator=g)[: self.cfg.base_batch].to(self.device)
-        t = torch.randperm(len(self.data.train_x), generator=g)[: self.cfg.real_batch]
-        return b, self.data.train_x[t].to(self.device), self.data.train_y[t].to(self.device)
+        t = torch.randperm(len(self.target.train_x), generator=g)[: self.cfg.real_batch]
+        return b, self.target.train_x[t].to(self.device), self.target.train_y[t].to(self.device)
 
     # ---- one outer step ----------------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
@@ -189,7 +234,33 @@ class LabelDistillation:
         else:
             loss, error = self._ridge(b, x_t, y_t)
         self._track_error(error)
-        return {"loss": loss, "target_error": error, "resets": float(self.resets)}
+        metrics = {"loss": loss, "target_error": error, "resets": float(self.resets)}
+        self.iterations = iteration + 1
+        if self.val_x is not None and self.iterations % self.cfg.val_every == 0:
+            metrics["val_acc"] = self._check()
+        return metrics
+
+    # ---- the paper's model selection --------------------------------------------------------------------
+    def recipe(self, steps: int) -> Standard:
+        """The paper's retraining of a fresh model: Adam (``model_lr``) on minibatches of ``base_batch``."""
+        cfg = self.cfg
+        return Standard(optimizer="adam", lr=cfg.model_lr, weight_decay=0.0, batch_size=cfg.base_batch, steps=steps,
+                        schedule="constant")  # fmt: skip
+
+    def _check(self) -> float:
+        """Train a fresh model on the current labels for the current training length; keep the labels if its
+        validation accuracy is the best so far."""
+        steps = self.train_steps
+        cfg = self.cfg
+        net = create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=self.seed + 7919 * self.checks,
+                         **cfg.net_kwargs).to(self.device)  # fmt: skip
+        labels = self.labels.detach().clone()
+        fit(net, self.base_x, labels, self.recipe(steps), seed=self.seed + self.checks)
+        acc = accuracy(net, self.val_x.to(self.device), self.val_y.to(self.device))
+        self.checks += 1
+        if self.best is None or acc > self.best["val_acc"]:
+            self.best = {"labels": labels.cpu(), "train_steps": steps, "val_acc": acc, "iteration": self.iterations}
+        return acc
 
     def _finish_label_step(self, grad: torch.Tensor, loss: float) -> None:
         if not math.isfinite(loss) or not torch.isfinite(grad).all():
@@ -269,12 +340,12 @@ class LabelDistillation:
             "steps_to_best": torch.tensor(self.steps_to_best, dtype=torch.long),
             "best_sum": self.best_sum,
             "since_best": self.since_best,
-            "config": repr(asdict(self.cfg)),
+            "checks": self.checks,
+            "iterations": getattr(self, "iterations", 0),
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != repr(asdict(self.cfg)):
-            raise DistilsetError("the checkpoint was made with other settings; resume with the same options")
         with torch.no_grad():
             self.labels.copy_(state["labels"])
         self.label_opt.load_state_dict(state["label_opt"])
@@ -290,20 +361,47 @@ class LabelDistillation:
         self.resets = int(state["resets"])
         self.steps_to_best = state["steps_to_best"].tolist()
         self.best_sum, self.since_best = float(state["best_sum"]), int(state["since_best"])
+        self.checks, self.iterations, self.best = int(state["checks"]), int(state["iterations"]), state["best"]
 
     def synthetic_set(self) -> SyntheticSet:
-        info = self.data.info
-        config = {**asdict(self.cfg), "base_dataset": self.source.info.name if self.source else info.name}
+        """The base images with the labels that trained the best fresh model on the held-out images (or the
+        final labels without validation); the recipe is the paper's retraining for their training length."""
+        info, cfg = self.data.info, self.cfg
+        if (
+            self.val_x is not None
+            and getattr(self, "iterations", 0)
+            and (self.best is None or self.best["iteration"] != self.iterations)
+        ):
+            self._check()  # the final labels take part in the selection too
+        chosen = self.best if self.best is not None else {"labels": self.labels.detach().cpu(),
+                                                           "train_steps": self.train_steps}  # fmt: skip
         return SyntheticSet.for_dataset(
             self.data,
             images=self.base_x.detach().cpu().clone(),
-            labels=self.labels.detach().cpu().clone(),
+            labels=chosen["labels"].clone(),
             method="labels",
-            net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
-            config=config,
-            extra={"seed": self.seed, "resets": self.resets, "train_steps": self.train_steps,
+            recipe=self.recipe(chosen["train_steps"]),
+            net={"name": cfg.net, "kwargs": dict(cfg.net_kwargs), "init": "default"},
+            extra={"resets": self.resets, "train_steps": chosen["train_steps"], "val_acc": chosen.get("val_acc"),
+                   "chosen_iteration": chosen.get("iteration"),
+                   "base_dataset": self.source.info.name if self.source else info.name,
                    "base_classes": self.base_classes.tolist() if self.base_classes is not None else None},
         )  # fmt: skip
+
+
+def split_validation(
+    data: Dataset, share: float, seed: int
+) -> tuple[Dataset, torch.Tensor | None, torch.Tensor | None]:
+    """``data`` without a class-balanced ``share`` of its training images, and those images with their labels."""
+    if share == 0:
+        return data, None, None
+    g = torch.Generator().manual_seed(seed + 2)
+    held = torch.cat([idx[torch.randperm(len(idx), generator=g)[: max(1, round(share * len(idx)))]]
+                      for idx in (data.class_indices(c) for c in range(data.num_classes))])  # fmt: skip
+    keep = torch.ones(len(data.train_x), dtype=torch.bool)
+    keep[held] = False
+    target = dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
+    return target, data.train_x[held], data.train_y[held]
 
 
 class _EmbedOf(torch.nn.Module):
@@ -320,3 +418,10 @@ class _EmbedOf(torch.nn.Module):
 def _embed(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Features before the classifier (every net here has ``embed``), computed with ``params``."""
     return torch.func.functional_call(_EmbedOf(model), {f"inner.{k}": v for k, v in params.items()}, (x,), strict=False)
+
+
+def _build(data: Dataset, cfg: LabelConfig, ctx: Context) -> LabelDistillation:
+    return LabelDistillation(data, cfg, ctx)
+
+
+register_method("labels", LabelConfig, _build)

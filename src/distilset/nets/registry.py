@@ -53,3 +53,43 @@ def create_net(
 
 def list_nets() -> list[str]:
     return sorted(NETS)
+
+
+def classic_net_for(image_shape: tuple[int, ...]) -> tuple[str, str]:
+    """The network Dataset Distillation (and label distillation) would use for this input, with the reason.
+
+    LeNet for inputs of at least 20x20 (MNIST-like; its second 5x5 conv then sees a map of at least 6x6),
+    AlexCifarNet for colour inputs of at least 32x32 (CIFAR-like), else an MLP: on smaller inputs (8x8 digits)
+    LeNet's second stage would see a padded 4x4 map, and an MLP distils them better.
+    """
+    if len(image_shape) != 3:
+        return "mlp", f"inputs of shape {tuple(image_shape)} are not images"
+    c, h, w = image_shape
+    if c == 3 and min(h, w) >= 32:
+        return "alexcifarnet", f"colour {h}x{w} inputs (Dataset Distillation's CIFAR-10 network)"
+    if min(h, w) >= 20:
+        return "lenet", f"{h}x{w} inputs (Dataset Distillation's MNIST network)"
+    return "mlp", f"{h}x{w} inputs are too small for LeNet's two 5x5 conv stages"
+
+
+def convnet_depth_for(image_shape: tuple[int, ...], depth: int = 3) -> int:
+    """The largest ConvNet depth <= ``depth`` whose last feature map keeps at least 2x2 pixels."""
+    h, w = image_shape[1:]
+    if (h, w) == (28, 28):
+        h, w = 32, 32  # the first conv pads 28x28 inputs by 3 (DC)
+    for d in range(depth, 0, -1):
+        if min(h, w) >> d >= 2:
+            return d
+    return 1
+
+
+def fit_net_to_input(name: str, kwargs: dict, image_shape: tuple[int, ...]) -> tuple[dict, str | None]:
+    """``kwargs`` for net ``name`` completed for this input: a ConvNet without an explicit depth gets the
+    deepest one (at most 3) that leaves a 2x2 map, so 8x8 inputs are not pooled to a single pixel."""
+    if not name.startswith("convnet") or "depth" in kwargs or len(image_shape) != 3:
+        return kwargs, None
+    default = 4 if name == "convnet-d4" else 3
+    depth = convnet_depth_for(image_shape, default)
+    if depth == default:
+        return kwargs, None
+    return {**kwargs, "depth": depth}, f"depth {depth}: {image_shape[1]}x{image_shape[2]} inputs leave a 2x2 map"

@@ -1,0 +1,60 @@
+"""The one atomic file writer: every file distilset writes goes through ``atomic_write``.
+
+A file is written into a fresh temporary file created by ``tempfile.mkstemp`` in the destination's own
+directory (a new random name, opened with O_EXCL, so a planted file or symlink is never followed), flushed
+and fsync'ed, then renamed over the destination. Readers see the old file or the new one, never half of
+one; a failure (or a writer that raises, e.g. a failed checksum) leaves the destination untouched and
+removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path`` atomically: ``write(f)`` fills an open binary temporary file, which then replaces it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any], Any] | None = None) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file, written atomically (``safetensors.torch.save`` gives the bytes)."""
+    from safetensors.torch import save
+
+    return write_bytes(path, save(tensors, metadata=metadata))
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` atomically (checkpoints: tensors and plain values, read back with weights_only)."""
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))

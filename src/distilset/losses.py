@@ -1,0 +1,35 @@
+"""Losses shared by training, evaluation and the methods.
+
+- ``soft_cross_entropy``: cross-entropy for hard (N,) or soft (N, K) targets, mean_i sum_y t_iy * -log p_iy
+  (for soft labels this is the soft-label paper's inner loss).
+- ``centred_mse``: squared error to centred targets, one-hot - 1/K for hard labels (KIP / FRePo), as
+  0.5 * mean over items of the summed squared error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for hard (N,) or soft (N, K) targets."""
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def centred_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard labels as one-hot - 1/K; soft label vectors are used as they are."""
+    if targets.ndim == 2:
+        return targets
+    return F.one_hot(targets, num_classes).to(torch.get_default_dtype()) - 1.0 / num_classes
+
+
+def centred_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0.5 * mean_i ||outputs_i - t_i||^2 with t the centred targets."""
+    t = centred_targets(targets, outputs.shape[1]).to(outputs.dtype)
+    return 0.5 * (outputs - t).pow(2).sum(1).mean()
+
+
+LOSSES = {"ce": soft_cross_entropy, "mse": centred_mse}

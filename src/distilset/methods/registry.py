@@ -1,0 +1,175 @@
+"""The method registry: ``register_method``, ``list_methods``, ``get_method`` and ``distill``.
+
+In the spirit of timm's ``register_model`` / ``create_model``: a method is one file that ends with
+
+    register_method("dd", DDConfig, DatasetDistillation, presets={...})
+
+and ``distill(name, data, **options)`` builds its config from the options (a preset's first), resolves the
+dataset-aware defaults, builds the distiller and runs it. Nothing here knows any particular method; the
+command line (``distilset distill NAME``) is generated from the same registry.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distilset.config import field_specs
+from distilset.data.dataset import Dataset
+from distilset.errors import ConfigError, DistilsetError
+from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, run
+from distilset.synset import SyntheticSet
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named settings: a dataset, an iteration budget and config fields (explicit options override them)."""
+
+    dataset: str
+    iterations: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its config class, how to build its distiller, its presets."""
+
+    name: str
+    config: type[MethodConfig]
+    build: Callable[..., Distiller]
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    objects: tuple[str, ...] = ()
+    """Keyword objects ``distill`` passes to ``build`` as they are (API only, e.g. a pretrained pool)."""
+
+    @property
+    def summary(self) -> str:
+        return (self.config.__doc__ or self.name).strip().splitlines()[0]
+
+
+METHODS: dict[str, Method] = {}
+# Options every `distill METHOD` shares (declared once in the CLI); a method's config may not use these names.
+SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out", "preset", "iterations", "seed",
+                  "device", "resume", "checkpoint_every", "eval_every", "evaluate", "progress", "log")  # fmt: skip
+
+
+def register_method(
+    name: str,
+    config: type[MethodConfig],
+    build: Callable[..., Distiller],
+    presets: Mapping[str, Preset] | None = None,
+    objects: tuple[str, ...] = (),
+) -> Method:
+    """Register a method: ``build(data, cfg, ctx, **objects)`` returns its stepwise distiller."""
+    if not issubclass(config, MethodConfig):
+        raise TypeError(f"{config.__name__} must subclass distilset.methods.base.MethodConfig")
+    specs = field_specs(config)  # fails at registration, not at first use, on a type the CLI cannot express
+    reserved = sorted({s.name for s in specs} & set(SHARED_OPTIONS))
+    if reserved:
+        raise ValueError(f"{config.__name__} uses option name(s) {reserved} that every method shares")
+    taken = {p: m.name for m in METHODS.values() for p in m.presets if m.name != name}
+    clash = sorted(set(presets or {}) & set(taken))
+    if clash:
+        raise ValueError(f"preset name(s) {clash} already belong to {', '.join(sorted({taken[c] for c in clash}))}")
+    method = Method(name, config, build, dict(presets or {}), tuple(objects))
+    METHODS[name] = method
+    return method
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise DistilsetError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def find_preset(name: str) -> tuple[Method, Preset]:
+    for method in METHODS.values():
+        if name in method.presets:
+            return method, method.presets[name]
+    known = [p for m in METHODS.values() for p in m.presets]
+    raise DistilsetError(f"unknown preset {name!r}; known: {', '.join(known)}")
+
+
+def make_config(method: Method, options: Mapping[str, Any], preset: Preset | None = None) -> MethodConfig:
+    """The method's config from a preset's options overlaid with ``options``; unknown names are refused."""
+    names = [s.name for s in field_specs(method.config)]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+        hints = "; ".join(f"did you mean `{c[0]}` for {k}?" for k, c in close.items() if c)
+        raise ConfigError(
+            f"unknown option(s) for {method.name}: {', '.join(unknown)}{'; ' + hints if hints else ''} "
+            f"({method.name} options: {', '.join(names)})"
+        )
+    return method.config(**{**(preset.options if preset else {}), **options})
+
+
+def describe_config(cfg: MethodConfig, notes: Mapping[str, str]) -> list[str]:
+    """Lines for the start of a run: every setting, then why each resolved one has its value."""
+    items = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.to_json().items()]
+    lines, line = [], " "
+    for item in items:
+        if len(line) + len(item) > 110:
+            lines.append(line)
+            line = " "
+        line += " " + item
+    lines.append(line)
+    lines += [f"  auto {k}: {why}" for k, why in notes.items()]
+    return lines
+
+
+def distill(
+    method: str,
+    data: Dataset,
+    iterations: int | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = False,
+    checkpoint_every: int = 50,
+    eval_every: int = 0,
+    preset: str | None = None,
+    log: Callable[[str], None] | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    **options,
+) -> SyntheticSet:
+    """Distill ``data`` with ``method``; ``options`` are fields of the method's config (e.g. ``ipc``).
+
+    Unset options take the method's defaults, resolved from the dataset where they depend on it (input
+    size, classes, training-set size); ``preset`` starts from named settings instead. ``iterations``:
+    default the preset's, else the method's budget. With ``out`` the run writes the set, ``history.json``
+    and a checkpoint every ``checkpoint_every`` iterations; ``resume=True`` continues its last checkpoint.
+    ``log`` receives the resolved settings (the CLI prints them).
+    """
+    m = get_method(method)
+    chosen = None
+    if preset is not None:
+        owner, chosen = find_preset(preset)
+        if owner.name != m.name:
+            raise DistilsetError(f"preset {preset} is for `distill {owner.name}`, not `distill {m.name}`")
+    objects = {k: options.pop(k) for k in m.objects if k in options}
+    cfg, notes = make_config(m, options, chosen).resolve(data)
+    if iterations is None:
+        iterations = chosen.iterations if chosen else cfg.default_iterations(data)
+    if iterations < 1:
+        raise ConfigError(f"`iterations` must be >= 1, got {iterations}")
+    log = log or (lambda message: None)
+    log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
+    for line in describe_config(cfg, notes):
+        log(line)
+    ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
+                  data_root=data_root, download=download)  # fmt: skip
+    distiller = m.build(data, cfg, ctx, **objects)
+    run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
+                        eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip
+    return run(distiller, Identity(m.name, seed, cfg), run_cfg, quick_eval=getattr(distiller, "quick_eval", None),
+               extra={"resolved": dict(notes)})  # fmt: skip

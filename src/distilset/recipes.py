@@ -1,0 +1,110 @@
+"""How a synthetic set must be trained: its typed training recipe, saved in ``synset.json``.
+
+- ``Standard``: plain minibatch training of a fresh network on the set (the DC / DSA / MTT protocol and
+  its variants): optimiser, lr, momentum, weight decay, batch size, epochs or a step budget, lr schedule,
+  loss, DSA augmentation and, for texture sets, random toroidal crops. Baselines get the DC protocol;
+  MTT sets carry their learned lr and DSA strategy; label-distillation sets carry the paper's retraining
+  (Adam, its base batch and its estimated number of steps).
+- ``Replay``: Dataset Distillation's own recipe: replay the set's step order with its learned per-step lrs
+  (plain SGD) from its init regime (the stored init for fixed-init sets, fresh or pretrained inits otherwise).
+
+``evaluate`` reads the recipe of the set; it never looks at the method that made it. The command-line
+options of ``distilset evaluate`` are the fields of ``Standard`` (generated, like the methods' options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from distilset.config import Config
+from distilset.errors import ConfigError, SynsetFormatError
+
+INIT_REGIMES = ("fixed", "random", "fixed-pretrained", "random-pretrained")
+
+
+@dataclass(frozen=True)
+class Standard(Config):
+    """Minibatch training of a fresh network on the set; defaults are DC's evaluation protocol."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """Optimiser of the fresh network (Adam ignores `momentum`)."""
+    lr: float = 0.01
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """Weight decay (L2, as the optimiser applies it)."""
+    batch_size: int = 256
+    """Minibatch size (at most the set's size)."""
+    epochs: int | None = None
+    """Passes over the set (default 300, or 1000 with DSA as in DC); ignored when `steps` is set."""
+    steps: int | None = None
+    """Train for this many minibatch steps instead of a number of epochs."""
+    schedule: Literal["step", "constant"] = "step"
+    """Learning-rate schedule: step (x0.1 at half of the training, DC) or constant."""
+    loss: Literal["ce", "mse"] = "ce"
+    """Loss on the labels: cross-entropy (soft labels allowed) or MSE on centred labels (KIP, FRePo)."""
+    dsa: str | None = None
+    """DSA strategy applied per image while training (e.g. color_crop_cutout_flip_scale_rotate), or none."""
+    crop: tuple[int, int] | None = None
+    """Texture sets: train on random toroidal crops of this size (height width) of each canvas."""
+
+    kind = "standard"
+
+    def check(self) -> None:
+        self.require_positive("lr", "batch_size", "epochs", "steps")
+        self.require_at_least(0, "momentum", "weight_decay")
+        if self.dsa is not None:
+            from distilset.augment import check_strategy
+
+            check_strategy(self.dsa)
+        if self.crop is not None and min(self.crop) < 1:
+            raise ConfigError(f"`crop` must be positive sizes, got {self.crop}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs when no step budget is set: the explicit value, else 300 (1000 with DSA)."""
+        if self.epochs is not None:
+            return self.epochs
+        return 1000 if self.dsa else 300
+
+    def describe(self) -> str:
+        length = f"{self.steps} steps" if self.steps else f"{self.total_epochs} epochs"
+        extra = f", DSA {self.dsa}" if self.dsa else ""
+        return f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {length}, {self.schedule} schedule{extra}"
+
+
+@dataclass(frozen=True)
+class Replay(Config):
+    """Replay the set's step order with its learned per-step lrs (plain SGD), as Dataset Distillation trains."""
+
+    init: Literal["fixed", "random", "fixed-pretrained", "random-pretrained"] = "random"
+    """Where the replay starts: the stored init (fixed), fresh inits (random) or pretrained nets."""
+
+    kind = "replay"
+
+    def describe(self) -> str:
+        return f"replay of the learned steps from {self.init} init"
+
+
+Recipe = Standard | Replay
+KINDS: dict[str, type[Config]] = {"standard": Standard, "replay": Replay}
+
+
+def recipe_to_json(recipe: Recipe) -> dict:
+    return {"kind": recipe.kind, **recipe.to_json()}
+
+
+def recipe_from_json(obj: dict) -> Recipe:
+    if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
+        raise SynsetFormatError(f"unknown training recipe {obj!r}; expected kind standard or replay")
+    body = {k: v for k, v in obj.items() if k != "kind"}
+    unknown = set(body) - {f.name for f in dataclasses.fields(KINDS[obj["kind"]])}
+    if unknown:
+        raise SynsetFormatError(f"the training recipe has unknown fields {sorted(unknown)}; upgrade distilset")
+    try:
+        return KINDS[obj["kind"]](**body)
+    except ConfigError as e:
+        raise SynsetFormatError(f"the set's training recipe is invalid: {e}") from e
