@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from distilset.io import write_json
+
 RESULTS = Path(__file__).parent / "results"
+
+
+def command_line() -> str:
+    """The exact command that is running: the interpreter (relative to the working directory when under
+    it) and ``sys.argv``, shell-quoted, so a row can be rerun by pasting it."""
+    exe = sys.executable
+    rel = os.path.relpath(exe) if exe else "python"
+    return shlex.join([rel if not rel.startswith("..") else exe, *sys.argv])
 
 
 def machine(device: str = "cpu") -> dict:
@@ -29,7 +41,9 @@ def machine(device: str = "cpu") -> dict:
 
 
 class ResultFile:
-    """A JSON file of rows, rewritten atomically after each row so an interrupted run loses nothing."""
+    """A JSON file of rows, rewritten atomically (``distilset.io.write_json``) after each row so an
+    interrupted run loses nothing. Each row records the command line that made it (``command``) unless the
+    row already has its own ``command`` entry."""
 
     def __init__(self, path: Path, settings: dict, device: str = "cpu"):
         self.path = path
@@ -43,11 +57,8 @@ class ResultFile:
         return any(all(r.get(k) == v for k, v in key.items()) for r in self.data["rows"])
 
     def add(self, row: dict) -> None:
-        self.data["rows"].append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        self.data["rows"].append(row if "command" in row else {**row, "command": command_line()})
+        write_json(self.path, self.data)
 
 
 class HeapPeak:

@@ -1,8 +1,9 @@
 """Baselines benchmark: random / mean / k-means / herding on digits, mnist5k and fashion-mnist at IPC 1/10/50.
 
 Every set is scored by the standard protocol (SGD 0.9, wd 5e-4, lr 0.01, batch 256, lr x0.1 at half, no
-augmentation) with a CPU-sized ConvNet-3 (width 32 instead of 128) and final test accuracy over 3 nets.
-Rows are appended to benchmarks/results/baselines.json as they finish; rerunning resumes.
+augmentation: ``ds.evaluate(..., protocol="standard", dsa=None)``) with a CPU-sized ConvNet-3 (width 32 instead
+of 128) and final test accuracy over 3 nets. Rows are appended to benchmarks/results/baselines.json as they
+finish (each with its command line); rerunning resumes. ``--results DIR`` writes (and reads tables) elsewhere.
 
     .venv/bin/python benchmarks/baselines.py            # full run (about an hour on 2 CPU cores)
     .venv/bin/python benchmarks/baselines.py --gap      # random real at IPC 10: width 128, other subsets
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from _common import RESULTS, ResultFile
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     settings = {"net": "convnet", "width": args.width, "epochs": args.epochs, "repeats": args.repeats,
                 "protocol": "standard", "dsa": None}  # fmt: skip
-    results = ResultFile(RESULTS / "baselines.json", settings)
+    results = ResultFile(args.results / "baselines.json", settings)
     for ipc in args.ipcs:
         for name in args.datasets:
             data = ds.load_dataset(name)
@@ -45,8 +47,8 @@ def run(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 syn = ds.baseline(method, data, ipc=ipc, seed=0)
                 build = time.perf_counter() - t0
-                res = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": args.width}, repeats=args.repeats,
-                                  epochs=args.epochs, dsa_strategy=None)  # fmt: skip
+                res = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": args.width}, protocol="standard",
+                                  repeats=args.repeats, epochs=args.epochs, dsa=None)  # fmt: skip
                 row = {**key, "images": len(syn), "accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std,
                        "runs": res.runs, "build_s": round(build, 2), "eval_s": round(res.wall_time_s, 1)}  # fmt: skip
                 results.add(row)
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> None:
 def gap(args: argparse.Namespace) -> None:
     """Where the random-real rows differ from the DC paper: net width (128 vs 32) and the draw of the subset."""
     torch.set_num_threads(args.threads)
-    results = ResultFile(RESULTS / "baselines-gap.json", {"ipc": 10, "epochs": args.epochs, "repeats": args.repeats})
+    settings = {"ipc": 10, "epochs": args.epochs, "repeats": args.repeats}
+    results = ResultFile(args.results / "baselines-gap.json", settings)
     for name in ("mnist5k", "fashion-mnist"):
         data = ds.load_dataset(name)
         for width, seed in ((128, 0), (32, 1), (32, 2)):
@@ -65,15 +68,15 @@ def gap(args: argparse.Namespace) -> None:
             if results.has(key):
                 continue
             syn = ds.baseline("random", data, ipc=10, seed=seed)
-            res = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": width}, repeats=args.repeats,
-                              epochs=args.epochs, dsa_strategy=None)  # fmt: skip
+            res = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": width}, protocol="standard",
+                              repeats=args.repeats, epochs=args.epochs, dsa=None)  # fmt: skip
             results.add({**key, "accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std,
                          "runs": res.runs, "eval_s": round(res.wall_time_s, 1)})  # fmt: skip
             print(f"{name} width {width} subset {seed}: {100 * res.accuracy_mean:.1f} ± {100 * res.accuracy_std:.1f}")
 
 
-def gap_table() -> str:
-    path = RESULTS / "baselines-gap.json"
+def gap_table(results: Path = RESULTS) -> str:
+    path = results / "baselines-gap.json"
     if not path.exists():
         return ""
     rows = json.loads(path.read_text())["rows"]
@@ -84,8 +87,8 @@ def gap_table() -> str:
     return "\n".join(lines)
 
 
-def table() -> str:
-    data = json.loads((RESULTS / "baselines.json").read_text())
+def table(results: Path = RESULTS) -> str:
+    data = json.loads((results / "baselines.json").read_text())
     rows = {(r["dataset"], r["ipc"], r["method"]): r for r in data["rows"]}
     datasets = [d for d in ("digits", "mnist5k", "fashion-mnist") if any(k[0] == d for k in rows)]
     lines = ["| dataset | method | IPC 1 | IPC 10 | IPC 50 |", "|---|---|---|---|---|"]
@@ -109,7 +112,7 @@ def table() -> str:
         f"{m['torch_threads']} thread(s), {m['date']}. Total evaluation time "
         f"{sum(r['eval_s'] for r in data['rows']) / 60:.0f} min."
     )
-    return "\n".join(lines) + gap_table()
+    return "\n".join(lines) + gap_table(results)
 
 
 if __name__ == "__main__":
@@ -123,9 +126,10 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table", action="store_true", help="print the markdown table and exit")
     p.add_argument("--gap", action="store_true", help="random real at IPC 10: width 128 and other subsets")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     args = p.parse_args()
     if args.table:
-        print(table())
+        print(table(args.results))
     elif args.gap:
         gap(args)
     else:

@@ -6,14 +6,17 @@
     .venv/bin/python benchmarks/dd.py --part speed                           # T = 10, 30, 100
     .venv/bin/python benchmarks/dd.py --table
 
-Rows go to benchmarks/results/dd.json as they finish (rerunning skips finished rows). Iteration budgets are
-the CPU presets' (dd-*-fixed 3000, dd-*-random 1000), far below the paper's ~23,400; the accuracy-vs-
-iteration history of each row is stored so the gap can be read off the curve.
+Rows go to benchmarks/results/dd-<part>-<dataset>.json as they finish, each with its command line (rerunning
+skips finished rows); ``--table`` merges them into benchmarks/results/dd.json. ``--results DIR`` reads and
+writes another directory; ``--smoke`` runs tiny budgets into /tmp/distilset-bench-smoke. Iteration budgets
+are the CPU presets' (``get_method("dd").presets``: dd-*-fixed 3000, dd-*-random 1000), far below the paper's
+~23,400; the accuracy-vs-iteration history of each row is stored so the gap can be read off the curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -27,13 +30,16 @@ from _common import RESULTS, HeapPeak, ResultFile
 
 import distilset as ds
 from distilset.errors import DistilsetError
-from distilset.evaluate import accuracy, train_recipe
+from distilset.io import write_json
+from distilset.methods.base import Context
 from distilset.methods.dd import DatasetDistillation, DDConfig, pretrain_pool
-from distilset.methods.presets import PRESETS
 from distilset.nets import create_net
+from distilset.train import accuracy, replay
+
+PRESETS = ds.get_method("dd").presets
 
 PAPER = {"fixed10": 93.8, "random100": 79.5, "soft10": 96.0, "soft5": 92.0}
-SHORT = {"mnist5k": "mnist5k", "fashion-mnist": "fashion", "digits": "digits"}
+SHORT = {"mnist5k": "mnist5k", "fashion-mnist": "fashion"}  # datasets with dd-<short>-fixed/-random presets
 SMOKE = False  # --smoke: tiny budgets, results under /tmp, to check the script end to end
 
 
@@ -44,7 +50,7 @@ def _history_curve(history: list[dict]) -> list[list[float]]:
 def _distill_row(data, options: dict, iterations: int, eval_every: int, repeats: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     iterations, eval_every = (2, 1) if SMOKE else (iterations, eval_every)
-    dd = DatasetDistillation(data, DDConfig(**options), seed=seed)
+    dd = DatasetDistillation(data, DDConfig(**options), Context(seed=seed))
     history = []
     for it in range(iterations):
         m = dd.step(it)
@@ -71,6 +77,7 @@ def _distill_row(data, options: dict, iterations: int, eval_every: int, repeats:
         **standard,
         "curve": _history_curve(history),
         "options": {k: v for k, v in options.items() if k != "net_kwargs"},
+        "config": dd.cfg.to_json(),
     }
 
 
@@ -104,7 +111,7 @@ def reproduce(name: str, results: ResultFile, args: argparse.Namespace) -> None:
             if results.has(key):
                 continue
             syn = ds.baseline(method, data, ipc=ipc)
-            res = ds.evaluate(syn, data, net="lenet", repeats=5, epochs=2 if SMOKE else 300)
+            res = ds.evaluate(syn, data, net="lenet", protocol="standard", repeats=5, epochs=2 if SMOKE else 300)
             results.add(
                 {
                     **key,
@@ -123,18 +130,18 @@ def attack(data, iterations: int = 400) -> dict:
     t0 = time.perf_counter()
     iterations = 2 if SMOKE else iterations
     cfg = DDConfig(net="lenet", init="fixed-pretrained", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=2)
-    dd = DatasetDistillation(data, cfg, seed=0)
+    dd = DatasetDistillation(data, cfg, Context(seed=0))
     for it in range(iterations):
         dd.step(it)
     syn = dd.synthetic_set()
-    held_out = pretrain_pool(data, cfg, 3, seed=555)  # nets the attack never saw
+    held_out = pretrain_pool(data, dd.cfg, 3, seed=555)  # nets the attack never saw
     rows = []
     for state in [dd.pool[0], *held_out]:
         net = create_net("lenet", data.image_shape, data.num_classes)
         net.load_state_dict(state)
         mask = data.test_y == 0
         before = accuracy(net, data.test_x[mask], data.test_y[mask])
-        train_recipe(net, syn)
+        replay(net, syn.images, syn.labels, syn.lrs, syn.step_order)
         with torch.no_grad():
             to_target = float((net(data.test_x[mask]).argmax(1) == 1).float().mean())
         rows.append(
@@ -148,6 +155,7 @@ def attack(data, iterations: int = 400) -> dict:
     return {
         "iterations": iterations,
         "distill_s": round(time.perf_counter() - t0, 1),
+        "config": dd.cfg.to_json(),
         "seen_net": rows[0],
         "held_out": rows[1:],
     }
@@ -171,17 +179,14 @@ def adapt(results: ResultFile, iterations: int = 1000) -> None:
         "pretrain_epochs": 1,
     }
     t0 = time.perf_counter()
-    dd = DatasetDistillation(data, DDConfig(**opts), seed=0)
+    dd = DatasetDistillation(data, DDConfig(**opts), Context(seed=0))
     for it in range(iterations):
         dd.step(it)
     syn = dd.synthetic_set()
-    held_out = pretrain_pool(data, DDConfig(**opts), 4, seed=777, classes=(0, 1, 2, 3, 4))
+    held_out = pretrain_pool(data, dd.cfg, 4, seed=777, classes=(0, 1, 2, 3, 4))
     before = [accuracy(_load(state, data), data.test_x, data.test_y) for state in held_out]
     res = ds.evaluate(syn, data, protocol="recipe", repeats=4, init_pool=held_out)
-    rr = ds.baseline("random", data, ipc=10)  # 100 random real images, same 30 steps, lr 0.02
-    rr.lrs, rr.step_order, rr.init_regime = syn.lrs.clone().fill_(0.02), syn.step_order.clone(), "random-pretrained"
-    rr.net = syn.net
-    real = ds.evaluate(rr, data, protocol="recipe", repeats=4, init_pool=held_out)
+    real = ds.evaluate(random_real_replay(data, syn), data, protocol="recipe", repeats=4, init_pool=held_out)
     results.add(
         {
             **key,
@@ -193,8 +198,26 @@ def adapt(results: ResultFile, iterations: int = 1000) -> None:
             "accuracy_std": res.accuracy_std,
             "random_real_mean": real.accuracy_mean,
             "random_real_std": real.accuracy_std,
+            "config": dd.cfg.to_json(),
         }
     )
+
+
+def random_real_replay(data, syn: ds.SyntheticSet, lr: float = 0.02) -> ds.SyntheticSet:
+    """100 random real images (10 per class) replayed by the distilled set's recipe: its step order, its init
+    regime and net, every step at ``lr``. The real images are arranged so that each step holds the same
+    classes as the distilled set's step (the baseline draws them class after class)."""
+    rr = ds.baseline("random", data, ipc=10)
+    rank = torch.empty_like(rr.labels)
+    for c in rr.labels.unique():
+        members = (rr.labels == c).nonzero().squeeze(1)
+        rank[members] = torch.arange(len(members))
+    order = torch.argsort(rank * data.num_classes + rr.labels)  # 1st of every class, then 2nd of every class ...
+    if not torch.equal(rr.labels[order], syn.labels):
+        raise DistilsetError("the distilled set's items are not one per class per step; cannot mirror its steps")
+    return dataclasses.replace(rr, images=rr.images[order], labels=rr.labels[order], recipe=syn.recipe,
+                               lrs=torch.full_like(syn.lrs, lr), step_order=syn.step_order.clone(),
+                               net=syn.net)  # fmt: skip
 
 
 def _load(state, data):
@@ -224,7 +247,8 @@ def one_speed_config(steps: int, mode: str, iterations: int = 3) -> dict:
     torch.set_num_threads(1)
     data = ds.load_dataset("mnist5k")
     memory = "checkpoint" if mode == "checkpoint" else "plain"
-    dd = DatasetDistillation(data, DDConfig(net="lenet", init="fixed", steps=steps, epochs=1, memory=memory), seed=0)
+    cfg = DDConfig(net="lenet", init="fixed", steps=steps, epochs=1, memory=memory)
+    dd = DatasetDistillation(data, cfg, Context(seed=0))
     run_one = (lambda it: _plain_iteration(dd)) if mode == "hand-written" else dd.step
     run_one(0)
     times = []
@@ -281,7 +305,7 @@ def merge() -> list[dict]:
         data = json.loads(path.read_text())
         merged["parts"][path.name] = data["machine"]
         merged["rows"] += data["rows"]
-    (RESULTS / "dd.json").write_text(json.dumps(merged, indent=2))
+    write_json(RESULTS / "dd.json", merged)
     return merged["rows"]
 
 
@@ -357,7 +381,7 @@ def table() -> str:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["reproduce", "adapt", "speed"])
-    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--dataset", default="mnist5k", choices=sorted(SHORT))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", action="store_true")
     p.add_argument("--speed-one", nargs=2, metavar=("T", "MODE"))
@@ -365,9 +389,12 @@ if __name__ == "__main__":
     p.add_argument("--fixed-iterations", type=int, default=None, help="budget of fixed-init rows (preset's)")
     p.add_argument("--random-iterations", type=int, default=None, help="budget of the random-init row (preset's)")
     p.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (checks the script)")
+    p.add_argument("--results", type=Path, default=None, help="results directory (default benchmarks/results)")
     args = p.parse_args()
+    if args.results is not None:
+        RESULTS = args.results
     if args.smoke:
-        SMOKE, RESULTS = True, Path("/tmp/distilset-bench-smoke")
+        SMOKE, RESULTS = True, args.results or Path("/tmp/distilset-bench-smoke")
     torch.set_num_threads(args.threads)
     if args.speed_one:
         print(json.dumps(one_speed_config(int(args.speed_one[0]), args.speed_one[1])))

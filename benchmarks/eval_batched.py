@@ -4,6 +4,8 @@ Trains R ConvNet-3 nets on one small set with the standard protocol's SGD (momen
 batch 256) both ways from the same inits and batch orders, checks they reach the same weights, and times them.
 
     .venv/bin/python benchmarks/eval_batched.py [--repeats 5] [--ipc 10] [--epochs 50] [--width 32]
+
+The row (with its command line) goes to benchmarks/results/eval_batched.json (``--results DIR``: elsewhere).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import torch
-from _common import RESULTS, machine
+from _common import RESULTS, command_line, machine
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 import distilset as ds
-from distilset.evaluate import soft_cross_entropy
+from distilset.io import write_json
+from distilset.losses import soft_cross_entropy
 from distilset.nets import create_net
 
 
@@ -78,6 +82,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = ds.load_dataset("mnist5k")
@@ -95,10 +100,11 @@ def main() -> None:
     bat = batched(fresh(), x, y, batches, args.epochs, 0.01)
     t_bat = time.perf_counter() - t0
     diff = max(float((a[k].detach() - b[k].detach()).abs().max()) for a, b in zip(seq, bat, strict=True) for k in a)
-    row = {**vars(args), "sequential_s": round(t_seq, 2), "vmap_s": round(t_bat, 2), "max_weight_diff": diff,
-           "machine": machine()}  # fmt: skip
+    settings = {k: v for k, v in vars(args).items() if k != "results"}
+    row = {**settings, "sequential_s": round(t_seq, 2), "vmap_s": round(t_bat, 2), "max_weight_diff": diff,
+           "machine": machine(), "command": command_line()}  # fmt: skip
     print(json.dumps(row))
-    (RESULTS / "eval_batched.json").write_text(json.dumps(row, indent=2))
+    write_json(args.results / "eval_batched.json", row)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ gradient paths.
 Parts (``--parts``, run in this order): ``fashion`` (experts, MTT IPC 10 and 1, random real at the same
 protocol), ``memory`` (peak memory and seconds per iteration for syn_steps 10 / 20 / 40, plain and
 checkpointed, one process), ``texture`` (Fashion-MNIST IPC 1 texture mode, tiles picture), ``mnist5k``.
-Rows go to ``benchmarks/results/mtt-<profile>.json`` as they finish; rerunning skips finished rows.
-Evaluation: the standard protocol with the set's learned lr and DSA (1000 epochs, SGD momentum 0.9, lr x0.1
-at half), 5 fresh nets, final test accuracy; random real subsets get the same protocol with lr 0.01.
+Rows go to ``benchmarks/results/mtt-<profile>.json`` as they finish (each with its command line);
+rerunning skips finished rows. Experts and texture sets are kept under ``$DISTILSET_BENCH_WORK`` (default
+/tmp/distilset-mtt). Distillation takes the presets' options (``get_method("mtt").presets``) explicitly.
+Evaluation: the set's own recipe, SGD with its learned lr and DSA (SGD momentum 0.9, lr x0.1 at half), for
+the profile's epochs, 5 fresh nets, final test accuracy; random real subsets get the same protocol with
+lr 0.01 (their own recipe with the dataset's DSA strategy).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import torch
 from _common import RESULTS, HeapPeak, ResultFile
 
 import distilset as ds
+from distilset.methods.base import Context
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.mtt import MTT, MTTConfig
-from distilset.methods.presets import PRESETS
+
+PRESETS = ds.get_method("mtt").presets
 
 PAPER = {"fashion-mnist": {1: 75.1, 10: 87.2}, "mnist5k": {1: 91.4, 10: 97.3}}  # MTT's MNIST rows for mnist5k
 PROFILES = {
@@ -50,7 +55,8 @@ def sync(device: str) -> None:
 
 def experts_for(data: ds.Dataset, prof: dict, device: str) -> tuple[Path, float]:
     out = WORK / f"experts-{data.info.name}-w{prof['width']}-e{prof['epochs']}"
-    cfg = ExpertConfig(net="convnet", net_kwargs={"width": prof["width"]}, epochs=prof["epochs"])
+    # MTT's batch of 256 on every dataset, as these rows were measured (the library shrinks it on small sets)
+    cfg = ExpertConfig(net="convnet", net_kwargs={"width": prof["width"]}, epochs=prof["epochs"], batch_size=256)
     t0 = time.perf_counter()
     train_experts(data, out, prof["experts"], cfg, device=device)
     return out, time.perf_counter() - t0
@@ -58,16 +64,17 @@ def experts_for(data: ds.Dataset, prof: dict, device: str) -> tuple[Path, float]
 
 def evaluate(syn: ds.SyntheticSet, data: ds.Dataset, prof: dict, device: str) -> dict:
     res = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": prof["width"]}, repeats=prof["repeats"],
-                      epochs=prof["eval_epochs"], dsa_strategy=data.info.dsa_strategy, device=device)  # fmt: skip
+                      epochs=prof["eval_epochs"], dsa=data.info.dsa_strategy, device=device)  # fmt: skip
     return {"mean": res.accuracy_mean, "std": res.accuracy_std, "runs": res.runs, "eval_s": round(res.wall_time_s, 1),
-            "lr": res.settings["lr"]}  # fmt: skip
+            "lr": res.recipe["lr"]}  # fmt: skip
 
 
 def distill_row(data, experts: Path, options: dict, iterations: int, prof: dict, device: str, out: Path | None = None):
     options = {**options, "net_kwargs": {"width": prof["width"]}}
     sync(device)
     t0 = time.perf_counter()
-    mtt = MTT(data, experts, MTTConfig(**options), seed=0, device=device)
+    cfg = MTTConfig(**options, experts_dir=str(experts))
+    mtt = MTT(data, experts, cfg, Context(seed=0, device=device))
     losses = []
     for it in range(iterations):
         losses.append(mtt.step(it)["loss"])
@@ -79,7 +86,7 @@ def distill_row(data, experts: Path, options: dict, iterations: int, prof: dict,
     head, tail = losses[:50], losses[-50:]
     return syn, {"iterations": iterations, "distill_s": round(distill_s, 1), "s_per_iteration": distill_s / iterations,
                  "loss_first50": sum(head) / len(head), "loss_last50": sum(tail) / len(tail),
-                 "learned_lr": syn.train_lr,
+                 "learned_lr": syn.recipe.lr,
                  "options": {k: v for k, v in options.items() if k != "net_kwargs"}}  # fmt: skip
 
 
@@ -98,8 +105,7 @@ def dataset_part(name: str, results: ResultFile, prof: dict, device: str) -> Non
         options["max_start_epoch"] = min(options["max_start_epoch"], prof["epochs"] - options["expert_epochs"] + 1)
         syn, row = distill_row(data, experts, options, prof["iters"][ipc], prof, device)
         row["mtt"] = evaluate(syn, data, prof, device)
-        real = ds.baseline("random", data.to("cpu"), ipc=ipc, seed=0)
-        real.dsa_strategy = data.info.dsa_strategy
+        real = ds.baseline("random", data.to("cpu"), ipc=ipc, seed=0)  # evaluate() gives it the dataset's DSA
         row["random_real"] = evaluate(real, data, prof, device)
         row["experts"] = {"n": prof["experts"], "epochs": prof["epochs"], "train_s": round(expert_s, 1),
                           "test_accuracy_mean": sum(expert_acc) / len(expert_acc)}  # fmt: skip
@@ -138,7 +144,7 @@ def memory_part(results: ResultFile, prof: dict, device: str) -> None:
         for steps in (10, 20, 40):
             opts = {**PRESETS["mtt-fashion-ipc10"].options, "syn_steps": steps, "memory": memory, "max_start_epoch": 2,
                     "expert_epochs": 1, "net_kwargs": {"width": prof["width"]}}  # fmt: skip
-            mtt = MTT(data, experts, MTTConfig(**opts), device=device)
+            mtt = MTT(data, experts, MTTConfig(**opts, experts_dir=str(experts)), Context(device=device))
             mtt.step(0)  # warm-up
             iters = 3
             if device.startswith("cuda"):
@@ -173,9 +179,9 @@ def _experts(e: dict | None) -> str:
     return f"{e['n']} x {e['epochs']} epochs ({100 * e['test_accuracy_mean']:.1f} %)" if e else "as above"
 
 
-def table() -> str:
+def table(results: Path = RESULTS) -> str:
     lines = []
-    for path in sorted(RESULTS.glob("mtt-*.json")):
+    for path in sorted(results.glob("mtt-*.json")):
         data = json.loads(path.read_text())
         m = data["machine"]
         where = m.get("gpu") or f"{m['cores']} CPU cores"
@@ -214,7 +220,7 @@ if __name__ == "__main__":
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
     if args.table:
-        print(table())
+        print(table(Path(args.results) if args.results else RESULTS))
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
