@@ -56,13 +56,14 @@ def test_soft_labels_with_fewer_items_than_classes(digits):
     cfg = DDConfig(init="fixed", soft_labels=True, items=5, label_init="random", lr=0.02, **FAST)
     dd = DatasetDistillation(digits, cfg, Context(seed=0))
     start = dd.labels.detach().clone()
+    before = ds.evaluate(dd.synthetic_set(), digits, repeats=1).accuracy_mean  # noise images, random labels
     losses = _losses(dd, 60)
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
     syn = dd.synthetic_set()
     assert syn.images.shape == (10, 1, 8, 8) and syn.labels.shape == (10, 10) and syn.soft
     assert not torch.allclose(syn.labels, start)  # the labels were learned
-    res = ds.evaluate(syn, digits, repeats=1)
-    assert res.accuracy_mean > 0.2  # 5 items per step for 10 classes, 4 steps: well above chance (0.1)
+    after = ds.evaluate(syn, digits, repeats=1).accuracy_mean
+    assert after > before + 0.15, (before, after)  # 5 items for 10 classes: the replay learned to classify
 
 
 def test_bad_settings_are_refused_by_the_config(digits):

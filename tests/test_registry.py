@@ -251,3 +251,11 @@ def test_generic_type_checks_come_from_the_annotations():
                          ({"x": "fast"}, "x must be a number")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             C(**bad)
+
+
+@pytest.mark.parametrize("method, preset", [(m.name, p) for m in METHODS.values() for p in m.presets])
+def test_every_preset_is_a_valid_config_of_its_method(method, preset):
+    p = get_method(method).presets[preset]
+    cfg = make_config(get_method(method), {}, p)
+    assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in p.options.items())
+    assert p.iterations >= 1 and p.dataset

@@ -1,0 +1,174 @@
+"""Defaults matrix: every registered method x {digits, mnist5k, fashion-mnist} with default flags only.
+
+    .venv/bin/python benchmarks/defaults.py                     # all rows (hours on 2 CPU cores; resumable)
+    .venv/bin/python benchmarks/defaults.py --datasets digits   # one dataset
+    .venv/bin/python benchmarks/defaults.py --table             # the README table
+
+Each row runs the equivalent of ``distilset distill METHOD --dataset NAME --out DIR`` (no other option: the
+method resolves its settings from the dataset; the row records them, the iteration budget and the wall time,
+experts included for MTT), then scores the set and random real images of the same count (class-balanced,
+seed 0) under the same evaluations:
+
+- ``recipe``: the set's own training recipe (DD: the replay of its learned steps from its init; MTT: SGD with
+  the learned lr and DSA, 1000 epochs; labels: Adam, the base batch, the estimated steps). Random real
+  images get the same recipe where it is plain training; for a replay recipe they get DC's protocol.
+- ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs, or 1000 with the set's DSA) on the set's net.
+- ``other net``: DC's protocol on a network the set was not distilled with (ConvNet-3 for DD and labels
+  sets, LeNet / an MLP for MTT sets on 28x28 / 8x8 inputs).
+- ``adam``: the set's net trained with Adam (lr 1e-3, no weight decay), DC's epochs.
+
+Rows go to ``benchmarks/results/defaults.json`` as they finish; a rerun skips finished rows.
+
+``--ablation`` runs, on ``digits``, each method with the one setting its earlier default had instead of the
+resolved one (DD: LeNet and the decay period counted in epochs of this dataset; MTT: experts at batch 256;
+labels: no validation-based selection and a base batch of 50), scored the same way, into
+``benchmarks/results/defaults-ablation.json``: the measured reason for each resolution rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, ResultFile
+
+import distilset as ds
+
+WORK = Path("/tmp/distilset-defaults")
+OUT = RESULTS / "defaults.json"
+ABLATION = RESULTS / "defaults-ablation.json"
+# (method, options, what the option undoes)
+ABLATIONS = (
+    ("dd", {"net": "lenet", "decay_epochs": 40.0}, "LeNet, decay every 40 epochs of this dataset"),
+    ("mtt", {"expert_batch": 256}, "experts at MTT's batch of 256"),
+    ("labels", {"validation": 0.0, "base_batch": 50}, "final labels (no validation), base batch 50"),
+)
+
+
+def other_net(syn: ds.SyntheticSet) -> str:
+    if syn.net["name"] != "convnet":
+        return "convnet"
+    return "lenet" if min(syn.image_shape[1:]) >= 20 else "mlp"
+
+
+def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
+    """Random real images of the set's size (class-balanced, seed 0), trained by the set's recipe if it is
+    plain training, else by DC's protocol."""
+    real = ds.baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=0)
+    real.net = syn.net  # the same network, initialised the same way
+    if isinstance(syn.recipe, ds.Standard):
+        real.recipe = syn.recipe
+    return real
+
+
+def score(syn: ds.SyntheticSet, data: ds.Dataset, repeats: int) -> dict:
+    """Accuracy (mean, std, runs) of the set under each evaluation of the module docstring."""
+    own = {"net": syn.net["name"], "net_kwargs": syn.net["kwargs"]}
+    fixed_replay = isinstance(syn.recipe, ds.Replay) and syn.recipe.init.startswith("fixed")
+    runs = {
+        "recipe": ds.evaluate(syn, data, repeats=1 if fixed_replay else repeats, seed=100),
+        "standard": ds.evaluate(syn, data, protocol="standard", repeats=repeats, seed=100, **own),
+        "other_net": ds.evaluate(syn, data, protocol="standard", net=other_net(syn), repeats=3, seed=100),
+        "adam": ds.evaluate(
+            syn, data, protocol="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, repeats=3, seed=100, **own
+        ),  # fmt: skip
+    }
+    return {k: {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs, "recipe": r.recipe, "net": r.net}
+            for k, r in runs.items()}  # fmt: skip
+
+
+def _flags(options: dict) -> str:
+    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    settings = {"repeats": args.repeats, "protocol": "default flags only; see benchmarks/defaults.py"}
+    jobs = [(name, method, {}, "") for name in args.datasets for method in args.methods]
+    path = OUT
+    if args.ablation:
+        jobs, path = [("digits", m, opts, what) for m, opts, what in ABLATIONS], ABLATION
+    results = ResultFile(path, settings)
+    for name, method, options, what in jobs:
+        data = ds.load_dataset(name)
+        key = {"dataset": name, "method": method, **({"ablation": what} if what else {})}
+        if results.has(key):
+            continue
+        out = WORK / f"{name}-{method}{'-ablation' if what else ''}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = f"distilset distill {method} --dataset {name}{_flags(options)} --out {shlex.quote(str(out))}"
+        print(f"== {command}", flush=True)
+        t0 = time.perf_counter()
+        syn = ds.distill(method, data, out=out, log=print, **options)
+        distill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        distilled = score(syn, data, args.repeats)
+        real = score(real_twin(syn, data), data, args.repeats)
+        row = {
+            **key,
+            "command": command,
+            "benchmark_command": " ".join([Path(sys.executable).name, *map(shlex.quote, sys.argv)]),
+            "images": len(syn),
+            "iterations": syn.extra["iterations"],
+            "config": syn.config,
+            "resolved": syn.extra.get("resolved", {}),
+            "distill_s": round(distill_s, 1),
+            "eval_s": round(time.perf_counter() - t0, 1),
+            "distilled": distilled,
+            "random_real": real,
+        }
+        results.add(row)
+        d, r = distilled["recipe"], real["recipe"]
+        print(f"{name} {method}: {100 * d['mean']:.1f} vs random real {100 * r['mean']:.1f} "
+              f"({distill_s / 60:.1f} min)", flush=True)  # fmt: skip
+
+
+def _cell(x: dict) -> str:
+    return f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
+
+
+def table(path: Path = OUT) -> str:
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    lines = [
+        "| dataset | method | images | iterations | recipe: distilled / random real | DC protocol, own net | "
+        "DC protocol, other net | Adam, own net | distill time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        d, real = r["distilled"], r["random_real"]
+        pair = {k: f"{_cell(d[k])} / {_cell(real[k])}" for k in d}
+        lines.append(
+            f"| {r['dataset']} | {r['method']} ({r.get('ablation') or r['config']['net']}) | {r['images']} | "
+            f"{r['iterations']} | "
+            f"{pair['recipe']} | {pair['standard']} | {pair['other_net']} ({d['other_net']['net']}) | {pair['adam']} | "
+            f"{r['distill_s'] / 60:.1f} min |"
+        )
+    lines.append(
+        f"\nTest accuracy (%), mean ± std over fresh nets ({data['settings']['repeats']} for the recipe and DC "
+        f"columns, 3 for the others; a fixed-init replay is deterministic: 1); {m['cores']} CPU cores, torch "
+        f"{m['torch']}, {m['torch_threads']} thread(s), {m['date']}. Commands: the `command` of each row in "
+        "`benchmarks/results/defaults.json`."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["digits", "mnist5k", "fashion-mnist"])
+    p.add_argument("--methods", nargs="+", default=ds.list_methods())
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ablation", action="store_true", help="the digits rows with an earlier default each")
+    p.add_argument("--table", action="store_true", help="print the markdown table and exit")
+    args = p.parse_args()
+    if args.table:
+        print(table(ABLATION if args.ablation else OUT))
+    else:
+        run(args)
