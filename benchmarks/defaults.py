@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         distilled = score(syn, data, args.repeats)
         real = score(real_twin(syn, data), data, args.repeats)
+        if method == "labels":  # the same base images with one-hot labels, by the same recipe
+            classes = torch.tensor(syn.extra["base_classes"])
+            twin = ds.SyntheticSet(syn.images, classes, syn.class_names, syn.norm, recipe=syn.recipe, net=syn.net)
+            same = ds.evaluate(twin, data, repeats=args.repeats, seed=100)
+            real["one_hot_same_images"] = {"mean": same.accuracy_mean, "std": same.accuracy_std, "runs": same.runs}
         row = {
             **key,
             "command": command,

@@ -62,6 +62,8 @@ def test_baseline_then_evaluate_json(tmp_path, capsys):
         (["baseline", "random", "--dataset", "digits", "--out", "X", "--device", "cuda"], "no CUDA device"),
         (["evaluate", "GOOD", "--net-arg", "width"], "KEY=VALUE"),
         (["evaluate", "GOOD", "--protocol", "best"], "invalid choice: 'best'"),
+        (["baseline", "random", "--dataset", "digits", "--ipc", "0", "--out", "X"], "--ipc must be >= 1"),
+        (["distill", "dd", "--dataset", "digits", "--evaluate", "-1", "--out", "X"], "--evaluate must be >= 0"),
         (["evaluate", "GOOD", "--repeats", "0"], "--repeats must be >= 1"),
         (["experts", "--dataset", "digits", "--out", "X", "--lr", "0"], "--lr must be > 0"),
         (["experts", "--dataset", "digits", "--out", "X", "--experts", "0"], "--experts must be >= 1"),

@@ -103,6 +103,8 @@ def test_resume_continues_bit_for_bit(digits, tmp_path):
         ds.distill("dd", digits, iterations=8, out=tmp_path / "part", resume=True, seed=1, **opts)
     # the outer lr may change on resume (the way out of a NaN stop)
     ds.distill("dd", digits, iterations=7, out=tmp_path / "part", resume=True, **{**opts, "lr": 0.005})
+    with pytest.raises(DistilsetError, match="checkpoint in .* is at iteration 7; resume with iterations >= 7"):
+        ds.distill("dd", digits, iterations=5, out=tmp_path / "part", resume=True, **opts)
 
 
 def test_nan_stops_after_saving_the_last_good_state(digits, tmp_path, monkeypatch):
@@ -115,7 +117,9 @@ def test_nan_stops_after_saving_the_last_good_state(digits, tmp_path, monkeypatc
         return (x * float("nan"), y) if calls["n"] == 4 else (x, y)
 
     monkeypatch.setattr(DatasetDistillation, "_real_batch", poisoned)
-    with pytest.raises(DistilsetError, match=r"outer loss is nan at outer iteration 3.*saved in .*--resume.*lower"):
+    with pytest.raises(
+        DistilsetError, match=r"outer loss is nan at outer iteration 3.*saved in .*continue with resume.*lower"
+    ):
         ds.distill("dd", digits, iterations=10, out=tmp_path, init="fixed", **FAST)
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["iteration"] == 3 and torch.isfinite(state["distiller"]["images"]).all()

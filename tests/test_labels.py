@@ -76,6 +76,19 @@ def test_cross_dataset_base_with_other_classes_and_shape(digits, tmp_path):
     assert syn.labels.shape == (20, 10) and syn.extra["base_dataset"].startswith("npz:")
 
 
+def test_validation_keeps_the_best_labels_and_reading_the_set_changes_nothing(digits):
+    ld = LabelDistillation(digits, LabelConfig(variant="ridge", val_every=20, **FAST))
+    accs = [ld.step(i).get("val_acc") for i in range(70)]
+    checks = [a for a in accs if a is not None]
+    assert len(checks) == 3 and ld.best["val_acc"] == max(checks) and abs(len(ld.val_x) - len(digits.train_x) / 6) < 10
+    state = {k: v for k, v in ld.state_dict().items() if k != "generator"}
+    first, second = ld.synthetic_set(), ld.synthetic_set()  # the final labels are scored too, without side effects
+    assert torch.equal(first.labels, second.labels) and first.extra == second.extra
+    assert {k: v for k, v in ld.state_dict().items() if k != "generator"}.keys() == state.keys()
+    assert ld.state_dict()["checks"] == 3 and ld.state_dict()["best"]["iteration"] == state["best"]["iteration"]
+    assert first.extra["val_acc"] >= max(checks)
+
+
 @pytest.mark.parametrize("variant", ["second-order", "ridge"])
 def test_resume_is_exact(digits, tmp_path, variant):
     opts = {"variant": variant, **FAST}

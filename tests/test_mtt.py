@@ -128,7 +128,7 @@ def test_nan_stops_with_the_last_good_state_saved(digits, experts_dir, tmp_path)
     mtt.step(0)
     with torch.no_grad():
         mtt.images[0, 0, 0, 0] = float("nan")
-    with pytest.raises(DistilsetError, match="not finite.*outer iteration 0.*--resume.*lower lr_img"):
+    with pytest.raises(DistilsetError, match="not finite.*outer iteration 0.*continue with resume.*lower lr_img"):
         run(mtt, Identity("mtt", 0, mtt.cfg), RunConfig(iterations=3, out=tmp_path))
     assert (tmp_path / "checkpoint" / "state.pt").exists()
 

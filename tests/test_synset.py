@@ -62,9 +62,29 @@ def test_standard_recipe_round_trip_and_version_1_sets(tmp_path):
     # A version-1 file (before typed recipes): its learned lr, DSA strategy and crop become a Standard recipe.
     meta = json.loads((tmp_path / "s" / "synset.json").read_text())
     del meta["recipe"]
-    meta.update(version=1, train_lr=0.5, dsa_strategy="crop", init_regime=None, extra={"texture": {"crop": [8, 8]}})
+    meta.update(version=1, train_lr=0.5, dsa_strategy="crop", init_regime=None, extra={"texture": {"crop": [8, 8]}},
+                net={"name": "convnet", "kwargs": {"width": 8}, "init": "default"})  # fmt: skip
     (tmp_path / "s" / "synset.json").write_text(json.dumps(meta))
-    assert SyntheticSet.load(tmp_path / "s").recipe == Standard(lr=0.5, dsa="crop", crop=(8, 8))
+    old = SyntheticSet.load(tmp_path / "s")
+    assert old.recipe == Standard(lr=0.5, dsa="crop", crop=(8, 8))
+    assert old.net["kwargs"] == {"width": 8, "depth": 3}  # version-1 ConvNets had depth 3 whatever the input
+    for broken in ({"texture": True}, "not a dict"):  # malformed metadata is a format error, not a traceback
+        (tmp_path / "s" / "synset.json").write_text(json.dumps({**meta, "extra": broken}))
+        with pytest.raises(SynsetFormatError, match="malformed metadata"):
+            SyntheticSet.load(tmp_path / "s")
+
+
+def test_files_are_written_with_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        SyntheticSet(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), ("a", "b")).save(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("synset.json", "synset.safetensors", "grid.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_hard_labels_and_grid(tmp_path):

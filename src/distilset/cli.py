@@ -28,7 +28,7 @@ from distilset.errors import DistilsetError
 from distilset.evaluate import PROTOCOLS, evaluate
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
-from distilset.methods.registry import find_preset
+from distilset.methods.registry import preset_of
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 
@@ -51,9 +51,10 @@ class _Parser(argparse.ArgumentParser):
 # ---- options generated from config dataclasses ------------------------------------------------------------
 def _value_type(spec: FieldSpec) -> Callable[[str], object]:
     base = spec.elem if spec.base is tuple else spec.base
+    none_allowed = spec.optional and spec.auto is None and spec.base is not tuple  # e.g. --dsa none
 
     def convert(text: str):
-        if spec.optional and text.lower() == "none":
+        if none_allowed and text.lower() == "none":
             return None
         return base(text)
 
@@ -71,7 +72,10 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _help(spec: FieldSpec) -> str:
+def _help(spec: FieldSpec, flags: Mapping[str, str], default_text: str | None) -> str:
+    doc = DistilsetError(spec.doc).render(flags)  # option names in the doc shown as flags
+    if default_text is not None:
+        return f"{doc} (default: {default_text})".replace("%", "%%")
     if spec.auto is not None:
         default = f"auto: {spec.auto}"
     elif spec.base is dict or spec.default is None:
@@ -80,14 +84,17 @@ def _help(spec: FieldSpec) -> str:
         default = " ".join(map(str, spec.default))
     else:
         default = str(spec.default).lower() if spec.base is bool else str(spec.default)
-    return f"{spec.doc} (default: {default})".replace("%", "%%")
+    return f"{doc} (default: {default})".replace("%", "%%")
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One option per field of the config class ``cls``; only options given on the line reach the namespace."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None) -> None:
+    """One option per field of the config class ``cls``; only options given on the line reach the namespace.
+
+    ``default_text`` replaces the field defaults in the help (e.g. evaluate: "the set's recipe")."""
     group = parser.add_argument_group(title)
+    flags = flags_of(cls)
     for spec in field_specs(cls):
-        kw: dict = {"dest": spec.name, "default": argparse.SUPPRESS, "help": _help(spec)}
+        kw: dict = {"dest": spec.name, "default": argparse.SUPPRESS, "help": _help(spec, flags, default_text)}
         if spec.base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif spec.base is dict:
@@ -201,11 +208,10 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
+    if args.evaluate < 0:
+        raise DistilsetError(f"`evaluate` must be >= 0 (fresh nets to train after distilling), got {args.evaluate}")
     if args.preset:
-        owner, preset = find_preset(args.preset)
-        if owner.name != method.name:
-            raise DistilsetError(f"preset {args.preset} is for `distill {owner.name}`, not `distill {method.name}`")
-        args.dataset = args.dataset or preset.dataset
+        args.dataset = args.dataset or preset_of(method.name, args.preset).dataset
     if args.dataset is None:
         raise DistilsetError("--dataset is required (or a --preset of this method that names one)")
     data = _load(args, zca=args.zca)
@@ -246,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list dataset sources and whether their files are present here")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_datasets)
+    p.set_defaults(func=cmd_datasets, flags=_flags_of_parser(p))
 
     p = sub.add_parser("baseline", help="build a baseline set (random, mean, kmeans, herding, full)")
     p.add_argument("method", choices=BASELINES)
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
     _add_run_args(p)
-    p.set_defaults(func=cmd_baseline)
+    p.set_defaults(func=cmd_baseline, flags=_flags_of_parser(p))
 
     p = sub.add_parser("experts", help="train MTT's expert trajectories")
     _add_data_args(p)
@@ -285,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe: the set's own training recipe (default); standard: DC's protocol")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_run_args(p)
-    add_config_options(p, Standard, "training options (override the chosen standard recipe)")
+    add_config_options(p, Standard, "training options (override the chosen standard recipe)",
+                       default_text="the set's recipe, or DC's protocol with --protocol standard")  # fmt: skip
     p.set_defaults(func=cmd_evaluate, flags=_flags_of_parser(p))
     return parser
 

@@ -218,7 +218,9 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
             raise ConfigError(f"`{name}` must be a mapping of options, got {value!r}")
         return dict(value)
     if spec.base is tuple:
-        if not isinstance(value, (tuple, list)) or (isinstance(spec.nargs, int) and len(value) != spec.nargs):
+        if not isinstance(value, (tuple, list)) or (
+            len(value) != spec.nargs if isinstance(spec.nargs, int) else not value
+        ):
             want = f"{spec.nargs} values" if isinstance(spec.nargs, int) else "one or more values"
             raise ConfigError(f"`{name}` needs {want}, got {value!r}")
         numeric = (int,) if spec.elem is int else (int, float)

@@ -257,8 +257,11 @@ class SyntheticSet:
         if "zca.matrix" in tensors:
             zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], meta.get("zca_eps") or 0.1)
         init = {k[5:]: v for k, v in tensors.items() if k.startswith("init.")} or None
-        recipe = recipe_from_json(meta["recipe"]) if meta["version"] >= 2 else _recipe_v1(meta, "lrs" in tensors)
         try:
+            if meta["version"] >= 2:
+                recipe, net = recipe_from_json(meta.get("recipe")), meta.get("net")
+            else:
+                recipe, net = _recipe_v1(meta, "lrs" in tensors), _net_v1(meta.get("net"))
             return cls(
                 images=tensors["images"],
                 labels=tensors["labels"],
@@ -271,13 +274,13 @@ class SyntheticSet:
                 lrs=tensors.get("lrs"),
                 step_order=tensors.get("step_order"),
                 init_params=init,
-                net=meta.get("net"),
+                net=net,
                 config=meta.get("config") or {},
                 extra=meta.get("extra") or {},
             )
         except SynsetFormatError as e:
             raise SynsetFormatError(f"{d}: {e}") from e
-        except (DistilsetError, TypeError, ValueError) as e:
+        except (DistilsetError, TypeError, ValueError, KeyError, AttributeError) as e:
             raise SynsetFormatError(f"{d}: malformed metadata ({e}); the set is corrupt") from e
 
 
@@ -286,8 +289,21 @@ def _recipe_v1(meta: dict, has_lrs: bool) -> Recipe:
     if has_lrs:
         return Replay(init=meta.get("init_regime") or "random")
     texture = (meta.get("extra") or {}).get("texture")
-    return Standard(lr=meta.get("train_lr") or 0.01, dsa=meta.get("dsa_strategy"),
+    lr = meta.get("train_lr")
+    return Standard(lr=0.01 if lr is None else lr, dsa=meta.get("dsa_strategy"),
                     crop=tuple(texture["crop"]) if texture else None)  # fmt: skip
+
+
+def _net_v1(net: dict | None) -> dict | None:
+    """Version-1 ConvNets without a depth were built at the default depth whatever the input; keep it so."""
+    if (
+        isinstance(net, dict)
+        and str(net.get("name", "")).startswith("convnet")
+        and "depth" not in net.get("kwargs", {})
+    ):
+        default = 4 if net["name"] == "convnet-d4" else 3
+        return {**net, "kwargs": {**net.get("kwargs", {}), "depth": default}}
+    return net
 
 
 def _json(o):

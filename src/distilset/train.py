@@ -46,6 +46,8 @@ def fit(
     opt = make_optimizer(net.parameters(), recipe)
     loss_fn = LOSSES[recipe.loss]
     n = len(x)
+    if n == 0:
+        raise DistilsetError("there is nothing to train on (0 images)")
     batch = min(recipe.batch_size, n)
     per_epoch = -(-n // batch)
     total = recipe.steps if recipe.steps else recipe.total_epochs * per_epoch
@@ -88,10 +90,10 @@ def _diverged(loss: torch.Tensor, y: torch.Tensor, epoch: int, lr: float) -> Non
         raise DistilsetError(
             f"training diverged at epoch {epoch}: the soft labels hold negative entries (min {float(y.min()):.3g}), "
             "so cross-entropy on them is unbounded below; train this set with its own recipe "
-            "(--protocol recipe) or clip its labels"
+            "(`protocol` recipe) or clip its labels"
         )
     raise DistilsetError(
-        f"training diverged (loss {loss.item()}) at epoch {epoch}; lower the learning rate `lr` (now {lr:g})"
+        f"training diverged (loss {loss.item()}) at epoch {epoch} with learning rate {lr:g}; train with a lower one"
     )
 
 

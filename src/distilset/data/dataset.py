@@ -103,14 +103,19 @@ class Dataset:
         """Indices of the training examples of class ``c``."""
         return torch.nonzero(self.train_y == c, as_tuple=True)[0]
 
-    def sample_per_class(self, n: int, generator: torch.Generator, what: str = "`ipc`") -> torch.Tensor:
-        """Indices of ``n`` training examples of every class, drawn without replacement, class after class.
+    def sample_per_class(self, n: int | float, generator: torch.Generator, what: str = "`ipc`") -> torch.Tensor:
+        """Indices of ``n`` training examples of every class (a float in (0, 1): that share of each class, at
+        least one), drawn without replacement, class after class.
 
         A class with fewer than ``n`` examples is an error that names ``what`` asked for them.
         """
         picks = []
         for c in range(self.num_classes):
             members = self.class_indices(c)
+            if isinstance(n, float):
+                n_c = max(1, round(n * len(members)))
+                picks.append(members[torch.randperm(len(members), generator=generator)[:n_c]])
+                continue
             if n > len(members):
                 raise DistilsetError(
                     f"{what} {n} needs {n} training images of class {c} ({self.info.class_names[c]!r}), which has "

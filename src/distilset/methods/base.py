@@ -106,21 +106,21 @@ class Identity:
         if not isinstance(old, dict) or old.get("format") != CHECKPOINT_FORMAT:
             raise DistilsetError(
                 f"the checkpoint in {where} was written by an older distilset (no settings to compare); "
-                "start a new --out directory"
+                "start a new `out` directory"
             )
         if old.get("method") != self.method:
             raise DistilsetError(f"{where} holds a `distill {old.get('method')}` run, not `distill {self.method}`")
         if old.get("seed") != self.seed:
             raise DistilsetError(f"cannot resume {where}: it was made with `seed` {old.get('seed')}, not {self.seed}")
-        mine = self.config.to_json()
+        mine = json.loads(json.dumps(self.config.to_json()))  # the stored form: compare like with like
         theirs = old.get("config") or {}
         resumable = type(self.config).RESUMABLE
         for key in mine:
-            if key not in resumable and json.dumps(mine[key]) != json.dumps(theirs.get(key)):
+            if key not in resumable and mine[key] != theirs.get(key):
                 may = f" (only {', '.join(f'`{k}`' for k in resumable)} may change)" if resumable else ""
                 raise DistilsetError(
                     f"cannot resume {where}: it was made with `{key}` {theirs.get(key)!r}, this run has "
-                    f"{mine[key]!r}; resume with the same settings{may} or start a new --out directory"
+                    f"{mine[key]!r}; resume with the same settings{may} or start a new `out` directory"
                 )
 
 
@@ -153,14 +153,17 @@ def run(
     start, history = 0, []
     if cfg.resume:
         if cfg.out is None:
-            raise DistilsetError("--resume needs --out DIR (the directory of the interrupted run)")
+            raise DistilsetError("`resume` needs `out`, the directory of the interrupted run")
         state = load_checkpoint(cfg.out)
         if state is None:
             print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
         else:
             identity.check(state.get("identity"), cfg.out)
-            distiller.load_state_dict(state["distiller"])
             start, history = int(state["iteration"]), json.loads(state["history"])
+            if start > cfg.iterations:
+                raise DistilsetError(f"the checkpoint in {cfg.out} is at iteration {start}; resume with `iterations` "
+                                     f">= {start}")  # fmt: skip
+            distiller.load_state_dict(state["distiller"])
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc="distill", disable=not cfg.progress, initial=start,
                total=cfg.iterations)  # fmt: skip
@@ -173,7 +176,7 @@ def run(
             if cfg.out is not None:
                 path = save_checkpoint(distiller, identity, cfg.out, it, history)
                 write_json(cfg.out / "history.json", history)
-                where = f"; the last good state (before iteration {it}) is saved in {path}, continue with --resume"
+                where = f"; the last good state (before iteration {it}) is saved in {path}, continue with `resume`"
             raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
         row = {"iteration": it + 1, "time_s": round(time.perf_counter() - t0, 3), **metrics}
         if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:

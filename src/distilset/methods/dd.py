@@ -254,6 +254,14 @@ class DatasetDistillation:
 
     # ---- one outer iteration ----------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
+        drawn = self.generator.get_state()
+        try:
+            return self._step(iteration)
+        except NonFiniteError:
+            self.generator.set_state(drawn)  # with the state saved at the stop, a resume replays this iteration
+            raise
+
+    def _step(self, iteration: int) -> dict[str, float]:
         cfg = self.cfg
         x_real, y_real = self._real_batch()
         inits = self._inits()

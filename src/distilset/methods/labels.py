@@ -95,6 +95,7 @@ class LabelConfig(MethodConfig):
     """Iterations between validation checks."""
 
     ITERATIONS: ClassVar[int] = 3000
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("label_lr", "inner_lr")
     NONFINITE_HINT: ClassVar[str] = "lower `label_lr` (or `inner_lr`)"
 
     def check(self) -> None:
@@ -179,6 +180,7 @@ class LabelDistillation:
         self.resets = 0
         self.steps_to_best: list[int] = []  # per re-initialised model: steps to its lowest moving-average error
         self.checks = 0  # validation checks so far
+        self.iterations = 0
         self.best: dict[str, Any] | None = None  # labels, training length, validation accuracy, iteration
         self._new_model()
 
@@ -228,6 +230,14 @@ class LabelDistillation:
 
     # ---- one outer step ----------------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
+        drawn = self.generator.get_state()
+        try:
+            return self._step(iteration)
+        except NonFiniteError:
+            self.generator.set_state(drawn)  # with the state saved at the stop, a resume replays this iteration
+            raise
+
+    def _step(self, iteration: int) -> dict[str, float]:
         b, x_t, y_t = self._batches()
         if self.cfg.variant == "second-order":
             loss, error = self._second_order(b, x_t, y_t)
@@ -247,20 +257,24 @@ class LabelDistillation:
         return Standard(optimizer="adam", lr=cfg.model_lr, weight_decay=0.0, batch_size=cfg.base_batch, steps=steps,
                         schedule="constant")  # fmt: skip
 
-    def _check(self) -> float:
-        """Train a fresh model on the current labels for the current training length; keep the labels if its
-        validation accuracy is the best so far."""
-        steps = self.train_steps
-        cfg = self.cfg
-        net = create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=self.seed + 7919 * self.checks,
+    def _score_current(self) -> dict[str, Any]:
+        """Train a fresh model on the current labels for the current training length and score it on the
+        held-out images; a pure function of the iteration (its seed) and the state."""
+        steps, cfg, it = self.train_steps, self.cfg, self.iterations
+        net = create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=self.seed + 7919 * it,
                          **cfg.net_kwargs).to(self.device)  # fmt: skip
         labels = self.labels.detach().clone()
-        fit(net, self.base_x, labels, self.recipe(steps), seed=self.seed + self.checks)
+        fit(net, self.base_x, labels, self.recipe(steps), seed=self.seed + it)
         acc = accuracy(net, self.val_x.to(self.device), self.val_y.to(self.device))
+        return {"labels": labels.cpu(), "train_steps": steps, "val_acc": acc, "iteration": it}
+
+    def _check(self) -> float:
+        """A validation check: keep the current labels if they train the best fresh model so far."""
+        current = self._score_current()
         self.checks += 1
-        if self.best is None or acc > self.best["val_acc"]:
-            self.best = {"labels": labels.cpu(), "train_steps": steps, "val_acc": acc, "iteration": self.iterations}
-        return acc
+        if self.best is None or current["val_acc"] > self.best["val_acc"]:
+            self.best = current
+        return current["val_acc"]
 
     def _finish_label_step(self, grad: torch.Tensor, loss: float) -> None:
         if not math.isfinite(loss) or not torch.isfinite(grad).all():
@@ -341,7 +355,7 @@ class LabelDistillation:
             "best_sum": self.best_sum,
             "since_best": self.since_best,
             "checks": self.checks,
-            "iterations": getattr(self, "iterations", 0),
+            "iterations": self.iterations,
             "best": self.best,
         }
 
@@ -349,6 +363,8 @@ class LabelDistillation:
         with torch.no_grad():
             self.labels.copy_(state["labels"])
         self.label_opt.load_state_dict(state["label_opt"])
+        for group in self.label_opt.param_groups:  # a resumed run may lower label_lr (after a non-finite stop)
+            group["lr"] = self.cfg.label_lr
         self.generator.set_state(state["generator"])
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in state["params"].items()}
         self.model_opt = torch.optim.Adam(list(self.params.values()), lr=self.cfg.model_lr)
@@ -367,13 +383,12 @@ class LabelDistillation:
         """The base images with the labels that trained the best fresh model on the held-out images (or the
         final labels without validation); the recipe is the paper's retraining for their training length."""
         info, cfg = self.data.info, self.cfg
-        if (
-            self.val_x is not None
-            and getattr(self, "iterations", 0)
-            and (self.best is None or self.best["iteration"] != self.iterations)
-        ):
-            self._check()  # the final labels take part in the selection too
-        chosen = self.best if self.best is not None else {"labels": self.labels.detach().cpu(),
+        chosen = self.best
+        if self.val_x is not None and self.iterations and self.iterations % cfg.val_every:
+            final = self._score_current()  # the final labels take part too (without changing any state)
+            if chosen is None or final["val_acc"] > chosen["val_acc"]:
+                chosen = final
+        chosen = chosen if chosen is not None else {"labels": self.labels.detach().cpu(),
                                                            "train_steps": self.train_steps}  # fmt: skip
         return SyntheticSet.for_dataset(
             self.data,
@@ -395,9 +410,7 @@ def split_validation(
     """``data`` without a class-balanced ``share`` of its training images, and those images with their labels."""
     if share == 0:
         return data, None, None
-    g = torch.Generator().manual_seed(seed + 2)
-    held = torch.cat([idx[torch.randperm(len(idx), generator=g)[: max(1, round(share * len(idx)))]]
-                      for idx in (data.class_indices(c) for c in range(data.num_classes))])  # fmt: skip
+    held = data.sample_per_class(share, torch.Generator().manual_seed(seed + 2), what="`validation`")
     keep = torch.ones(len(data.train_x), dtype=torch.bool)
     keep[held] = False
     target = dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])

@@ -111,6 +111,7 @@ class MTTConfig(MethodConfig):
     """Texture mode: canvas side in image sides."""
 
     ITERATIONS: ClassVar[int] = 300
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img` (or `lr_lr`), or resume to continue from the last good state"
 
     def check(self) -> None:
@@ -128,7 +129,7 @@ class MTTConfig(MethodConfig):
             raise ConfigError(f"MTT distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         if self.texture and data.zca is not None:
             raise ConfigError("texture mode cannot use ZCA: whitening mixes pixels across the canvas seams, so the "
-                              "texture would not tile; load the dataset without --zca")  # fmt: skip
+                              "texture would not tile; load the dataset without `zca`")  # fmt: skip
         start_range = next(e for low, e in START_RANGE_EPOCHS if self.ipc >= low) * CIFAR_STEPS_PER_EPOCH
         existing = self.experts_dir is not None and (Path(self.experts_dir) / MANIFEST).exists()
         if existing:  # take the net and the trajectories' length from the experts
@@ -255,9 +256,11 @@ class MTT:
                                  [self.images, self.syn_lr], segment=segment)  # fmt: skip
 
     def step(self, iteration: int) -> dict[str, float]:
+        drawn = self.generator.get_state()
         expert, start, order, seeds = self._plan()
         loss, (g_img, g_lr) = self.matching_loss(expert, start, order, seeds)
         if not math.isfinite(float(loss)) or not torch.isfinite(g_img).all() or not torch.isfinite(g_lr):
+            self.generator.set_state(drawn)  # the saved state replays this iteration exactly
             raise NonFiniteError(f"trajectory-matching loss or gradient is not finite (loss {float(loss)})")
         self.images.grad = g_img
         self.opt_img.step()
@@ -290,6 +293,8 @@ class MTT:
             self.syn_lr.copy_(state["syn_lr"])
             self.lr_momentum.copy_(state["lr_momentum"])
         self.opt_img.load_state_dict(state["opt_img"])
+        for group in self.opt_img.param_groups:  # a resumed run may lower lr_img (after a non-finite stop)
+            group["lr"] = self.cfg.lr_img
         self.generator.set_state(state["generator"])
 
     def synthetic_set(self) -> SyntheticSet:

@@ -53,7 +53,8 @@ class Method:
 METHODS: dict[str, Method] = {}
 # Options every `distill METHOD` shares (declared once in the CLI); a method's config may not use these names.
 SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out", "preset", "iterations", "seed",
-                  "device", "resume", "checkpoint_every", "eval_every", "evaluate", "progress", "log")  # fmt: skip
+                  "device", "resume", "checkpoint_every", "eval_every", "evaluate", "progress", "log", "method",
+                  "data")  # fmt: skip
 
 
 def register_method(
@@ -75,6 +76,11 @@ def register_method(
     if clash:
         raise ValueError(f"preset name(s) {clash} already belong to {', '.join(sorted({taken[c] for c in clash}))}")
     method = Method(name, config, build, dict(presets or {}), tuple(objects))
+    for preset_name, preset in method.presets.items():  # a preset that names no valid config fails here
+        try:
+            make_config(method, {}, preset)
+        except ConfigError as e:
+            raise ValueError(f"preset {preset_name} of {name}: {e}") from e
     METHODS[name] = method
     return method
 
@@ -97,6 +103,14 @@ def find_preset(name: str) -> tuple[Method, Preset]:
     raise DistilsetError(f"unknown preset {name!r}; known: {', '.join(known)}")
 
 
+def preset_of(method: str, name: str) -> Preset:
+    """Preset ``name``, which must belong to ``method``."""
+    owner, preset = find_preset(name)
+    if owner.name != method:
+        raise DistilsetError(f"preset {name} is for `distill {owner.name}`, not `distill {method}`")
+    return preset
+
+
 def make_config(method: Method, options: Mapping[str, Any], preset: Preset | None = None) -> MethodConfig:
     """The method's config from a preset's options overlaid with ``options``; unknown names are refused."""
     names = [s.name for s in field_specs(method.config)]
@@ -113,7 +127,7 @@ def make_config(method: Method, options: Mapping[str, Any], preset: Preset | Non
 
 def describe_config(cfg: MethodConfig, notes: Mapping[str, str]) -> list[str]:
     """Lines for the start of a run: every setting, then why each resolved one has its value."""
-    items = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.to_json().items()]
+    items = [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.to_json().items()]
     lines, line = [], " "
     for item in items:
         if len(line) + len(item) > 110:
@@ -151,11 +165,7 @@ def distill(
     ``log`` receives the resolved settings (the CLI prints them).
     """
     m = get_method(method)
-    chosen = None
-    if preset is not None:
-        owner, chosen = find_preset(preset)
-        if owner.name != m.name:
-            raise DistilsetError(f"preset {preset} is for `distill {owner.name}`, not `distill {m.name}`")
+    chosen = preset_of(m.name, preset) if preset is not None else None
     objects = {k: options.pop(k) for k in m.objects if k in options}
     cfg, notes = make_config(m, options, chosen).resolve(data)
     if iterations is None:
