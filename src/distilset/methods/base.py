@@ -38,6 +38,17 @@ class NonFiniteError(DistilsetError):
     """Raised by a method's ``step`` before it changes any state, when a loss, gradient or lr is NaN/inf."""
 
 
+def rewind_on_nonfinite(generator: torch.Generator, step: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run one outer step; if it stops on a non-finite value, put ``generator`` back where the step found it,
+    so the state saved at the stop replays the same iteration on resume."""
+    drawn = generator.get_state()
+    try:
+        return step()
+    except NonFiniteError:
+        generator.set_state(drawn)
+        raise
+
+
 @dataclass(frozen=True)
 class MethodConfig(Config):
     """Base of the methods' configs: a default iteration budget, resumable fields and a hint for NaN stops."""

@@ -31,7 +31,7 @@ from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.evaluate import evaluate
-from distilset.methods.base import Context, MethodConfig, NonFiniteError
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
@@ -254,12 +254,7 @@ class DatasetDistillation:
 
     # ---- one outer iteration ----------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
-        drawn = self.generator.get_state()
-        try:
-            return self._step(iteration)
-        except NonFiniteError:
-            self.generator.set_state(drawn)  # with the state saved at the stop, a resume replays this iteration
-            raise
+        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
 
     def _step(self, iteration: int) -> dict[str, float]:
         cfg = self.cfg

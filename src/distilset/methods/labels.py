@@ -42,7 +42,7 @@ from distilset.data.dataset import Dataset
 from distilset.data.registry import load_dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.losses import soft_cross_entropy
-from distilset.methods.base import Context, MethodConfig, NonFiniteError
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
 from distilset.methods.registry import register_method
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
@@ -230,12 +230,7 @@ class LabelDistillation:
 
     # ---- one outer step ----------------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
-        drawn = self.generator.get_state()
-        try:
-            return self._step(iteration)
-        except NonFiniteError:
-            self.generator.set_state(drawn)  # with the state saved at the stop, a resume replays this iteration
-            raise
+        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
 
     def _step(self, iteration: int) -> dict[str, float]:
         b, x_t, y_t = self._batches()

@@ -43,7 +43,7 @@ from distilset.augment import dsa, toroidal_crop
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
 from distilset.methods.experts import MANIFEST, ExpertBuffer, ExpertConfig, expert_batch_for, train_experts
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net, list_nets
@@ -256,11 +256,12 @@ class MTT:
                                  [self.images, self.syn_lr], segment=segment)  # fmt: skip
 
     def step(self, iteration: int) -> dict[str, float]:
-        drawn = self.generator.get_state()
+        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
+
+    def _step(self, iteration: int) -> dict[str, float]:
         expert, start, order, seeds = self._plan()
         loss, (g_img, g_lr) = self.matching_loss(expert, start, order, seeds)
         if not math.isfinite(float(loss)) or not torch.isfinite(g_img).all() or not torch.isfinite(g_lr):
-            self.generator.set_state(drawn)  # the saved state replays this iteration exactly
             raise NonFiniteError(f"trajectory-matching loss or gradient is not finite (loss {float(loss)})")
         self.images.grad = g_img
         self.opt_img.step()
