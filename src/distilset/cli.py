@@ -82,6 +82,8 @@ def _help(spec: FieldSpec, flags: Mapping[str, str], default_text: str | None) -
         default = "none"
     elif spec.base is tuple:
         default = " ".join(map(str, spec.default))
+    elif isinstance(spec.default, float):
+        default = f"{spec.default:g}"
     else:
         default = str(spec.default).lower() if spec.base is bool else str(spec.default)
     return f"{doc} (default: {default})".replace("%", "%%")

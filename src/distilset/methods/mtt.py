@@ -81,7 +81,7 @@ class MTTConfig(MethodConfig):
     momentum: float = 0.5
     """Momentum of the image and lr updates."""
     batch_syn: int | None = None
-    """Synthetic images per student step (default: all of them)."""
+    """Synthetic images per student step; none: all of them."""
     init: Literal["real", "noise"] = "real"
     """Start from random real images of each class, or from Gaussian noise."""
     dsa: bool = True
@@ -91,8 +91,8 @@ class MTTConfig(MethodConfig):
     net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
     """Network options as KEY=VALUE (a ConvNet gets the depth its input allows unless given)."""
     experts_dir: str | None = None
-    """Experts directory (from `distilset experts`), used as it is; trained there if it does not exist yet
-    (default: OUT/experts)."""
+    """Experts directory (from `distilset experts`), used as it is, or trained there if it does not exist yet;
+    none: OUT/experts."""
     num_experts: int = 5
     """Experts to train when there are none yet (the paper: 100)."""
     expert_train_epochs: int | None = auto("max_start_epoch + expert_epochs")
