@@ -75,6 +75,29 @@ def test_every_config_field_round_trips_through_its_flag(method, spec, data):
     assert make_config(get_method(method), given_options) == expected  # ... with the value given
 
 
+OTHER = [("evaluate", Standard, ["evaluate", "SET"]), ("experts", ds.ExpertConfig, ["experts", "--dataset", "d",
+                                                                                     "--out", "X"])]  # fmt: skip
+OTHER_FIELDS = [(name, cls, argv, spec) for name, cls, argv in OTHER for spec in field_specs(cls)]
+
+
+@pytest.mark.parametrize("command, cls, argv, spec", OTHER_FIELDS, ids=[f"{c}-{s.name}" for c, _, _, s in OTHER_FIELDS])
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_evaluate_and_experts_options_round_trip(command, cls, argv, spec, data):
+    """`distilset evaluate`'s training options are the Standard recipe's fields, `experts`' ExpertConfig's."""
+    value = data.draw(_value(spec, cls))
+    if cls is Standard and spec.name == "dsa":  # a strategy string, or none
+        value = data.draw(st.sampled_from(["crop", "color_crop_cutout", None]))
+    try:
+        expected = cls(**{spec.name: value})
+    except ConfigError:
+        assume(False)
+    token = ["none"] if value is None else None
+    args, extra = build_parser().parse_known_args(argv + (_argv(spec, value) if token is None else [spec.flag, *token]))
+    assert not extra and list(config_options(args, cls)) == [spec.name]
+    assert cls(**config_options(args, cls)) == expected
+
+
 @pytest.mark.parametrize("method", list_methods())
 def test_help_lists_exactly_the_methods_options(method, capsys):
     with pytest.raises(SystemExit):
