@@ -54,6 +54,7 @@ def test_default_flags_beat_one_hot_labels_with_20_base_examples(digits):
     paper's retraining: Adam, its base batch, the estimated number of steps), and by other nets and optimisers."""
     syn = ds.distill("labels", digits, base=20)
     assert syn.config["net"] == "mlp" and syn.config["base_batch"] == 10 and syn.extra["iterations"] == 3000
+    assert syn.config["variant"] == "second-order"  # on 8x8 inputs; ridge from 20x20 up (resolution test below)
     assert syn.recipe.optimizer == "adam" and syn.recipe.steps == syn.extra["train_steps"]
     twin = _one_hot_twin(syn)
     learned, onehot = ds.evaluate(syn, digits, repeats=5), ds.evaluate(twin, digits, repeats=5)
@@ -109,6 +110,15 @@ def test_cli_distill_labels_and_evaluate(tmp_path, capsys):
     assert result["recipe"]["optimizer"] == "adam" and result["net"] == "mlp"
     assert main(["distill", "labels", "--dataset", "digits", "--base", "15", "--out", str(out)]) == 2
     assert "--base 15 must be a multiple of the 10 classes" in capsys.readouterr().err
+
+
+def test_defaults_follow_the_dataset(digits):
+    small, notes = LabelConfig(base=20).resolve(digits)
+    assert (small.variant, small.net, small.base_batch, small.reset_window) == ("second-order", "mlp", 10, 50)
+    big, notes = LabelConfig(base=200).resolve(ds.load_dataset("mnist5k"))
+    assert (big.variant, big.net, big.base_batch, big.reset_window) == ("ridge", "lenet", 50, 200)
+    assert set(notes) >= {"variant", "net", "base_batch", "reset_window", "val_every"}
+    assert big.val_every == max(100, round(5 * 4000 * 5 / 6 / 1024))
 
 
 def test_bad_settings(digits):
