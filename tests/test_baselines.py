@@ -67,7 +67,7 @@ def test_herding_tracks_the_mean_better_than_random():
 def test_full_and_errors(digits):
     full = ds.baseline("full", digits)
     assert len(full) == len(digits.train_x)
-    with pytest.raises(DistilsetError, match="larger than class .* use ipc"):
+    with pytest.raises(DistilsetError, match="needs 1000 training images of every class; class .* the fewest: use"):
         ds.baseline("random", digits, ipc=1000)
     with pytest.raises(DistilsetError, match="unknown baseline"):
         ds.baseline("coreset", digits, ipc=1)

@@ -103,8 +103,15 @@ def test_resume_continues_bit_for_bit(digits, tmp_path):
         ds.distill("dd", digits, iterations=8, out=tmp_path / "part", resume=True, seed=1, **opts)
     # the outer lr may change on resume (the way out of a NaN stop)
     ds.distill("dd", digits, iterations=7, out=tmp_path / "part", resume=True, **{**opts, "lr": 0.005})
-    with pytest.raises(DistilsetError, match="checkpoint in .* is at iteration 7; resume with iterations >= 7"):
-        ds.distill("dd", digits, iterations=5, out=tmp_path / "part", resume=True, **opts)
+    for fewer in (5, 7):  # a finished run is not rewritten; one further on is not rewound
+        with pytest.raises(DistilsetError, match=r"checkpoint at iteration 7\); to continue it, .*iterations above 7"):
+            ds.distill("dd", digits, iterations=fewer, out=tmp_path / "part", resume=True, **opts)
+    other = ds.load_dataset("mnist5k")
+    with pytest.raises(DistilsetError, match="it distils digits .*not mnist5k.*same dataset"):
+        ds.distill("dd", other, iterations=9, out=tmp_path / "part", resume=True, **opts)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DistilsetError, match="out .* is a file"):
+        ds.distill("dd", digits, iterations=1, out=tmp_path / "file", **opts)
 
 
 def test_nan_stops_after_saving_the_last_good_state(digits, tmp_path, monkeypatch):

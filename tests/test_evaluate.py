@@ -125,7 +125,13 @@ def test_test_data_follows_the_sets_normalisation(digits):
     assert ds.evaluate(zsyn, digits, **kw).accuracy_mean > 0.6  # the set's ZCA is applied to raw test data
 
 
-def test_mismatched_dataset_is_refused(digits):
+def test_mismatched_dataset_is_refused(digits, tmp_path):
+    np = pytest.importorskip("numpy")
+    x = np.random.default_rng(0).integers(0, 17, (200, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "other.npz", x_train=x, y_train=np.arange(200) % 10, class_names=np.array(list("abcdefghij")))
+    other = ds.load_dataset(f"npz:{tmp_path / 'other.npz'}")
+    with pytest.raises(DistilsetError, match="made from digits .* evaluated on npz:.*evaluate it on dataset digits"):
+        ds.evaluate(ds.baseline("random", digits, ipc=1), other)
     syn = SyntheticSet(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), ("a", "b"))
     with pytest.raises(DistilsetError, match="evaluate on the dataset the set was made from"):
         ds.evaluate(syn, digits)

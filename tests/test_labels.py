@@ -128,7 +128,7 @@ def test_bad_settings(digits):
         LabelConfig(label_lr=0, **FAST)
     with pytest.raises(ConfigError, match="label_init onehot needs base examples of the target dataset"):
         LabelConfig(label_init="onehot", base_dataset="mnist5k")
-    with pytest.raises(DistilsetError, match="base / classes = 200 needs 200 training images of class"):
+    with pytest.raises(DistilsetError, match="base 2000 asks for 200 base images per class; the smallest class has 1"):
         LabelDistillation(digits, LabelConfig(base=2000, net="mlp"))
 
 

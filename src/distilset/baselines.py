@@ -25,14 +25,7 @@ BASELINES = ("random", "mean", "kmeans", "herding", "full")
 def _class_sizes_check(data: Dataset, ipc: int) -> None:
     if ipc < 1:
         raise ConfigError(f"`ipc` must be >= 1, got {ipc}")
-    sizes = torch.bincount(data.train_y, minlength=data.num_classes)
-    smallest = int(sizes.min())
-    if ipc > smallest:
-        c = int(sizes.argmin())
-        raise DistilsetError(
-            f"ipc {ipc} is larger than class {c} ({data.info.class_names[c]!r}), which has {smallest} training "
-            f"images; use `ipc` {smallest} or less"
-        )
+    data.require_per_class(ipc)
 
 
 def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method: str, config: dict) -> SyntheticSet:

@@ -18,6 +18,7 @@ import difflib
 import json
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -152,6 +153,9 @@ def _load(args: argparse.Namespace, zca: bool = False):
 
 
 def _check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise DistilsetError(f"--device {device} is not a device; use cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistilsetError(f"--device {device} requested but no CUDA device is available; use --device cpu")
 
@@ -170,6 +174,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DistilsetError(f"--out {args.out} is a file, not a directory; choose another output directory")
     data = _load(args, zca=args.zca)
     syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed)
     out = syn.save(args.out)
@@ -302,18 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _foreign_option_error(args: argparse.Namespace, extra: list[str]) -> UsageError:
     """An option the subcommand does not have: say which other command has it, or what is close."""
     option = next((t.split("=", 1)[0] for t in extra if t.startswith("-")), extra[0])
+    own = set(getattr(args, "flags", {}).values())  # every option of the subcommand, shared ones too
+    close = difflib.get_close_matches(option, sorted(own), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
     if getattr(args, "command", None) != "distill":
-        return UsageError(f"unrecognized argument(s): {' '.join(extra)} (see `distilset {args.command} --help`)")
+        return UsageError(f"unrecognized argument(s): {' '.join(extra)}{hint} (see `distilset {args.command} --help`)")
     owners = [m.name for m in METHODS.values() if option in flags_of(m.config).values()]
-    own = set(flags_of(METHODS[args.method].config).values())
     if owners:
         return UsageError(
             f"{option} is not an option of `distill {args.method}` (it belongs to {', '.join(owners)}); "
             f"`distilset distill {args.method} --help` lists its options"
         )
-    close = difflib.get_close_matches(option, sorted(own), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return UsageError(f"unrecognized option {option} for `distill {args.method}`{hint}")
+    return UsageError(f"unrecognized option {option} for `distill {args.method}`{hint} "
+                      f"(see `distilset distill {args.method} --help`)")  # fmt: skip
 
 
 def _render(error: DistilsetError, flags: Mapping[str, str]) -> str:

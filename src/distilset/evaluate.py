@@ -96,10 +96,16 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != shape:
         raise DistilsetError(
             f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
-            " evaluate on the dataset the set was made from"
+            f" evaluate on the dataset the set was made from (`dataset` {syn.dataset or '?'})"
         )
     if data.num_classes != syn.num_classes:
         raise DistilsetError(f"set has {syn.num_classes} classes, {data.info.name} has {data.num_classes}")
+    if syn.dataset and syn.dataset != data.info.name and syn.class_names != data.info.class_names:
+        raise DistilsetError(
+            f"the set was made from {syn.dataset} (classes {', '.join(syn.class_names[:3])}, ...) but is evaluated on "
+            f"{data.info.name} (classes {', '.join(data.info.class_names[:3])}, ...); evaluate it on `dataset` "
+            f"{syn.dataset}"
+        )
     x = data.test_x
     if data.zca is not None:
         if syn.zca is None:

@@ -103,12 +103,24 @@ class Dataset:
         """Indices of the training examples of class ``c``."""
         return torch.nonzero(self.train_y == c, as_tuple=True)[0]
 
+    def require_per_class(self, n: int, what: str = "`ipc`") -> None:
+        """Refuse ``n`` images per class when a class has fewer, naming the smallest class and the largest n."""
+        sizes = torch.bincount(self.train_y, minlength=self.num_classes)
+        c = int(sizes.argmin())
+        if n > int(sizes[c]):
+            raise DistilsetError(
+                f"{what} {n} needs {n} training images of every class; class {c} ({self.info.class_names[c]!r}) has "
+                f"{int(sizes[c])}, the fewest: use {int(sizes[c])} or less"
+            )
+
     def sample_per_class(self, n: int | float, generator: torch.Generator, what: str = "`ipc`") -> torch.Tensor:
         """Indices of ``n`` training examples of every class (a float in (0, 1): that share of each class, at
         least one), drawn without replacement, class after class.
 
         A class with fewer than ``n`` examples is an error that names ``what`` asked for them.
         """
+        if not isinstance(n, float):
+            self.require_per_class(n, what)
         picks = []
         for c in range(self.num_classes):
             members = self.class_indices(c)
@@ -116,11 +128,6 @@ class Dataset:
                 n_c = max(1, round(n * len(members)))
                 picks.append(members[torch.randperm(len(members), generator=generator)[:n_c]])
                 continue
-            if n > len(members):
-                raise DistilsetError(
-                    f"{what} {n} needs {n} training images of class {c} ({self.info.class_names[c]!r}), which has "
-                    f"{len(members)}; use {len(members)} or less"
-                )
             picks.append(members[torch.randperm(len(members), generator=generator)[:n]])
         return torch.cat(picks)
 

@@ -103,10 +103,12 @@ class Identity:
     method: str
     seed: int
     config: Config
+    data: dict = field(default_factory=dict)
+    """The dataset the run distils: name, training-set size, image shape, ZCA."""
 
     def to_json(self) -> str:
         return json.dumps({"format": CHECKPOINT_FORMAT, "method": self.method, "seed": self.seed,
-                           "config": self.config.to_json()})  # fmt: skip
+                           "data": self.data, "config": self.config.to_json()})  # fmt: skip
 
     def check(self, stored: str | None, where: Path) -> None:
         """Refuse a checkpoint made with other settings, naming the first setting that differs."""
@@ -121,6 +123,11 @@ class Identity:
             )
         if old.get("method") != self.method:
             raise DistilsetError(f"{where} holds a `distill {old.get('method')}` run, not `distill {self.method}`")
+        if old.get("data") != self.data:
+            raise DistilsetError(
+                f"cannot resume {where}: it distils {_describe(old.get('data'))}, not {_describe(self.data)}; "
+                "resume with the same `dataset` or start a new `out` directory"
+            )
         if old.get("seed") != self.seed:
             raise DistilsetError(f"cannot resume {where}: it was made with `seed` {old.get('seed')}, not {self.seed}")
         mine = json.loads(json.dumps(self.config.to_json()))  # the stored form: compare like with like
@@ -133,6 +140,18 @@ class Identity:
                     f"cannot resume {where}: it was made with `{key}` {theirs.get(key)!r}, this run has "
                     f"{mine[key]!r}; resume with the same settings{may} or start a new `out` directory"
                 )
+
+
+def _describe(data: dict | None) -> str:
+    if not data:
+        return "an unrecorded dataset"
+    zca = ", ZCA" if data.get("zca") else ""
+    return f"{data['name']} ({data['train']} images of {'x'.join(map(str, data['shape']))}{zca})"
+
+
+def dataset_identity(data) -> dict:
+    return {"name": data.info.name, "train": len(data.train_x), "shape": list(data.image_shape),
+            "zca": data.zca is not None}  # fmt: skip
 
 
 def save_checkpoint(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
@@ -171,9 +190,11 @@ def run(
         else:
             identity.check(state.get("identity"), cfg.out)
             start, history = int(state["iteration"]), json.loads(state["history"])
-            if start > cfg.iterations:
-                raise DistilsetError(f"the checkpoint in {cfg.out} is at iteration {start}; resume with `iterations` "
-                                     f">= {start}")  # fmt: skip
+            if start >= cfg.iterations:
+                done = "is finished" if start == cfg.iterations else "is further"
+                raise DistilsetError(f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
+                                     f"it, resume with `iterations` above {start}")  # fmt: skip
+            print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
             distiller.load_state_dict(state["distiller"])
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc="distill", disable=not cfg.progress, initial=start,

@@ -113,6 +113,12 @@ class LabelConfig(MethodConfig):
         if self.base_dataset is None and self.base % k:
             raise ConfigError(f"`base` {self.base} must be a multiple of the {k} classes for class-balanced base "
                               "examples")  # fmt: skip
+        if self.base_dataset is None:
+            per_class = torch.bincount(data.train_y, minlength=k).min().item() * (1 - self.validation)
+            if self.base // k > per_class:
+                raise ConfigError(f"`base` {self.base} asks for {self.base // k} base images per class; the smallest "
+                                  f"class has {int(per_class)} outside the validation share: use `base` "
+                                  f"{k * int(per_class)} or less")  # fmt: skip
         net, why = classic_net_for(data.image_shape)
         kwargs, depth_why = fit_net_to_input(self.net or net, self.net_kwargs, data.image_shape)
         batch = min(50, max(10, self.base // 2), self.base)

@@ -130,6 +130,8 @@ class MTTConfig(MethodConfig):
         if self.texture and data.zca is not None:
             raise ConfigError("texture mode cannot use ZCA: whitening mixes pixels across the canvas seams, so the "
                               "texture would not tile; load the dataset without `zca`")  # fmt: skip
+        if self.init == "real":
+            data.require_per_class(self.ipc)  # before any expert is trained
         start_range = next(e for low, e in START_RANGE_EPOCHS if self.ipc >= low) * CIFAR_STEPS_PER_EPOCH
         existing = self.experts_dir is not None and (Path(self.experts_dir) / MANIFEST).exists()
         if existing:  # take the net and the trajectories' length from the experts
@@ -143,7 +145,7 @@ class MTTConfig(MethodConfig):
             if cfg.net == made["net"] and not cfg.net_kwargs and made["net_kwargs"]:
                 cfg, notes = replace(cfg, net_kwargs=made["net_kwargs"]), {**notes, "net_kwargs": "the experts'"}
         else:
-            cfg, notes = self.fill(net=("convnet", "MTT's ConvNet-3"))
+            cfg, notes = self.fill(net=("convnet", "MTT's ConvNet"))
             kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
             if why:
                 cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
@@ -152,10 +154,11 @@ class MTTConfig(MethodConfig):
             notes.update(more)
         steps_per_epoch = math.ceil(len(data.train_x) / cfg.expert_batch)
         start = max(1, round(start_range / steps_per_epoch))
-        if existing:
-            start = min(start, cfg.expert_train_epochs + 1 - cfg.expert_epochs)
         why = (f"the paper's start range at IPC {self.ipc}, {start_range} SGD steps, is "
                f"{start_range / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps here")  # fmt: skip
+        if existing and start > cfg.expert_train_epochs + 1 - cfg.expert_epochs:
+            start = cfg.expert_train_epochs + 1 - cfg.expert_epochs
+            why += f", cut to {start} by the experts' {cfg.expert_train_epochs} epochs"
         cfg, more = cfg.fill(max_start_epoch=(start, why))
         notes.update(more)
         cfg, more = cfg.fill(expert_train_epochs=(cfg.max_start_epoch + cfg.expert_epochs,
@@ -323,9 +326,10 @@ def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
     else:
         path = Path(tempfile.mkdtemp(prefix="distilset-experts-"))
     expert_cfg, _ = cfg.expert_config().resolve(data)
-    if (path / MANIFEST).exists():  # used as it is, or completed when it is an interrupted run of these settings
+    if (path / MANIFEST).exists():  # a given directory is used as it is; our own is completed if interrupted
         manifest = ExpertBuffer.read_manifest(path)
-        unfinished = len(manifest["experts"]) < cfg.num_experts and manifest["config"] == expert_cfg.to_json()
+        unfinished = (cfg.experts_dir is None and len(manifest["experts"]) < cfg.num_experts
+                      and manifest["config"] == expert_cfg.to_json())  # fmt: skip
     if not (path / MANIFEST).exists() or unfinished:
         ctx.log(f"training {cfg.num_experts} experts x {cfg.expert_train_epochs} epochs into {path}")
         train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device,

@@ -20,7 +20,7 @@ from typing import Any
 from distilset.config import field_specs
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, run
+from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, dataset_identity, run
 from distilset.synset import SyntheticSet
 
 
@@ -172,6 +172,8 @@ def distill(
         iterations = chosen.iterations if chosen else cfg.default_iterations(data)
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1, got {iterations}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"`out` {out} is a file, not a directory; choose another output directory")
     log = log or (lambda message: None)
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
     for line in describe_config(cfg, notes):
@@ -181,5 +183,6 @@ def distill(
     distiller = m.build(data, cfg, ctx, **objects)
     run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip
-    return run(distiller, Identity(m.name, seed, cfg), run_cfg, quick_eval=getattr(distiller, "quick_eval", None),
+    identity = Identity(m.name, seed, cfg, dataset_identity(data))
+    return run(distiller, identity, run_cfg, quick_eval=getattr(distiller, "quick_eval", None),
                extra={"resolved": dict(notes)})  # fmt: skip

@@ -39,14 +39,15 @@ def create_net(
     as in Dataset Distillation).
     """
     if name not in NETS:
-        raise DistilsetError(f"unknown net {name!r}; known: {', '.join(sorted(NETS))}")
+        raise DistilsetError(f"unknown `net` {name!r}; known: {', '.join(sorted(NETS))}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         try:
             net = NETS[name](tuple(in_shape), num_classes, **kw)
-        except TypeError as e:
-            raise DistilsetError(f"bad option for net {name!r}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise DistilsetError(f"bad option for net {name!r} (`net_kwargs`): {e}; its options: "
+                                 f"{NETS[name].__doc__ or 'none'}") from e  # fmt: skip
         init_weights(net, init)
     return net
 
