@@ -56,7 +56,10 @@ def test_baseline_then_evaluate_json(tmp_path, capsys):
             ["baseline", "random", "--dataset", "fashion-mnist", "--data-path", "/nonexistent", "--out", "X"],
             "dataset-fashion-mnist",
         ),
-        (["baseline", "random", "--dataset", "digits", "--ipc", "500", "--out", "X"], "--ipc 500 needs 500 training images of every class"),
+        (
+            ["baseline", "random", "--dataset", "digits", "--ipc", "500", "--out", "X"],
+            "--ipc 500 needs 500 training images of every class",
+        ),
         (["evaluate", "/nonexistent/set"], "not a saved synthetic set"),
         (["evaluate", "CORRUPT"], "unreadable"),
         (["baseline", "random", "--dataset", "digits", "--out", "X", "--device", "cuda"], "no CUDA device"),
