@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import torch
 
+from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.progress import Progress
 from distilset.synset import SyntheticSet
 
 BASELINES = ("random", "mean", "kmeans", "herding", "full")
@@ -34,7 +36,11 @@ def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method:
 
 
 def _per_class(
-    data: Dataset, ipc: int, pick: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor], seed: int
+    data: Dataset,
+    ipc: int,
+    pick: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor],
+    seed: int,
+    progress: Progress,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images, labels = [], []
@@ -42,6 +48,8 @@ def _per_class(
         xc = data.train_x[data.class_indices(c)]
         images.append(pick(xc, ipc, g))
         labels.append(torch.full((ipc,), c, dtype=torch.int64))
+        progress.update()
+    progress.close()
     return torch.cat(images), torch.cat(labels)
 
 
@@ -94,21 +102,24 @@ def baseline(
     ipc: int = 10,
     seed: int = 0,
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
 ) -> SyntheticSet:
-    """Build baseline ``name`` (one of BASELINES) with ``ipc`` items per class."""
+    """Build baseline ``name`` (one of BASELINES) with ``ipc`` items per class; ``progress``: per class."""
     if name not in BASELINES:
         raise DistilsetError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    check_seed(seed)
     if name == "full":
         return _make_set(data, data.train_x, data.train_y, "full", {"baseline": "full"})
     _class_sizes_check(data, ipc)
     config = {"baseline": name, "ipc": ipc, "seed": seed}
+    bar = Progress(data.num_classes, f"baseline {name}", progress)
     if name == "random":
         idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
         images, labels = data.train_x[idx], data.train_y[idx]
     elif name == "mean":
-        images, labels = _per_class(data, ipc, _mean, seed)
+        images, labels = _per_class(data, ipc, _mean, seed, bar)
     elif name == "kmeans":
-        images, labels = _per_class(data, ipc, lambda xc, k, g: kmeans_centroids(xc, k, g), seed)
+        images, labels = _per_class(data, ipc, lambda xc, k, g: kmeans_centroids(xc, k, g), seed, bar)
     else:
 
         def pick(xc: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -116,6 +127,6 @@ def baseline(
                 feats = embed(xc) if embed is not None else xc
             return xc[herding_select(feats, k)]
 
-        images, labels = _per_class(data, ipc, pick, seed)
+        images, labels = _per_class(data, ipc, pick, seed, bar)
         config["features"] = "embed" if embed is not None else "pixels"
     return _make_set(data, images, labels, name, config)

@@ -18,19 +18,20 @@ import difflib
 import json
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 
 from distilset.baselines import BASELINES, baseline
 from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
-from distilset.errors import DistilsetError
+from distilset.data.registry import SOURCES
+from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import PROTOCOLS, evaluate
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import preset_of
 from distilset.recipes import Standard
+from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
 
 
@@ -174,25 +175,25 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise DistilsetError(f"--out {args.out} is a file, not a directory; choose another output directory")
     data = _load(args, zca=args.zca)
-    syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed)
-    out = syn.save(args.out)
+    out = prepare_out(args.out, overwrite=args.overwrite, offers=("overwrite",))
+    syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed, progress=True)
+    syn.save(out)
     print(f"wrote {len(syn)} images ({args.method}, ipc {args.ipc}, {data.info.name}) to {out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     syn = SyntheticSet.load(args.dir)
-    if args.dataset is None:
-        if not syn.dataset:
-            raise DistilsetError("the set does not record its dataset; pass --dataset NAME")
+    if args.dataset is None:  # the set's dataset is a hint: only a registered name, never a path it names
+        if syn.dataset not in SOURCES:
+            named = f" (it names {syn.dataset!r})" if syn.dataset else ""
+            raise DistilsetError(f"pass --dataset: the set does not name a registered dataset{named}")
         args.dataset = syn.dataset
     data = _load(args)
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
-        repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json and sys.stderr.isatty(),
+        repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json,
         **config_options(args, Standard),
     )  # fmt: skip
     if args.json:
@@ -206,8 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_experts(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     cfg = ExpertConfig(**config_options(args, ExpertConfig))
-    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device,
-                        progress=sys.stderr.isatty())  # fmt: skip
+    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True)
     accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
     print(f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
           f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
@@ -225,7 +225,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     syn = distill(
         method.name, data, iterations=args.iterations, out=args.out, seed=args.seed, device=args.device,
-        resume=args.resume, progress=sys.stderr.isatty(), checkpoint_every=args.checkpoint_every,
+        resume=args.resume, overwrite=args.overwrite, progress=True, checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every, preset=args.preset, log=print, data_root=args.data_root,
         download=args.download, **config_options(args, method.config),
     )  # fmt: skip
@@ -247,6 +247,8 @@ def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
                         help=f"outer iterations (default: the preset's, else {method.config.ITERATIONS})")  # fmt: skip
     _add_run_args(shared)
     shared.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    shared.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (refused without this or --resume)")  # fmt: skip
     shared.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (50)")
     shared.add_argument("--eval-every", type=int, default=0, help="record test accuracy every N iterations")
     shared.add_argument("--evaluate", type=int, default=0, metavar="R",
@@ -267,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--ipc", type=int, default=10, help="images per class (default: 10)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace the set or run already in --out")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
     _add_run_args(p)
     p.set_defaults(func=cmd_baseline, flags=_flags_of_parser(p))
@@ -338,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             _check_device(args.device)
         return args.func(args)
+    except Interrupted as e:
+        print(f"distilset: {_render(e, flags)}", file=sys.stderr)
+        return 130
     except DistilsetError as e:
         print(f"distilset: error: {_render(e, flags)}", file=sys.stderr)
         return 2

@@ -137,6 +137,17 @@ def runtime_choices(cls: type, name: str) -> tuple | None:
     return spec.choices if spec else None
 
 
+SEED_MAX = 2**62
+"""Seeds are 0 .. 2**62: runs derive further seeds by adding small offsets, which must stay valid seeds."""
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int, or a ConfigError naming the allowed range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"`seed` must be an integer from 0 to 2**62, got {seed!r}")
+    return seed
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every option set: generic type checks, then ``check()``; ``resolve(data)`` fills auto fields."""

@@ -40,3 +40,7 @@ class ChecksumError(DistilsetError):
 
 class SynsetFormatError(DistilsetError):
     """A saved SyntheticSet is missing, malformed or from an unsupported format version."""
+
+
+class Interrupted(DistilsetError):
+    """A run stopped by SIGINT/SIGTERM after saving its state; the CLI exits with status 130."""

@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
+from distilset.progress import Progress
 from distilset.recipes import Recipe, Replay, Standard, recipe_to_json
 from distilset.synset import SyntheticSet
 from distilset.train import accuracy, fit, replay
@@ -151,6 +152,7 @@ def evaluate(
     recipe = training_recipe(syn, protocol, **overrides)
     if repeats < 1:
         raise ConfigError(f"`repeats` must be >= 1, got {repeats}")
+    check_seed(seed)
     spec = syn.net or {}
     if net is None:
         net = spec.get("name", "convnet")
@@ -176,7 +178,8 @@ def evaluate(
     seeds = [seed + r for r in range(repeats)]
     runs = []
     start = time.perf_counter()
-    for r, s in enumerate(tqdm(seeds, desc=f"evaluate ({protocol})", disable=not progress)):
+    bar = Progress(len(seeds), f"evaluate ({protocol})", progress)
+    for r, s in enumerate(seeds):
         model = create_net(net, tuple(test_x.shape[1:]), syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
         if isinstance(recipe, Replay):
             theta0 = syn.init_params if recipe.init.startswith("fixed") else None
@@ -186,8 +189,10 @@ def evaluate(
                 _load_init(model, theta0)
             replay(model, x, y, syn.lrs, syn.step_order)
         else:
-            fit(model, x, y, recipe, seed=s, progress=progress)
+            fit(model, x, y, recipe, seed=s, progress=bar.bar is not None)  # a bar per net on a terminal only
         runs.append(accuracy(model, test_x, test_y))
+        bar.update({"acc": runs[-1]})
+    bar.close()
     wall = time.perf_counter() - start
     mean = sum(runs) / len(runs)
     std = math.sqrt(sum((r - mean) ** 2 for r in runs) / len(runs))

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from distilset.augment import dsa, toroidal_crop
 from distilset.errors import DistilsetError
 from distilset.losses import LOSSES, soft_cross_entropy
+from distilset.progress import Progress
 from distilset.recipes import Standard
 
 
@@ -54,7 +54,7 @@ def fit(
     decay_at = total // 2 if recipe.schedule == "step" else None
     net.train()
     step, epoch = 0, 0
-    bar = tqdm(total=total, desc="train", leave=False, disable=not progress)
+    bar = Progress(total, "train", progress, leave=False)
     while step < total:
         perm = torch.randperm(n, generator=g).to(x.device)
         for i in range(0, n, batch):
@@ -76,7 +76,7 @@ def fit(
             loss.backward()
             opt.step()
             step += 1
-            bar.update()
+            bar.update(n=1)
         else:
             epoch += 1
             if on_epoch is not None:

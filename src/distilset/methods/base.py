@@ -2,11 +2,13 @@
 
 A method is a config class (``MethodConfig``: options, checks, dataset-aware defaults) and a stepwise
 distiller: an object with ``step(iteration) -> metrics``, ``state_dict()``, ``load_state_dict()`` and
-``synthetic_set()``. ``run`` drives it: progress bar, metrics history (``history.json``), a checkpoint every
-N iterations (``DIR/checkpoint/state.pt``, tensors and plain values only, read with ``weights_only=True``),
-resume from the last checkpoint so that an interrupted run continues bit for bit, and on a non-finite loss,
-gradient or learned value a stop that first saves the last good state, names the iteration and the options
-of the method that ran. The saved set carries the resolved config and the reasons for the resolved values.
+``synthetic_set()``. ``run`` drives it: progress (``distilset.progress``: a bar on a terminal, log lines
+elsewhere), metrics history (``history.json``), a checkpoint every N iterations (``DIR/checkpoint/state.pt``,
+tensors and plain values only, read with ``weights_only=True`` and checked before use), resume from the last
+checkpoint so that an interrupted run continues bit for bit, a stop on SIGINT/SIGTERM at the end of the current
+iteration that saves the state first, and on a non-finite loss, gradient or learned value a stop that first
+saves the last good state, names the iteration and the options of the method that ran. The saved set carries
+the resolved config and the reasons for the resolved values.
 
 Checkpoint identity: the checkpoint stores the method, seed and resolved config (format 2); ``--resume``
 compares them field by field with the new run and names the first setting that differs. Only the fields a
@@ -16,18 +18,22 @@ method lists in ``RESUMABLE`` (e.g. the outer learning rate) may change on resum
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
-from tqdm import tqdm
 
 from distilset.config import Config
-from distilset.errors import DistilsetError
+from distilset.errors import DistilsetError, Interrupted
 from distilset.io import save_torch, write_json
+from distilset.progress import Progress
 from distilset.synset import SyntheticSet
 
 CHECKPOINT = "checkpoint/state.pt"
@@ -161,13 +167,88 @@ def save_checkpoint(distiller: Distiller, identity: Identity, out: Path, iterati
 
 
 def load_checkpoint(out: Path) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` (None if there is none), its structure checked; the distiller's own state is
+    checked when it is loaded into the distiller (``_restore``)."""
     path = out / CHECKPOINT
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
         raise DistilsetError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise DistilsetError(f"checkpoint {path} is corrupt ({problem}); delete {path.parent} to start over")
+    return state
+
+
+def _checkpoint_problem(state: Any) -> str | None:
+    if not isinstance(state, dict) or not {"iteration", "identity", "distiller", "history"} <= set(state):
+        return "not a distilset checkpoint"
+    iteration = state["iteration"]
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        return f"iteration {iteration!r} is not a count"
+    if not isinstance(state["identity"], str) or not isinstance(state["distiller"], dict):
+        return "identity or state of the wrong type"
+    try:
+        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
+    except json.JSONDecodeError:
+        history = None
+    if not isinstance(history, list) or len(history) != iteration or not all(isinstance(r, dict) for r in history):
+        return f"its history does not hold one row per iteration up to {iteration}"
+    bad = [k for k, v in _tensors(state["distiller"]) if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return f"{bad[0]} holds NaN or inf"
+    return None
+
+
+def _tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested state (dicts, lists), with its path."""
+    if isinstance(obj, torch.Tensor):
+        return [(prefix or "state", obj)]
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [pair for k, v in items for pair in _tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def _restore(distiller: Distiller, state: dict[str, Any], where: Path) -> None:
+    try:
+        distiller.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise DistilsetError(
+            f"the checkpoint in {where} does not fit this run ({str(e).splitlines()[0][:200]}); "
+            f"delete {where / 'checkpoint'} to start over"
+        ) from e
+
+
+@contextmanager
+def _stop_on_signal() -> Iterator[dict[str, str | None]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current iteration (and save); a second one aborts."""
+    request: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}  # e.g. SIGINT of a background job
+
+    def ask(signum, frame):
+        if request["signal"] is not None:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        print("distilset: stopping after this iteration to save the state (again to abort)", file=sys.stderr)
+
+    for s in previous:
+        signal.signal(s, ask)
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _save(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
+    path = save_checkpoint(distiller, identity, out, iteration, history)
+    write_json(out / "history.json", history)
+    return path
 
 
 def run(
@@ -179,7 +260,9 @@ def run(
 ) -> SyntheticSet:
     """Run ``cfg.iterations`` outer iterations (continuing a checkpoint with ``resume``), then save the set.
 
-    The set records the method, its resolved config, the seed, the iterations and ``extra``."""
+    SIGINT or SIGTERM stops the run at the end of the current iteration, saves a checkpoint (with ``out``) and
+    raises ``Interrupted`` saying how to continue. The set records the method, its resolved config, the seed,
+    the iterations and ``extra``."""
     start, history = 0, []
     if cfg.resume:
         if cfg.out is None:
@@ -189,40 +272,45 @@ def run(
             print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
         else:
             identity.check(state.get("identity"), cfg.out)
-            start, history = int(state["iteration"]), json.loads(state["history"])
+            start, history = state["iteration"], json.loads(state["history"])
             if start >= cfg.iterations:
                 done = "is finished" if start == cfg.iterations else "is further"
                 raise DistilsetError(f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
                                      f"it, resume with `iterations` above {start}")  # fmt: skip
             print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
-            distiller.load_state_dict(state["distiller"])
+            _restore(distiller, state["distiller"], cfg.out)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.iterations), desc="distill", disable=not cfg.progress, initial=start,
-               total=cfg.iterations)  # fmt: skip
     hint = type(identity.config).NONFINITE_HINT
-    for it in bar:
-        try:
-            metrics = distiller.step(it)
-        except NonFiniteError as e:
-            where = ""
-            if cfg.out is not None:
-                path = save_checkpoint(distiller, identity, cfg.out, it, history)
-                write_json(cfg.out / "history.json", history)
-                where = f"; the last good state (before iteration {it}) is saved in {path}, continue with `resume`"
-            raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
-        row = {"iteration": it + 1, "time_s": round(time.perf_counter() - t0, 3), **metrics}
-        if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:
-            row.update(quick_eval())
-        history.append(row)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "acc")})
-        if cfg.out is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(distiller, identity, cfg.out, it + 1, history)
-            write_json(cfg.out / "history.json", history)
+    with _stop_on_signal() as stop, Progress(cfg.iterations, f"distill {identity.method}", cfg.progress, start) as bar:
+        for it in range(start, cfg.iterations):
+            try:
+                metrics = distiller.step(it)
+            except NonFiniteError as e:
+                where = ""
+                if cfg.out is not None:
+                    path = _save(distiller, identity, cfg.out, it, history)
+                    where = f"; the last good state (before iteration {it}) is saved in {path}, continue with `resume`"
+                raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
+            row = {"iteration": it + 1, "time_s": round(time.perf_counter() - t0, 3), **metrics}
+            if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:
+                row.update(quick_eval())
+            history.append(row)
+            bar.update({k: v for k, v in row.items() if k in ("loss", "acc")})
+            if cfg.out is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+                _save(distiller, identity, cfg.out, it + 1, history)
+            if stop["signal"] and it + 1 < cfg.iterations:
+                if cfg.out is None:
+                    raise Interrupted(f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved "
+                                      "(no `out` directory)")  # fmt: skip
+                _save(distiller, identity, cfg.out, it + 1, history)
+                raise Interrupted(
+                    f"stopped by {stop['signal']} after iteration {it + 1} of {cfg.iterations}; the state is saved "
+                    f"in {cfg.out / CHECKPOINT}: run the same command with `resume` to continue"
+                )
     syn = distiller.synthetic_set()
     syn.config = {"method": identity.method, **identity.config.to_json()}
     syn.extra = {**syn.extra, "seed": identity.seed, "iterations": cfg.iterations, **(extra or {})}
     if cfg.out is not None:
-        save_checkpoint(distiller, identity, cfg.out, cfg.iterations, history)
-        write_json(cfg.out / "history.json", history)
+        _save(distiller, identity, cfg.out, cfg.iterations, history)
         syn.save(cfg.out)
     return syn

@@ -29,12 +29,13 @@ from typing import Literal
 import torch
 from safetensors import SafetensorError, safe_open
 
-from distilset.config import FLAG, Config, auto
+from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import save_tensors, write_json
 from distilset.nets import create_net, list_nets
 from distilset.recipes import Standard
+from distilset.rundir import prepare_out
 from distilset.train import accuracy, fit
 
 MANIFEST = "manifest.json"
@@ -127,8 +128,8 @@ def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfi
     cfg, _ = (cfg or ExpertConfig()).resolve(data)
     if experts < 1:
         raise ConfigError(f"`experts` must be >= 1, got {experts}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_seed(seed)
+    out = prepare_out(out, offers=())  # refuses a directory holding a distillation run or one that cannot be written
     settings = _manifest_settings(data, cfg)
     manifest = {"format": "distilset.experts", "version": 2, **settings, "experts": {}}
     if (out / MANIFEST).exists():

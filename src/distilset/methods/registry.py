@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilset.config import field_specs
+from distilset.config import check_seed, field_specs
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, dataset_identity, run
+from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
 
 
@@ -53,8 +54,8 @@ class Method:
 METHODS: dict[str, Method] = {}
 # Options every `distill METHOD` shares (declared once in the CLI); a method's config may not use these names.
 SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out", "preset", "iterations", "seed",
-                  "device", "resume", "checkpoint_every", "eval_every", "evaluate", "progress", "log", "method",
-                  "data")  # fmt: skip
+                  "device", "resume", "overwrite", "checkpoint_every", "eval_every", "evaluate", "progress", "log",
+                  "method", "data")  # fmt: skip
 
 
 def register_method(
@@ -147,6 +148,7 @@ def distill(
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     checkpoint_every: int = 50,
     eval_every: int = 0,
@@ -161,7 +163,9 @@ def distill(
     Unset options take the method's defaults, resolved from the dataset where they depend on it (input
     size, classes, training-set size); ``preset`` starts from named settings instead. ``iterations``:
     default the preset's, else the method's budget. With ``out`` the run writes the set, ``history.json``
-    and a checkpoint every ``checkpoint_every`` iterations; ``resume=True`` continues its last checkpoint.
+    and a checkpoint every ``checkpoint_every`` iterations; ``resume=True`` continues its last checkpoint and
+    ``overwrite=True`` replaces a run already there (without either, such a directory is refused: see
+    ``distilset.rundir``).
     ``log`` receives the resolved settings (the CLI prints them).
     """
     m = get_method(method)
@@ -172,8 +176,13 @@ def distill(
         iterations = chosen.iterations if chosen else cfg.default_iterations(data)
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1, got {iterations}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError(f"`out` {out} is a file, not a directory; choose another output directory")
+    check_seed(seed)
+    if checkpoint_every < 1:
+        raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
+    if eval_every < 0:
+        raise ConfigError(f"`eval_every` must be >= 0 (0: no accuracy during the run), got {eval_every}")
+    if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
+        out = prepare_out(out, resume=resume, overwrite=overwrite)
     log = log or (lambda message: None)
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
     for line in describe_config(cfg, notes):

@@ -1,0 +1,86 @@
+"""The output-directory policy: one directory holds one run, and finished work is never replaced unasked.
+
+``prepare_out(out, resume=..., overwrite=...)`` runs before any work (before experts are trained or a
+network is fitted) and decides what may happen to ``out``:
+
+- a missing or empty directory, or one holding only files distilset did not write: the run starts there;
+- a directory holding a run (a saved set, ``history.json`` or ``checkpoint/``) is refused, naming what it
+  holds, unless ``resume`` (continue its checkpoint; the settings are compared when the checkpoint is read)
+  or ``overwrite`` (the run's files are deleted first; files distilset did not write and trained experts in
+  ``OUT/experts`` are kept);
+- ``resume`` on a directory holding a set but no checkpoint is refused: there is nothing to continue.
+
+It then creates the directory and proves it writable with a real temporary file (``mkstemp``, removed at
+once), so a read-only directory, a path under /proc or a file in the way fails in one line, not after
+training. The files themselves are written by ``distilset.io`` (a fresh temporary name and a rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from distilset.errors import ConfigError
+
+RUN_FILES = ("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "checkpoint")
+"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list)."""
+
+
+def describe_run(out: Path) -> str | None:
+    """What run ``out`` holds, in words, or None when it holds none."""
+    present = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if not present:
+        return None
+    method = None
+    try:
+        meta = json.loads((out / "synset.json").read_text())
+        method = meta.get("method") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        pass
+    what = f"a {method} set" if isinstance(method, str) and method else "a set"
+    if (out / "checkpoint").exists():
+        return f"{what} and its checkpoint" if (out / "synset.json").exists() else "an unfinished run (checkpoint/)"
+    return what if (out / "synset.json").exists() else f"files of an earlier run ({', '.join(present)})"
+
+
+def prepare_out(
+    out: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    offers: tuple[str, ...] = ("resume", "overwrite"),
+) -> Path:
+    """Apply the policy of the module docstring to ``out``; return it as a Path, created and writable.
+
+    ``offers``: the options the caller has (named in the message that refuses a directory holding a run)."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ConfigError("`resume` continues the run in `out` and `overwrite` deletes it; give one of them")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"`out` {out} is a file, not a directory; choose another output directory")
+    held = describe_run(out) if out.is_dir() else None
+    if held and resume and not (out / "checkpoint").exists():
+        raise ConfigError(f"`out` {out} holds {held} but no checkpoint, so there is nothing to resume; "
+                          "choose a new output directory, or give `overwrite` to replace it")  # fmt: skip
+    if held and not resume and not overwrite:
+        ways = {"resume": "`resume` to continue it", "overwrite": "`overwrite` to replace it"}
+        give = " or ".join(ways[o] for o in offers if o in ways)
+        give = f"give {give}, or " if give else ""
+        raise ConfigError(f"`out` {out} already holds {held}; {give}choose another directory")
+    try:
+        if held and overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)  # a symlink is removed, never followed
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".distilset-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to `out` {out} ({e.strerror or e}); choose a writable directory") from e
+    return out
