@@ -147,10 +147,11 @@ def test_divergence_is_reported(digits):
 
 def test_negative_soft_label_mass_is_named_when_training_diverges(digits):
     base = ds.baseline("random", digits, ipc=2)
-    soft = torch.eye(10)[base.labels] * 2 - 0.5  # learned labels may go negative: CE is then unbounded below
-    syn = SyntheticSet(base.images, soft, base.class_names, base.norm)
+    soft = torch.eye(10)[base.labels] * 2 - 0.5  # DD's learned labels may go negative: CE is then unbounded below
+    syn = SyntheticSet(base.images, soft, base.class_names, base.norm, recipe=Replay(), lrs=torch.tensor([0.1]),
+                       step_order=torch.arange(20)[None])  # fmt: skip
     with pytest.raises(DistilsetError, match="negative entries.*protocol recipe"):
-        ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=300, lr=0.1)
+        ds.evaluate(syn, digits, protocol="standard", net="mlp", repeats=1, epochs=300, lr=0.1)
 
 
 def test_adam_optimizer_option(digits):

@@ -15,11 +15,12 @@ options of ``distilset evaluate`` are the fields of ``Standard`` (generated, lik
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from distilset.config import Config
-from distilset.errors import ConfigError, SynsetFormatError
+from distilset.errors import ConfigError, DistilsetError, SynsetFormatError
 
 INIT_REGIMES = ("fixed", "random", "fixed-pretrained", "random-pretrained")
 
@@ -54,12 +55,18 @@ class Standard(Config):
     kind = "standard"
 
     def check(self) -> None:
+        for name in ("lr", "momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
         self.require_positive("lr", "batch_size", "epochs", "steps")
         self.require_at_least(0, "momentum", "weight_decay")
         if self.dsa is not None:
             from distilset.augment import check_strategy
 
-            check_strategy(self.dsa)
+            try:
+                check_strategy(self.dsa)
+            except DistilsetError as e:
+                raise ConfigError(f"`dsa`: {e}") from e
         if self.crop is not None and min(self.crop) < 1:
             raise ConfigError(f"`crop` must be positive sizes, got {self.crop}")
 
@@ -98,13 +105,15 @@ def recipe_to_json(recipe: Recipe) -> dict:
 
 
 def recipe_from_json(obj: dict) -> Recipe:
-    if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
-        raise SynsetFormatError(f"unknown training recipe {obj!r}; expected kind standard or replay")
+    """The recipe stored in ``obj``; every field is type- and range-checked by the recipe's config class."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or obj["kind"] not in KINDS:
+        shown = repr(obj) if len(repr(obj)) <= 80 else repr(obj)[:77] + "..."
+        raise SynsetFormatError(f"unknown training recipe {shown}; expected an object with kind standard or replay")
     body = {k: v for k, v in obj.items() if k != "kind"}
     unknown = set(body) - {f.name for f in dataclasses.fields(KINDS[obj["kind"]])}
     if unknown:
         raise SynsetFormatError(f"the training recipe has unknown fields {sorted(unknown)}; upgrade distilset")
     try:
         return KINDS[obj["kind"]](**body)
-    except ConfigError as e:
+    except DistilsetError as e:  # a ConfigError, or an unknown DSA op from augment.check_strategy
         raise SynsetFormatError(f"the set's training recipe is invalid: {e}") from e

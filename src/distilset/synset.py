@@ -10,7 +10,6 @@ converted: learned lrs become a ``Replay`` recipe, a learned ``train_lr`` / DSA 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,15 +19,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from distilset import jsonread
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
 from distilset.io import save_tensors, write_json
+from distilset.jsonread import load_json
+from distilset.nets import INIT_SCHEMES, create_net, list_nets
+from distilset.nets.registry import fit_net_to_input
 from distilset.recipes import Recipe, Replay, Standard, recipe_from_json, recipe_to_json
 
 FORMAT = "distilset.synset"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
+MAX_LEARNED_LR = 1e3
+"""Largest learned per-step lr accepted (DD's learned lrs are softplus outputs near 0.01-1; 1e30 is damage)."""
+LABEL_SUM_TOLERANCE = 1e-3
+"""How far a soft-label row of a standard-recipe set may sum from 1 (float32 rounding over K classes)."""
+NET_BOUNDS = {"width": (1, 4096), "depth": (1, 8)}
+"""Sane ranges of the nets' size options (a ConvNet of depth 8 already needs 256x256 inputs)."""
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
 
@@ -37,8 +46,8 @@ META_FILE = "synset.json"
 class SyntheticSet:
     """Images (or embeddings), labels and the metadata that says how to train on them.
 
-    images: float (N, C, H, W) in the dataset's normalised (and possibly ZCA) space, or (N, D) embeddings.
-    labels: int64 (N,) hard labels, or float (N, K) soft label vectors.
+    images: float32 (N, C, H, W) in the dataset's normalised (and possibly ZCA) space.
+    labels: int64 (N,) hard labels, or float32 (N, K) soft label vectors (distributions, except under Replay).
     recipe: how a fresh network must be trained on the set (``Standard`` or ``Replay``, see recipes.py).
     lrs / step_order: per-step learned learning rates (T,) and the item indices of each step (T, B), which a
     ``Replay`` recipe replays. init_params: the fixed initial weights of a fixed-init set.
@@ -96,38 +105,57 @@ class SyntheticSet:
         return torch.nn.functional.one_hot(self.labels, self.num_classes).float()
 
     def validate(self) -> None:
-        """Check shapes, dtypes and finiteness; raise SynsetFormatError naming the first problem."""
-        n = len(self.images)
-        if self.images.ndim not in (2, 4) or not self.images.is_floating_point():
+        """Check every tensor's dtype, shape, finiteness and range; raise SynsetFormatError naming the first problem.
+
+        images: float32 (N, C, H, W), finite. labels: int64 (N,) class indices, or float32 (N, K) soft labels that
+        are distributions (non-negative, rows summing to 1) unless the recipe replays learned steps (Dataset
+        Distillation's learned labels enter its inner loss unnormalised and may be anything finite). lrs: float,
+        finite, in [0, MAX_LEARNED_LR]. init weights: float32 (int64 counters), finite, the shapes of `net`.
+        """
+        images, labels, n = self.images, self.labels, len(self.images)
+        if images.dtype != torch.float32:
             raise SynsetFormatError(
-                f"images must be float (N, C, H, W) or (N, D), got {self.images.dtype} {tuple(self.images.shape)}"
+                f"images must be float32, got {images.dtype}; convert them with images.float() and save the set again"
+            )
+        if images.ndim != 4:
+            raise SynsetFormatError(
+                f"images must be 4-D (N, C, H, W), got shape {tuple(images.shape)}; "
+                "the evaluation harness, DSA and pictures need images, not flat vectors"
             )
         if n == 0:
             raise SynsetFormatError("a synthetic set needs at least one image")
-        if not torch.isfinite(self.images).all():
+        if not torch.isfinite(images).all():
             raise SynsetFormatError("images contain NaN or inf")
-        if self.labels.ndim == 1:
-            if self.labels.dtype != torch.int64:
-                raise SynsetFormatError(f"hard labels must be int64, got {self.labels.dtype}")
-            if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+        if len(self.class_names) < 2 or not all(isinstance(c, str) for c in self.class_names):
+            raise SynsetFormatError(f"class_names must be 2 or more strings, got {list(self.class_names)[:12]!r}")
+        if labels.ndim == 1:
+            if labels.dtype != torch.int64:
+                raise SynsetFormatError(f"hard labels must be int64 class indices, got {labels.dtype}")
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise SynsetFormatError(
-                    f"labels must lie in [0, {self.num_classes}), got "
-                    f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+                    f"labels must lie in [0, {self.num_classes}) (one per entry of class_names), got "
+                    f"[{int(labels.min())}, {int(labels.max())}]"
                 )
-        elif self.labels.ndim == 2:
-            if not self.labels.is_floating_point() or self.labels.shape[1] != self.num_classes:
+        elif labels.ndim == 2:
+            if labels.dtype != torch.float32:
+                raise SynsetFormatError(f"soft labels must be float32, got {labels.dtype}; convert with labels.float()")
+            if labels.shape[1] != self.num_classes:
                 raise SynsetFormatError(
-                    f"soft labels must be float (N, {self.num_classes}), got "
-                    f"{self.labels.dtype} {tuple(self.labels.shape)}"
+                    f"soft labels have {labels.shape[1]} columns but there are {self.num_classes} class_names; "
+                    "they must agree"
                 )
-            if not torch.isfinite(self.labels).all():
+            if not torch.isfinite(labels).all():
                 raise SynsetFormatError("soft labels contain NaN or inf")
+            if not isinstance(self.recipe, Replay):
+                self._check_distributions()
         else:
-            raise SynsetFormatError(f"labels must be (N,) or (N, K), got {tuple(self.labels.shape)}")
-        if len(self.labels) != n:
-            raise SynsetFormatError(f"{n} images but {len(self.labels)} labels")
-        if self.images.ndim == 4 and self.norm.channels != self.images.shape[1]:
-            raise SynsetFormatError(f"mean/std have {self.norm.channels} channels, images {self.images.shape[1]}")
+            raise SynsetFormatError(f"labels must be (N,) or (N, K), got {tuple(labels.shape)}")
+        if len(labels) != n:
+            raise SynsetFormatError(f"{n} images but {len(labels)} labels")
+        if self.norm.channels != images.shape[1]:
+            raise SynsetFormatError(
+                f"mean/std have {self.norm.channels} channel(s), images {images.shape[1]}: one value per channel"
+            )
         if not isinstance(self.recipe, (Standard, Replay)):
             raise SynsetFormatError(f"recipe must be a Standard or Replay recipe, got {type(self.recipe).__name__}")
         if isinstance(self.recipe, Replay):
@@ -136,21 +164,76 @@ class SyntheticSet:
             if self.recipe.init in ("fixed", "fixed-pretrained") and not self.init_params:
                 raise SynsetFormatError(f"a replay from {self.recipe.init} init needs the stored init parameters")
         if self.zca is not None:
-            d = math.prod(self.images.shape[1:])
+            d = math.prod(images.shape[1:])
             if tuple(self.zca.matrix.shape) != (d, d) or tuple(self.zca.mean.shape) != (d,):
                 raise SynsetFormatError(f"ZCA matrix {tuple(self.zca.matrix.shape)} does not fit images of size {d}")
+        self._check_steps()
+        self._check_net()
+
+    def _check_distributions(self) -> None:
+        low = float(self.labels.min())
+        if low < 0:
+            raise SynsetFormatError(
+                f"soft labels must be distributions (non-negative, rows summing to 1) for standard training, got an "
+                f"entry of {low:.3g}; clip and renormalise them, or give the set the replay recipe it was learned for"
+            )
+        sums = self.labels.sum(1)
+        worst = int((sums - 1).abs().argmax())
+        if abs(float(sums[worst]) - 1) > LABEL_SUM_TOLERANCE:
+            raise SynsetFormatError(
+                f"soft labels must be distributions: every row must sum to 1 (within {LABEL_SUM_TOLERANCE:g}), row "
+                f"{worst} sums to {float(sums[worst]):.4g}; renormalise them (labels / labels.sum(1, keepdim=True))"
+            )
+
+    def _check_steps(self) -> None:
         if (self.lrs is None) != (self.step_order is None):
             raise SynsetFormatError("lrs and step_order come together (recipe sets need both)")
-        if self.lrs is not None and self.step_order is not None:
-            if self.lrs.ndim != 1 or self.step_order.ndim != 2 or len(self.lrs) != len(self.step_order):
+        if self.lrs is None or self.step_order is None:
+            return
+        lrs, order, n = self.lrs, self.step_order, len(self.images)
+        if lrs.ndim != 1 or order.ndim != 2 or len(lrs) != len(order) or len(lrs) == 0:
+            raise SynsetFormatError(
+                f"lrs (T,) and step_order (T, B) disagree: {tuple(lrs.shape)} vs {tuple(order.shape)}"
+            )
+        if order.dtype != torch.int64 or order.numel() == 0 or order.min() < 0 or order.max() >= n:
+            raise SynsetFormatError(f"step_order must hold int64 item indices in [0, {n})")
+        if lrs.dtype not in (torch.float32, torch.float64):
+            raise SynsetFormatError(f"learned lrs must be float32 or float64, got {lrs.dtype}")
+        if not torch.isfinite(lrs).all():
+            raise SynsetFormatError("learned lrs contain NaN or inf")
+        if lrs.min() < 0 or lrs.max() > MAX_LEARNED_LR:
+            raise SynsetFormatError(
+                f"learned lrs must lie in [0, {MAX_LEARNED_LR:g}] (a learned step size beyond that only destroys the "
+                f"net), got [{float(lrs.min()):.3g}, {float(lrs.max()):.3g}]"
+            )
+
+    def _check_net(self) -> None:
+        """`net` names a buildable net for these images; the stored init weights are finite and fit it."""
+        init = self.init_params or {}
+        for k, v in init.items():
+            if v.dtype not in (torch.float32, torch.int64) or (v.is_floating_point() and not torch.isfinite(v).all()):
+                problem = "contains NaN or inf" if v.dtype == torch.float32 else f"is {v.dtype}"
+                raise SynsetFormatError(f"init.{k} {problem}: init weights must be finite float32 (int64 counters)")
+        if self.net is None:
+            if init:
+                raise SynsetFormatError("the stored init weights (init.*) need the `net` they belong to")
+            return
+        name, kwargs, scheme = _net_spec(self.net)
+        crop = self.recipe.crop if isinstance(self.recipe, Standard) else None
+        shape = (self.image_shape[0], *crop) if crop else self.image_shape
+        kwargs, _ = fit_net_to_input(name, kwargs, shape)
+        try:
+            with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+                state = create_net(name, shape, self.num_classes, init=scheme, **kwargs).state_dict()
+        except DistilsetError as e:
+            raise SynsetFormatError(f"net {name} {kwargs} cannot be built for images {shape}: {e}") from e
+        for k, v in init.items():
+            if k not in state or tuple(state[k].shape) != tuple(v.shape):
+                want = tuple(state[k].shape) if k in state else "no such weight"
                 raise SynsetFormatError(
-                    f"lrs (T,) and step_order (T, B) disagree: {tuple(self.lrs.shape)} vs "
-                    f"{tuple(self.step_order.shape)}"
+                    f"init.{k} has shape {tuple(v.shape)} but net {name} {kwargs} has {want}; the init weights "
+                    "belong to another net"
                 )
-            if self.step_order.dtype != torch.int64 or self.step_order.min() < 0 or self.step_order.max() >= n:
-                raise SynsetFormatError(f"step_order must hold int64 item indices in [0, {n})")
-            if not torch.isfinite(self.lrs).all():
-                raise SynsetFormatError("learned lrs contain NaN or inf")
 
     # ---- pixels and pictures -------------------------------------------------------------------------
     def to_pixels(self) -> torch.Tensor:
@@ -218,80 +301,135 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SyntheticSet:
-        """Read a set written by ``save``; raise SynsetFormatError on anything malformed."""
+        """Read a set written by ``save``; raise SynsetFormatError on anything malformed.
+
+        Every json field is type- and range-checked (``_fields_from_meta``) and every tensor by ``validate``; the
+        ``dataset`` a set names is returned as a hint and never opened here.
+        """
         d = Path(directory)
-        if not (d / META_FILE).exists() or not (d / TENSOR_FILE).exists():
+        if not (d / META_FILE).is_file() or not (d / TENSOR_FILE).is_file():
             raise SynsetFormatError(
                 f"{d} is not a saved synthetic set: need {META_FILE} and {TENSOR_FILE} "
                 "(made by `distilset distill` or `distilset baseline`)"
             )
         try:
-            meta = json.loads((d / META_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SynsetFormatError(f"{d / META_FILE} is not valid JSON ({e}); the set is corrupt") from e
+            meta = load_json(d / META_FILE)
+        except DistilsetError as e:
+            raise SynsetFormatError(f"{e}; {DAMAGED}") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise SynsetFormatError(f"{d / META_FILE} is not a distilset synset file (format field missing)")
-        if meta.get("version") not in READABLE_VERSIONS:
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
             raise SynsetFormatError(
-                f"{d} has synset format version {meta.get('version')}; this distilset reads versions "
+                f"{d} has synset format version {version!r}; this distilset reads versions "
                 f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade distilset or re-export the set"
             )
         try:
             tensors = load_file(str(d / TENSOR_FILE))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SynsetFormatError(f"{d / TENSOR_FILE} is unreadable ({e}); the set is corrupt") from e
-        listing = meta.get("tensors", {})
-        if set(listing) != set(tensors):
-            raise SynsetFormatError(f"{d}: tensors {sorted(tensors)} do not match the listing {sorted(listing)}")
-        for k, v in tensors.items():
-            want = listing[k]
-            if list(v.shape) != want.get("shape") or str(v.dtype).removeprefix("torch.") != want.get("dtype"):
-                raise SynsetFormatError(
-                    f"{d}: tensor {k} is {str(v.dtype)} {list(v.shape)}, listed as "
-                    f"{want.get('dtype')} {want.get('shape')}; the files do not belong together"
-                )
-        for key in ("images", "labels", "class_names", "mean", "std"):
-            if key not in tensors and key not in meta:
-                raise SynsetFormatError(f"{d}: missing {key}")
-        zca = None
-        if "zca.matrix" in tensors:
-            zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], meta.get("zca_eps") or 0.1)
-        init = {k[5:]: v for k, v in tensors.items() if k.startswith("init.")} or None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise SynsetFormatError(f"{d / TENSOR_FILE} is unreadable ({e}); {DAMAGED}") from e
+        _check_listing(d, meta.get("tensors"), tensors)
+        for key in ("images", "labels"):
+            if key not in tensors:
+                raise SynsetFormatError(f"{d}: {TENSOR_FILE} has no {key} tensor; {DAMAGED}")
+        if ("zca.matrix" in tensors) != ("zca.mean" in tensors):
+            raise SynsetFormatError(
+                f"{d}: a ZCA set needs both zca.matrix and zca.mean, found only "
+                f"{'zca.matrix' if 'zca.matrix' in tensors else 'zca.mean'}; without both the set cannot be "
+                f"evaluated in its whitened space: {DAMAGED}"
+            )
         try:
-            if meta["version"] >= 2:
-                recipe, net = recipe_from_json(meta.get("recipe")), meta.get("net")
-            else:
-                recipe, net = _recipe_v1(meta, "lrs" in tensors), _net_v1(meta.get("net"))
+            fields = _fields_from_meta(meta, has_lrs="lrs" in tensors)
+            eps = fields.pop("zca_eps")
+            zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], eps) if "zca.matrix" in tensors else None
             return cls(
                 images=tensors["images"],
                 labels=tensors["labels"],
-                class_names=tuple(meta["class_names"]),
-                norm=Normalization(meta["mean"], meta["std"]),
-                dataset=meta.get("dataset", ""),
-                method=meta.get("method", ""),
                 zca=zca,
-                recipe=recipe,
                 lrs=tensors.get("lrs"),
                 step_order=tensors.get("step_order"),
-                init_params=init,
-                net=net,
-                config=meta.get("config") or {},
-                extra=meta.get("extra") or {},
+                init_params={k[5:]: v for k, v in tensors.items() if k.startswith("init.")} or None,
+                **fields,
             )
         except SynsetFormatError as e:
             raise SynsetFormatError(f"{d}: {e}") from e
-        except (DistilsetError, TypeError, ValueError, KeyError, AttributeError) as e:
-            raise SynsetFormatError(f"{d}: malformed metadata ({e}); the set is corrupt") from e
+        except DistilsetError as e:
+            raise SynsetFormatError(f"{d}: {META_FILE}: {e}; {DAMAGED}") from e
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise SynsetFormatError(f"{d}: malformed metadata ({e}); {DAMAGED}") from e
+
+
+DAMAGED = "the set is damaged: restore it from a copy or make it again"
+
+
+def _check_listing(d: Path, listing, tensors: dict[str, torch.Tensor]) -> None:
+    """synset.json lists every tensor with its shape and dtype; the two files must agree."""
+    if not isinstance(listing, dict) or not all(isinstance(v, dict) for v in listing.values()):
+        raise SynsetFormatError(f"{d / META_FILE}: tensors must map each tensor to its shape and dtype; {DAMAGED}")
+    if set(listing) != set(tensors):
+        raise SynsetFormatError(f"{d}: tensors {sorted(tensors)} do not match the listing {sorted(listing)}")
+    for k, v in tensors.items():
+        want = listing[k]
+        if list(v.shape) != want.get("shape") or str(v.dtype).removeprefix("torch.") != want.get("dtype"):
+            raise SynsetFormatError(
+                f"{d}: tensor {k} is {str(v.dtype)} {list(v.shape)}, listed as "
+                f"{want.get('dtype')} {want.get('shape')}; the files do not belong together"
+            )
+
+
+def _fields_from_meta(meta: dict, has_lrs: bool) -> dict:
+    """The SyntheticSet fields stored in synset.json, each type- and range-checked (DistilsetError names it)."""
+    eps = meta.get("zca_eps")
+    if meta["version"] >= 2:
+        recipe, net = recipe_from_json(meta.get("recipe")), meta.get("net")
+    else:
+        recipe, net = _recipe_v1(meta, has_lrs), _net_v1(meta.get("net"))
+    return {
+        "class_names": tuple(jsonread.strings(meta.get("class_names"), "class_names")),
+        "norm": Normalization(meta.get("mean"), meta.get("std")),
+        "dataset": jsonread.string(meta.get("dataset", ""), "dataset"),
+        "method": jsonread.string(meta.get("method", ""), "method"),
+        "zca_eps": 0.1 if eps is None else jsonread.number(eps, "zca_eps", positive=True),
+        "recipe": recipe,
+        "net": None if net is None else jsonread.mapping(net, "net"),
+        "config": jsonread.mapping(meta.get("config") or {}, "config"),
+        "extra": jsonread.mapping(meta.get("extra") or {}, "extra"),
+    }
+
+
+def _net_spec(net) -> tuple[str, dict, str]:
+    """``(name, kwargs, init)`` of a set's `net` field, refused unless a known net with sane scalar options."""
+    if not isinstance(net, dict) or not isinstance(net.get("name"), str):
+        raise SynsetFormatError(f"net must be an object with a string name, kwargs and init, got {net!r:.60}")
+    name, kwargs, scheme = net["name"], net.get("kwargs", {}), net.get("init", "default")
+    if name not in list_nets():
+        raise SynsetFormatError(f"net names an unknown network {name!r:.40}; known: {', '.join(list_nets())}")
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(v, (str, int, float, bool)) and v is not None for v in kwargs.values()
+    ):
+        raise SynsetFormatError(f"net kwargs must be an object of plain option values, got {kwargs!r:.60}")
+    for option, (low, high) in NET_BOUNDS.items():
+        if option in kwargs:
+            try:
+                jsonread.whole(kwargs[option], f"net option {option}", low, high)
+            except DistilsetError as e:
+                raise SynsetFormatError(str(e)) from e
+    if scheme not in INIT_SCHEMES:
+        raise SynsetFormatError(f"net init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r:.40}")
+    return name, dict(kwargs), scheme
 
 
 def _recipe_v1(meta: dict, has_lrs: bool) -> Recipe:
     """The recipe a version-1 set implied: its learned steps, or standard training with its lr/DSA/crops."""
-    if has_lrs:
-        return Replay(init=meta.get("init_regime") or "random")
-    texture = (meta.get("extra") or {}).get("texture")
-    lr = meta.get("train_lr")
-    return Standard(lr=0.01 if lr is None else lr, dsa=meta.get("dsa_strategy"),
-                    crop=tuple(texture["crop"]) if texture else None)  # fmt: skip
+    try:
+        if has_lrs:
+            return Replay(init=meta.get("init_regime") or "random")
+        texture = jsonread.mapping(meta.get("extra") or {}, "extra").get("texture")
+        crop = jsonread.mapping(texture, "extra.texture").get("crop") if texture else None
+        lr = meta.get("train_lr")
+        return Standard(lr=0.01 if lr is None else lr, dsa=meta.get("dsa_strategy"), crop=crop)
+    except DistilsetError as e:
+        raise SynsetFormatError(f"the set's training recipe (version 1 fields) is invalid: {e}") from e
 
 
 def _net_v1(net: dict | None) -> dict | None:
@@ -299,6 +437,7 @@ def _net_v1(net: dict | None) -> dict | None:
     if (
         isinstance(net, dict)
         and str(net.get("name", "")).startswith("convnet")
+        and isinstance(net.get("kwargs", {}), dict)
         and "depth" not in net.get("kwargs", {})
     ):
         default = 4 if net["name"] == "convnet-d4" else 3

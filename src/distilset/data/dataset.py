@@ -8,6 +8,9 @@ class-balanced sampler (baselines, real-image initialisation, base examples, per
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,10 +32,20 @@ class Normalization:
     std: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise DistilsetError(f"{name} must be a list of numbers, one per channel, got {values!r}")
+            values = tuple(values)
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
+                raise DistilsetError(f"{name} must be a list of numbers, one per channel, got {list(values)!r}")
+            if not all(math.isfinite(v) for v in values):
+                raise DistilsetError(f"{name} must be finite numbers, got {list(values)}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
         if len(self.mean) != len(self.std) or not self.mean:
             raise DistilsetError(f"mean and std need one value per channel, got {self.mean} and {self.std}")
+        if min(self.std) <= 0:
+            raise DistilsetError(f"std must be > 0 in every channel (it divides the pixels), got {list(self.std)}")
 
     @property
     def channels(self) -> int:

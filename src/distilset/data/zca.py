@@ -6,9 +6,12 @@ MTT / KIP (Kornia's ``ZCAWhitening`` with ``eps=0.1``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from distilset.errors import DistilsetError
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,20 @@ class ZCA:
     mean: torch.Tensor  # (D,)
     matrix: torch.Tensor  # (D, D), symmetric
     eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Refuse a transform that would silently ruin every image: wrong dtype or shape, NaN/inf, a bad eps."""
+        for name, t, ndim in (("zca.mean", self.mean, 1), ("zca.matrix", self.matrix, 2)):
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.ndim != ndim:
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise DistilsetError(f"{name} must be a float32 tensor with {ndim} dimension(s), got {got}")
+            if not torch.isfinite(t).all():
+                raise DistilsetError(f"{name} contains NaN or inf; refit ZCA on the training data (zca=True)")
+        d = len(self.mean)
+        if tuple(self.matrix.shape) != (d, d):
+            raise DistilsetError(f"zca.matrix must be ({d}, {d}) to match zca.mean, got {tuple(self.matrix.shape)}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < math.inf:
+            raise DistilsetError(f"zca eps must be a positive finite number, got {self.eps!r}")
 
     @staticmethod
     def fit(x: torch.Tensor, eps: float = 0.1) -> ZCA:
