@@ -26,7 +26,7 @@ from distilset.errors import DistilsetError, SynsetFormatError
 from distilset.io import save_tensors, write_json
 from distilset.jsonread import load_json
 from distilset.nets import INIT_SCHEMES, create_net, list_nets
-from distilset.nets.registry import fit_net_to_input
+from distilset.nets.registry import SIZE_BOUNDS, fit_net_to_input
 from distilset.recipes import Recipe, Replay, Standard, recipe_from_json, recipe_to_json
 
 FORMAT = "distilset.synset"
@@ -36,8 +36,6 @@ MAX_LEARNED_LR = 1e3
 """Largest learned per-step lr accepted (DD's learned lrs are softplus outputs near 0.01-1; 1e30 is damage)."""
 LABEL_SUM_TOLERANCE = 1e-3
 """How far a soft-label row of a standard-recipe set may sum from 1 (float32 rounding over K classes)."""
-NET_BOUNDS = {"width": (1, 4096), "depth": (1, 8)}
-"""Sane ranges of the nets' size options (a ConvNet of depth 8 already needs 256x256 inputs)."""
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
 
@@ -408,7 +406,7 @@ def _net_spec(net) -> tuple[str, dict, str]:
         isinstance(v, (str, int, float, bool)) and v is not None for v in kwargs.values()
     ):
         raise SynsetFormatError(f"net kwargs must be an object of plain option values, got {kwargs!r:.60}")
-    for option, (low, high) in NET_BOUNDS.items():
+    for option, (low, high) in SIZE_BOUNDS.items():
         if option in kwargs:
             try:
                 jsonread.whole(kwargs[option], f"net option {option}", low, high)

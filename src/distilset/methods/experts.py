@@ -19,7 +19,6 @@ the one training loop (``distilset.train.fit``). Deviation, named: on small trai
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -29,11 +28,14 @@ from typing import Literal
 import torch
 from safetensors import SafetensorError, safe_open
 
+from distilset import jsonread
 from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import save_tensors, write_json
+from distilset.jsonread import load_json
 from distilset.nets import create_net, list_nets
+from distilset.nets.registry import SIZE_BOUNDS
 from distilset.recipes import Standard
 from distilset.rundir import prepare_out
 from distilset.train import accuracy, fit
@@ -175,17 +177,20 @@ class ExpertBuffer:
 
     @staticmethod
     def read_manifest(path: Path) -> dict:
+        """The manifest of an experts directory, every field type- and range-checked (one error naming it)."""
         mf = Path(path) / MANIFEST
+        remake = "remake the experts with `distilset experts`"
         try:
-            manifest = json.loads(mf.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DistilsetError(f"{mf} is not valid JSON ({e}); remake the experts with `distilset experts`") from e
+            manifest = load_json(mf)
+        except DistilsetError as e:
+            raise DistilsetError(f"{e}; {remake}") from e
         version = manifest.get("version") if isinstance(manifest, dict) else None
-        if version != 2 or "experts" not in manifest:
-            raise DistilsetError(
-                f"{mf} is not a manifest this distilset reads (version {version!r}, need 2); "
-                "remake the experts with `distilset experts`"
-            )
+        if version != 2 or isinstance(version, bool) or "experts" not in manifest:
+            raise DistilsetError(f"{mf} is not a manifest this distilset reads (version {version!r}, need 2); {remake}")
+        try:
+            _check_manifest(manifest)
+        except DistilsetError as e:
+            raise DistilsetError(f"{mf}: {e}; the experts directory is damaged: {remake}") from e
         return manifest
 
     def __len__(self) -> int:
@@ -210,18 +215,74 @@ class ExpertBuffer:
         if not 0 <= epoch <= self.epochs:
             raise DistilsetError(f"epoch {epoch} is outside the stored 0..{self.epochs}")
         path = expert_path(self.path, expert)
+        remake = "delete the file and rerun `distilset experts` with the same settings to remake it"
         try:
             with safe_open(str(path), framework="pt") as f:
-                return f.get_tensor(f"epoch_{epoch:03d}").float()
-        except (OSError, SafetensorError) as e:
-            raise DistilsetError(
-                f"cannot read epoch {epoch} of expert {expert} from {path} ({e}); delete the file and rerun "
-                "`distilset experts` with the same settings to remake it"
-            ) from e
+                vec = f.get_tensor(f"epoch_{epoch:03d}")
+        except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+            raise DistilsetError(f"cannot read epoch {epoch} of expert {expert} from {path} ({e}); {remake}") from e
+        problem = None
+        if vec.dtype not in DTYPES.values():
+            problem = f"{vec.dtype}, not a float32 or float16 vector"
+        elif tuple(vec.shape) != (self.numel,):
+            problem = f"of shape {tuple(vec.shape)}, not the ({self.numel},) parameters the manifest lists"
+        elif not torch.isfinite(vec).all():
+            problem = "NaN or inf"
+        if problem:
+            raise DistilsetError(f"epoch {epoch} of expert {expert} in {path} is {problem}; {remake}")
+        return vec.float()
 
     def params(self, expert: int, epoch: int, device: str = "cpu") -> dict[str, torch.Tensor]:
         """The same parameters as a name -> tensor dict (views of one vector)."""
         return unflatten(self.flat(expert, epoch).to(device), self.param_shapes)
+
+
+MAX_EXPERT_EPOCHS = 10_000
+"""Most epochs a manifest may claim (MTT's buffers have 50; the bound keeps a damaged count from meaning hours)."""
+
+
+def _check_manifest(m: dict) -> None:
+    """Every field of an experts manifest, and its parameter list against the net its config builds."""
+    jsonread.string(m.get("dataset"), "dataset")
+    if not isinstance(m.get("zca"), bool):
+        raise DistilsetError(f"zca must be true or false, got {m.get('zca')!r:.40}")
+    shape = jsonread.whole_list(m.get("image_shape"), "image_shape", 1, 4096)
+    if len(shape) != 3:
+        raise DistilsetError(f"image_shape must be [C, H, W], got {shape}")
+    classes = jsonread.whole(m.get("num_classes"), "num_classes", 2, 100_000)
+    if m.get("dsa_strategy") is not None:
+        jsonread.string(m["dsa_strategy"], "dsa_strategy")
+    made = jsonread.mapping(m.get("config"), "config")
+    try:
+        cfg = ExpertConfig.from_json(made)
+    except DistilsetError as e:
+        raise DistilsetError(f"config: {e}") from e
+    jsonread.whole(made.get("epochs"), "config.epochs", 1, MAX_EXPERT_EPOCHS)
+    jsonread.whole(made.get("batch_size"), "config.batch_size", 1, 1 << 20)
+    for option, (low, high) in SIZE_BOUNDS.items():
+        if option in cfg.net_kwargs:
+            jsonread.whole(cfg.net_kwargs[option], f"config.net_kwargs.{option}", low, high)
+    params = m.get("params")
+    if not isinstance(params, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list) for p in params
+    ):
+        raise DistilsetError(f"params must be a list of [name, shape] pairs, got {params!r:.60}")
+    for _, dims in params:
+        jsonread.whole_list(dims, "params shapes", 0, 1 << 31)
+    try:
+        with torch.device("meta"):  # shapes only
+            net = create_net(cfg.net, tuple(shape), classes, **cfg.net_kwargs)
+    except DistilsetError as e:
+        raise DistilsetError(f"config: net {cfg.net} {cfg.net_kwargs} cannot be built for {shape}: {e}") from e
+    want = [[k, list(v.shape)] for k, v in net.named_parameters()]
+    if params != want:
+        raise DistilsetError(f"params do not match the parameters of net {cfg.net} {cfg.net_kwargs} it names")
+    experts = jsonread.mapping(m.get("experts"), "experts")
+    for key, info in experts.items():
+        if not key.isdigit() or len(key) > 5 or not isinstance(info, dict):
+            raise DistilsetError(f"experts must map expert numbers to their records, got {key!r:.20}: {info!r:.40}")
+        if "test_accuracy" in info:
+            jsonread.number(info["test_accuracy"], f"experts.{key}.test_accuracy", 0.0, 1.0)
 
 
 def unflatten(vec: torch.Tensor, shapes: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,9 @@ from distilset.errors import DistilsetError
 from distilset.nets.init import init_weights
 
 NETS: dict[str, Callable[..., nn.Module]] = {}
+SIZE_BOUNDS = {"width": (1, 4096), "depth": (1, 8)}
+"""Sane ranges of the nets' size options, enforced on nets named by files (a ConvNet of depth 8 already needs
+256x256 inputs; width 4096 is 32x DC's 128)."""
 
 
 def register_net(name: str, **defaults):
