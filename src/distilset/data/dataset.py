@@ -167,6 +167,34 @@ class Dataset:
         )
 
 
+def _class_names(name: str, train_y: torch.Tensor, test_y: torch.Tensor, names: tuple[str, ...] | None):
+    """The class names, after checking the labels are class indices 0..K-1 with at least 2 classes trained on."""
+    low, high = int(min(train_y.min(), test_y.min())), int(max(train_y.max(), test_y.max()))
+    if low < 0:
+        raise DistilsetError(f"{name}: labels must be class indices 0..K-1, found {low}; relabel the classes from 0")
+    if names is not None and high >= len(names):
+        raise DistilsetError(
+            f"{name}: labels go up to {high} but class_names has {len(names)} names; give one name per class"
+        )
+    if names is None and high > int(train_y.max()):
+        raise DistilsetError(
+            f"{name}: test labels go up to {high} but training labels only to {int(train_y.max())}: every class "
+            "needs training images; relabel the classes 0..K-1"
+        )
+    if names is None and high >= len(train_y):
+        raise DistilsetError(
+            f"{name}: labels go up to {high} with only {len(train_y)} training images; labels must be class "
+            "indices 0..K-1 (or give class_names)"
+        )
+    present = torch.unique(train_y)
+    if len(present) < 2:
+        raise DistilsetError(
+            f"{name}: the training labels hold only class {int(present[0])}; a classification set needs at least "
+            "2 classes"
+        )
+    return tuple(str(c) for c in range(high + 1)) if names is None else tuple(names)
+
+
 def from_arrays(
     name: str,
     train_x: np.ndarray,
@@ -188,8 +216,14 @@ def from_arrays(
         raise DistilsetError(f"{name}: images must be (N, C, H, W), got {train_x.shape} and {test_x.shape}")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DistilsetError(f"{name}: train images {train_x.shape[1:]} and test {test_x.shape[1:]} differ")
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise DistilsetError(f"{name}: image and label counts differ")
+    for split, images, labels in (("training", train_x, train_y), ("test", test_x, test_y)):
+        if len(images) != len(labels):
+            raise DistilsetError(f"{name}: {len(images)} {split} images but {len(labels)} labels; give one label each")
+        if len(images) == 0:
+            raise DistilsetError(
+                f"{name}: the {split} split has no images; add some (a class needs at least 3 images for the 20 % "
+                "held out for testing when no test split is given)"
+            )
     tx = torch.as_tensor(np.asarray(train_x, dtype=np.float32) / scale)
     vx = torch.as_tensor(np.asarray(test_x, dtype=np.float32) / scale)
     if mean is None or std is None:
@@ -200,11 +234,7 @@ def from_arrays(
     norm = Normalization(mean, std)
     ty = torch.as_tensor(np.asarray(train_y, dtype=np.int64))
     vy = torch.as_tensor(np.asarray(test_y, dtype=np.int64))
-    num_classes = int(max(ty.max(), vy.max())) + 1
-    if class_names is None:
-        class_names = tuple(str(c) for c in range(num_classes))
-    if len(class_names) < num_classes:
-        raise DistilsetError(f"{name}: labels go up to {num_classes - 1} but only {len(class_names)} class names")
+    class_names = _class_names(name, ty, vy, class_names)
     info = DatasetInfo(
         name=name,
         class_names=tuple(class_names),
