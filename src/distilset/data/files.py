@@ -41,10 +41,12 @@ any pixel is decoded (PIL's own decompression-bomb limit is 89 M pixels, far bey
 def _read_npz(p: Path, where: str) -> dict[str, np.ndarray]:
     """Every array of the file, read without pickle (object arrays are refused, never unpickled)."""
     try:
-        with np.load(p, allow_pickle=False) as arrays:
+        with open(p, "rb") as fh:  # our own handle: numpy leaks its own when the zip is damaged
+            arrays = np.load(fh, allow_pickle=False)
             if not hasattr(arrays, "files"):
                 raise DistilsetError(f"{where}: holds a single array, not named arrays; save it with np.savez")
-            return {k: arrays[k] for k in arrays.files}
+            with arrays:
+                return {k: arrays[k] for k in arrays.files}
     except DistilsetError:
         raise
     except Exception as e:  # numpy and zipfile raise many kinds for a damaged or hostile file
