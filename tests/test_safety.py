@@ -82,7 +82,9 @@ def test_resume_needs_a_checkpoint_and_excludes_overwrite(tmp_path, capsys, digi
 def test_an_unfinished_run_is_named(tmp_path, digits):
     ds.distill("dd", digits, iterations=2, out=tmp_path, checkpoint_every=1, **FAST)
     (tmp_path / "synset.json").unlink()
-    with pytest.raises(DistilsetError, match=r"holds an unfinished run \(checkpoint/\); give resume to continue it or overwrite"):
+    with pytest.raises(
+        DistilsetError, match=r"holds an unfinished run \(checkpoint/\); give resume to continue it or overwrite"
+    ):
         ds.distill("dd", digits, iterations=2, out=tmp_path, **FAST)
 
 
@@ -225,7 +227,9 @@ def test_a_signal_stops_after_the_iteration_and_resume_is_exact(tmp_path, digits
         return metrics
 
     monkeypatch.setattr(DatasetDistillation, "step", step_then_signal)
-    with pytest.raises(Interrupted, match=rf"stopped by {sig.name} after iteration {at + 1} of 6.*with resume to continue"):
+    with pytest.raises(
+        Interrupted, match=rf"stopped by {sig.name} after iteration {at + 1} of 6.*with resume to continue"
+    ):
         ds.distill("dd", digits, iterations=6, out=tmp_path / "cut", checkpoint_every=100, **FAST)
     assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["iteration"] == at + 1
     monkeypatch.setattr(DatasetDistillation, "step", step)
@@ -288,3 +292,10 @@ def test_a_set_cannot_make_evaluate_open_a_path(tmp_path, capsys, digits):
     code, err = _cli(capsys, "evaluate", tmp_path)
     assert code == 2
     _one_error_line(err, "pass --dataset", "npz:/etc/passwd")
+
+
+def test_a_fixed_init_replay_on_a_resized_net_is_one_line(tmp_path, capsys, digits):
+    ds.distill("dd", digits, iterations=1, out=tmp_path, **{**FAST, "init": "fixed"})
+    code, err = _cli(capsys, "evaluate", tmp_path, "--net-arg", "width=64", "--repeats", "1")
+    assert code == 2
+    _one_error_line(err, "stored initial weights do not fit this net", "--protocol standard")

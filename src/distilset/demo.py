@@ -30,7 +30,8 @@ def main(out: str = "out/demo") -> None:
             ("label distillation, 20 base images", "labels", {"base": 20}, 5))  # fmt: skip
     for name, method, options, repeats in runs:
         t0 = time.perf_counter()
-        syn = ds.distill(method, data, out=Path(out) / f"{method}-{options.get('init', 'default')}", **options)
+        run_dir = Path(out) / f"{method}-{options.get('init', 'default')}"
+        syn = ds.distill(method, data, out=run_dir, overwrite=True, **options)  # a rerun replaces the demo's runs
         res = ds.evaluate(syn, data, repeats=repeats, seed=100)
         print(_row(name, len(syn), res, time.perf_counter() - t0), flush=True)
         if method == "labels":  # the same images with their one-hot labels, by the same recipe

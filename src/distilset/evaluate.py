@@ -122,10 +122,21 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
 def _load_init(model: nn.Module, theta0: dict[str, torch.Tensor]) -> None:
     """Load stored initial parameters (buffers may be absent: they keep the fresh net's values)."""
     device = next(model.parameters()).device
+    fresh = model.state_dict()
+    wrong = [k for k, v in theta0.items() if k in fresh and fresh[k].shape != v.shape]
+    if wrong:
+        raise DistilsetError(
+            f"the set's stored initial weights do not fit this net ({wrong[0]}: {list(theta0[wrong[0]].shape)} "
+            f"stored, {list(fresh[wrong[0]].shape)} here); replay it on its own net (no `net` or `net_kwargs`) "
+            "or use `protocol` standard"
+        )
     missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in theta0.items()}, strict=False)
     params = dict(model.named_parameters())
     if unexpected or any(k in params for k in missing):
-        raise DistilsetError(f"stored init does not fit net: missing {missing}, unexpected {unexpected}")
+        raise DistilsetError(
+            f"the set's stored initial weights do not fit this net (missing {missing}, unexpected {unexpected}); "
+            "replay it on its own net or use `protocol` standard"
+        )
 
 
 def evaluate(
