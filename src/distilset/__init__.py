@@ -10,11 +10,12 @@ syn.save("out/"); ds.SyntheticSet.load("out/")
 from distilset.baselines import baseline
 from distilset.data import Dataset, Normalization, list_datasets, load_dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import EvalResult, evaluate
+from distilset.evaluate import EvalResult, evaluate, record_evaluation
 from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
 from distilset.recipes import Replay, Standard
+from distilset.report import report
 from distilset.synset import SyntheticSet
 from distilset.train import fit
 
@@ -40,6 +41,8 @@ __all__ = [
     "list_methods",
     "list_nets",
     "load_dataset",
+    "record_evaluation",
     "register_method",
+    "report",
     "train_experts",
 ]

@@ -18,6 +18,7 @@ import difflib
 import json
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -26,11 +27,12 @@ from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
 from distilset.errors import DistilsetError, Interrupted
-from distilset.evaluate import PROTOCOLS, evaluate
+from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, record_evaluation
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import preset_of
 from distilset.recipes import Standard
+from distilset.report import report
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
 
@@ -196,11 +198,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json,
         **config_options(args, Standard),
     )  # fmt: skip
+    if args.save:
+        record_evaluation(args.dir, result)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(f"{args.dir}: {result}")
         print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs))
+        if args.save:
+            print(f"recorded in {Path(args.dir) / EVALUATIONS}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = report(args.dirs, args.out, title=args.title)
+    print(f"wrote {path} ({len(args.dirs)} set{'s' if len(args.dirs) > 1 else ''}); open it in a browser")
     return 0
 
 
@@ -232,7 +244,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"wrote {len(syn)} distilled items ({method.name}, {data.info.name}) to {args.out}")
     if args.evaluate:
         res = evaluate(syn, data, repeats=args.evaluate, device=args.device)
-        print(f"evaluation: {res}")
+        record_evaluation(args.out, res)
+        print(f"evaluation: {res} (recorded in {Path(args.out) / EVALUATIONS})")
     return 0
 
 
@@ -301,10 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="recipe: the set's own training recipe (default); standard: DC's protocol")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", action="store_true", help="append the result to DIR/evaluations.json (for `report`)")
     _add_run_args(p)
     add_config_options(p, Standard, "training options (override the chosen standard recipe)",
                        default_text="the set's recipe, or DC's protocol with --protocol standard")  # fmt: skip
     p.set_defaults(func=cmd_evaluate, flags=_flags_of_parser(p))
+
+    p = sub.add_parser("report", help="one self-contained HTML page: pictures, curves, evaluations, comparison")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="set directories (distill, baseline)")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--title", default="distilset report", help="page title")
+    p.set_defaults(func=cmd_report, flags=_flags_of_parser(p))
     return parser
 
 

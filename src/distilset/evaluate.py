@@ -17,9 +17,13 @@ networks with seeds ``seed, seed + 1, ...``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +31,7 @@ from torch import nn
 from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.io import write_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
@@ -64,6 +69,41 @@ class EvalResult:
             f"({self.repeats} nets, protocol {self.protocol}: {self.settings.get('recipe_text', '')}; "
             f"{self.net}, {self.wall_time_s:.1f} s)"
         )
+
+
+EVALUATIONS = "evaluations.json"
+"""Beside a set: every evaluation recorded with ``record_evaluation`` (``evaluate --save``), oldest first."""
+
+
+def record_evaluation(directory: str | os.PathLike, result: EvalResult) -> Path:
+    """Append ``result`` (with today's date) to ``DIR/evaluations.json``, rewriting it atomically."""
+    rows = load_evaluations(directory)
+    rows.append({**result.to_json(), "date": datetime.date.today().isoformat()})
+    return write_json(Path(directory) / EVALUATIONS, rows)
+
+
+def load_evaluations(directory: str | os.PathLike) -> list[dict]:
+    """The evaluations recorded beside a set ([] when none); a damaged file is refused, naming it."""
+    path = Path(directory) / EVALUATIONS
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DistilsetError(f"{path} is unreadable ({e}); delete it (it only records earlier evaluations)") from e
+    numbers = ("accuracy_mean", "accuracy_std", "wall_time_s")
+    for i, row in enumerate(rows if isinstance(rows, list) else [None]):
+        ok = (
+            isinstance(row, dict)
+            and all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in numbers)
+            and isinstance(row.get("runs"), list)
+            and all(isinstance(r, (int, float)) for r in row["runs"])
+            and isinstance(row.get("protocol"), str)
+            and isinstance(row.get("net"), str)
+        )
+        if not ok:
+            raise DistilsetError(f"{path}: entry {i} is not an evaluation; delete the file or that entry")
+    return rows
 
 
 def training_recipe(syn: SyntheticSet, protocol: str = "recipe", **overrides) -> Recipe:
@@ -223,4 +263,5 @@ def evaluate(
     )
 
 
-__all__ = ["EvalResult", "PROTOCOLS", "align_test_data", "evaluate", "training_recipe"]
+__all__ = ["EVALUATIONS", "EvalResult", "PROTOCOLS", "align_test_data", "evaluate", "load_evaluations",
+           "record_evaluation", "training_recipe"]  # fmt: skip

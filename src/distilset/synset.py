@@ -23,7 +23,7 @@ from distilset import jsonread
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
-from distilset.io import save_tensors, write_json
+from distilset.io import atomic_write, save_tensors, write_json
 from distilset.jsonread import load_json
 from distilset.nets import INIT_SCHEMES, create_net, list_nets
 from distilset.nets.registry import SIZE_BOUNDS, fit_net_to_input
@@ -243,18 +243,27 @@ class SyntheticSet:
             x = self.zca.invert(x)
         return self.norm.denormalize(x).clamp(0, 1)
 
-    def save_grid(self, path: str | os.PathLike, max_per_class: int = 20) -> Path:
-        """Write a PNG grid: one row per class (label by name), items of that class along the row."""
-        from distilset.report import image_grid
+    def picture(self, max_per_class: int = 20, tiles: int = 1):
+        """A PIL picture of the set: one row per class (labelled by name), items of that class along the row;
+        ``tiles`` > 1 tiles each image that many times per side (texture sets: any seam would show)."""
+        from distilset.pictures import grid_picture
 
-        return image_grid(self.to_pixels(), self.hard_labels(), self.class_names, Path(path), max_per_class)
+        pixels = self.to_pixels()
+        if tiles > 1:
+            pixels = pixels.repeat(1, 1, tiles, tiles)
+        return grid_picture(pixels, self.hard_labels(), self.class_names, max_per_class)
+
+    @property
+    def is_texture(self) -> bool:
+        return isinstance(self.recipe, Standard) and bool(self.recipe.crop)
+
+    def save_grid(self, path: str | os.PathLike, max_per_class: int = 20) -> Path:
+        """Write the set's ``picture`` as a PNG."""
+        return atomic_write(path, lambda f: self.picture(max_per_class).save(f, format="PNG"))
 
     def save_tiles(self, path: str | os.PathLike, repeat: int = 3, max_per_class: int = 1) -> Path:
         """Texture sets: each class's canvas tiled ``repeat`` x ``repeat``, so any seam would show."""
-        from distilset.report import image_grid
-
-        tiled = self.to_pixels().repeat(1, 1, repeat, repeat)
-        return image_grid(tiled, self.hard_labels(), self.class_names, Path(path), max_per_class)
+        return atomic_write(path, lambda f: self.picture(max_per_class, tiles=repeat).save(f, format="PNG"))
 
     # ---- save / load ---------------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -293,7 +302,7 @@ class SyntheticSet:
         write_json(out / META_FILE, meta, default=_json)
         if grid and self.images.ndim == 4:
             self.save_grid(out / "grid.png")
-            if isinstance(self.recipe, Standard) and self.recipe.crop:
+            if self.is_texture:
                 self.save_tiles(out / "tiles.png")
         return out
 
