@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/defaults.py                     # all rows (hours on 2 CPU cores; resumable)
     .venv/bin/python benchmarks/defaults.py --datasets digits   # one dataset
     .venv/bin/python benchmarks/defaults.py --table             # the README table
+    .venv/bin/python benchmarks/defaults.py --html defaults.html  # the rows as a page
 
 Each row runs the equivalent of ``distilset distill METHOD --dataset NAME --out DIR`` (no other option: the
 method resolves its settings from the dataset; the row records them, the iteration budget and the wall time,
@@ -40,6 +41,8 @@ import torch
 from _common import RESULTS, ResultFile
 
 import distilset as ds
+from distilset.io import write_text
+from distilset.report import results_page
 
 WORK = Path("/tmp/distilset-defaults")
 OUT = RESULTS / "defaults.json"
@@ -176,8 +179,11 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ablation", action="store_true", help="the digits rows with an earlier default each")
     p.add_argument("--table", action="store_true", help="print the markdown table and exit")
+    p.add_argument("--html", metavar="PATH", help="write the results as an HTML page (distilset report's style)")
     args = p.parse_args()
-    if args.table:
+    if args.html:
+        write_text(args.html, results_page(ABLATION if args.ablation else OUT))
+    elif args.table:
         print(table(ABLATION if args.ablation else OUT))
     else:
         run(args)

@@ -3,7 +3,7 @@
 Prints one table: Dataset Distillation (fixed and random init) and label distillation, each with nothing but
 its defaults (resolved from the dataset: an MLP for 8x8 inputs, the paper's decay period, ...), scored by the
 set's own training recipe, next to real images of the same count under DC's protocol with the same net.
-About two minutes on 2 CPU cores; sets, pictures and their recorded evaluations land in out/demo/, and the
+A few minutes on 2 CPU cores; sets, pictures and their recorded evaluations land in out/demo/, and the
 demo ends by writing out/demo/report.html (``distilset report``) over all of them.
 """
 
