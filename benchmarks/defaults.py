@@ -75,19 +75,25 @@ def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
 
 
 def score(syn: ds.SyntheticSet, data: ds.Dataset, repeats: int) -> dict:
-    """Accuracy (mean, std, runs) of the set under each evaluation of the module docstring."""
+    """Accuracy (mean, std, runs) of the set under each evaluation of the module docstring; an evaluation whose
+    training diverges is recorded as such (``{"error": ...}``), not dropped."""
     own = {"net": syn.net["name"], "net_kwargs": syn.net["kwargs"]}
     fixed_replay = isinstance(syn.recipe, ds.Replay) and syn.recipe.init.startswith("fixed")
-    runs = {
-        "recipe": ds.evaluate(syn, data, repeats=1 if fixed_replay else repeats, seed=100),
-        "standard": ds.evaluate(syn, data, protocol="standard", repeats=repeats, seed=100, **own),
-        "other_net": ds.evaluate(syn, data, protocol="standard", net=other_net(syn), repeats=3, seed=100),
-        "adam": ds.evaluate(
-            syn, data, protocol="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, repeats=3, seed=100, **own
-        ),  # fmt: skip
+    evaluations = {
+        "recipe": dict(repeats=1 if fixed_replay else repeats),
+        "standard": dict(protocol="standard", repeats=repeats, **own),
+        "other_net": dict(protocol="standard", net=other_net(syn), repeats=3),
+        "adam": dict(protocol="standard", optimizer="adam", lr=1e-3, weight_decay=0.0, repeats=3, **own),
     }
-    return {k: {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs, "recipe": r.recipe, "net": r.net}
-            for k, r in runs.items()}  # fmt: skip
+    out = {}
+    for key, options in evaluations.items():
+        try:
+            r = ds.evaluate(syn, data, seed=100, **options)
+        except ds.DistilsetError as e:
+            out[key] = {"error": str(e), "net": options.get("net", syn.net["name"])}
+            continue
+        out[key] = {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs, "recipe": r.recipe, "net": r.net}
+    return out
 
 
 def _flags(options: dict) -> str:
@@ -137,12 +143,11 @@ def run(args: argparse.Namespace) -> None:
         }
         results.add(row)
         d, r = distilled["recipe"], real["recipe"]
-        print(f"{name} {method}: {100 * d['mean']:.1f} vs random real {100 * r['mean']:.1f} "
-              f"({distill_s / 60:.1f} min)", flush=True)  # fmt: skip
+        print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min)", flush=True)
 
 
 def _cell(x: dict) -> str:
-    return f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
+    return "diverged" if "error" in x else f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
 
 
 def table(path: Path = OUT) -> str:
@@ -153,9 +158,12 @@ def table(path: Path = OUT) -> str:
         "DC protocol, other net | Adam, own net | distill time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in data["rows"]:
+    order = {name: i for i, name in enumerate(("digits", "mnist5k", "fashion-mnist"))}
+    for r in sorted(data["rows"], key=lambda r: (order.get(r["dataset"], 9), r["method"])):
         d, real = r["distilled"], r["random_real"]
         pair = {k: f"{_cell(d[k])} / {_cell(real[k])}" for k in d}
+        if "one_hot_same_images" in real:  # labels: the same base images with one-hot labels, same recipe
+            pair["recipe"] += f" (one-hot: {_cell(real['one_hot_same_images'])})"
         lines.append(
             f"| {r['dataset']} | {r['method']} ({r.get('ablation') or r['config']['net']}) | {r['images']} | "
             f"{r['iterations']} | "
@@ -166,7 +174,7 @@ def table(path: Path = OUT) -> str:
         f"\nTest accuracy (%), mean ± std over fresh nets ({data['settings']['repeats']} for the recipe and DC "
         f"columns, 3 for the others; a fixed-init replay is deterministic: 1); {m['cores']} CPU cores, torch "
         f"{m['torch']}, {m['torch_threads']} thread(s), {m['date']}. Commands: the `command` of each row in "
-        "`benchmarks/results/defaults.json`."
+        f"`benchmarks/results/{path.name}`; labels rows add the same base images with one-hot labels (same recipe)."
     )
     return "\n".join(lines)
 
