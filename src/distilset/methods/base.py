@@ -44,6 +44,14 @@ class NonFiniteError(DistilsetError):
     """Raised by a method's ``step`` before it changes any state, when a loss, gradient or lr is NaN/inf."""
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], lr: float) -> None:
+    """Load an optimizer's checkpointed state but keep this run's lr (a resume may lower a resumable lr, the
+    way out of a non-finite stop)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def rewind_on_nonfinite(generator: torch.Generator, step: Callable[[], dict[str, float]]) -> dict[str, float]:
     """Run one outer step; if it stops on a non-finite value, put ``generator`` back where the step found it,
     so the state saved at the stop replays the same iteration on resume."""

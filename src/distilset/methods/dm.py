@@ -29,7 +29,7 @@ from distilset.augment import dsa
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input
@@ -140,9 +140,7 @@ class DistributionMatching:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.images.copy_(state["images"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a resumed run may lower lr_img (after a non-finite stop)
-            group["lr"] = self.cfg.lr_img
+        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.lr_img)
         self.generator.set_state(state["generator"])
 
     def synthetic_set(self) -> SyntheticSet:

@@ -42,7 +42,7 @@ from distilset.data.dataset import Dataset
 from distilset.data.registry import load_dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.losses import soft_cross_entropy
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
 from distilset.methods.registry import register_method
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
@@ -372,9 +372,7 @@ class LabelDistillation:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.labels.copy_(state["labels"])
-        self.label_opt.load_state_dict(state["label_opt"])
-        for group in self.label_opt.param_groups:  # a resumed run may lower label_lr (after a non-finite stop)
-            group["lr"] = self.cfg.label_lr
+        restore_optimizer(self.label_opt, state["label_opt"], self.cfg.label_lr)
         self.generator.set_state(state["generator"])
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in state["params"].items()}
         self.model_opt = torch.optim.Adam(list(self.params.values()), lr=self.cfg.model_lr)

@@ -43,7 +43,7 @@ from distilset.augment import dsa, toroidal_crop
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
+from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
 from distilset.methods.experts import MANIFEST, ExpertBuffer, ExpertConfig, expert_batch_for, train_experts
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net, list_nets
@@ -296,9 +296,7 @@ class MTT:
             self.images.copy_(state["images"])
             self.syn_lr.copy_(state["syn_lr"])
             self.lr_momentum.copy_(state["lr_momentum"])
-        self.opt_img.load_state_dict(state["opt_img"])
-        for group in self.opt_img.param_groups:  # a resumed run may lower lr_img (after a non-finite stop)
-            group["lr"] = self.cfg.lr_img
+        restore_optimizer(self.opt_img, state["opt_img"], self.cfg.lr_img)
         self.generator.set_state(state["generator"])
 
     def synthetic_set(self) -> SyntheticSet:
