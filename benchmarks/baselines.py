@@ -22,7 +22,7 @@ from _common import RESULTS, ResultFile
 
 import distilset as ds
 
-PAPER_RANDOM = {  # DC paper, ConvNet-3 width 128 (REFERENCES.md)
+PAPER_RANDOM = {  # DC paper (Zhao, Mopuri & Bilen, ICLR 2021), ConvNet-3 width 128
     ("mnist5k", 1): 64.9, ("mnist5k", 10): 95.1, ("mnist5k", 50): 97.9,
     ("fashion-mnist", 1): 51.4, ("fashion-mnist", 10): 73.8, ("fashion-mnist", 50): 82.5,
 }  # fmt: skip

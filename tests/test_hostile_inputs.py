@@ -107,14 +107,15 @@ def _refused(code: int, err: str, *needles: str) -> str:
     return lines[0]
 
 
-def _refused_or_valid_eval(code: int, out: str, err: str) -> None:
-    """Either one error line, or a finished evaluation with a real accuracy."""
+def _refused_or_valid_eval(code: int, out: str, err: str) -> str:
+    """Either one error line ("refused"), or a finished evaluation with a real accuracy ("valid")."""
     if code == 2:
         _refused(code, err)
-        return
+        return "refused"
     assert code == 0, (code, err)
     result = json.loads(out)
     assert 0.0 <= result["accuracy_mean"] <= 1.0 and len(result["runs"]) == 1
+    return "valid"
 
 
 @pytest.fixture(autouse=True)
@@ -224,7 +225,7 @@ def test_corrupt_set_tensors_are_one_line(sets, tmp_path, capsys, case):
     which, edit, needles = TENSOR_CASES[case]
     d = _copy(sets, which, tmp_path)
     _edit_tensors(d, edit)
-    _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval(which))[::2], *needles)
+    assert _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval(which))[::2], *needles)
 
 
 def _v1(meta):
@@ -283,14 +284,14 @@ def test_corrupt_set_metadata_is_one_line(sets, tmp_path, capsys, case):
     which, edit, needles = JSON_CASES[case]
     d = _copy(sets, which, tmp_path)
     _edit_json(d, edit)
-    _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval(which))[::2], *needles)
+    assert _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval(which))[::2], *needles)
 
 
 def test_deeply_nested_json_text_is_one_line(sets, tmp_path, capsys):
     d = _copy(sets, "plain", tmp_path)
     text = (d / META_FILE).read_text().rstrip().removesuffix("}") + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
     (d / META_FILE).write_text(text)
-    _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval("plain"))[::2], "synset.json")
+    assert _refused(*_cli(capsys, tmp_path, "evaluate", d, *_eval("plain"))[::2], "synset.json")
 
 
 @pytest.mark.parametrize("which", ["plain", "soft", "zca", "replay"])
@@ -299,7 +300,7 @@ def test_the_valid_sets_evaluate(sets, tmp_path, capsys, which):
     d = _copy(sets, which, tmp_path)
     code, out, err = _cli(capsys, tmp_path, "evaluate", d, *_eval(which))
     assert code == 0, err
-    _refused_or_valid_eval(code, out, err)
+    assert _refused_or_valid_eval(code, out, err)
 
 
 def test_a_sets_dataset_is_never_opened_unless_the_user_names_it(sets, tmp_path, capsys, monkeypatch):
@@ -388,7 +389,7 @@ def test_damaged_experts_are_one_line(experts, tmp_path, capsys, case):
     d = tmp_path / "experts"
     shutil.copytree(experts, d)
     damage(d)
-    _refused(*_mtt(capsys, tmp_path, d)[::2], *needles)
+    assert _refused(*_mtt(capsys, tmp_path, d)[::2], *needles)
 
 
 def test_the_valid_experts_distill(experts, tmp_path, capsys):
@@ -467,7 +468,7 @@ def test_bad_npz_files_are_one_line(tmp_path, capsys, case):
     make, needles = NPZ_CASES[case]
     make(tmp_path)
     argv = ["baseline", "random", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--ipc", "1", "--out", tmp_path / "o"]
-    _refused(*_cli(capsys, tmp_path, *argv)[::2], *needles)
+    assert _refused(*_cli(capsys, tmp_path, *argv)[::2], *needles)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
@@ -513,7 +514,7 @@ def test_bad_image_folders_are_one_line(tmp_path, capsys, case):
     root = _image_folder(tmp_path)
     make(root / "a" / "x.png")
     argv = ["baseline", "random", "--dataset", f"folder:{root}", "--ipc", "1", "--out", tmp_path / "o"]
-    _refused(*_cli(capsys, tmp_path, *argv)[::2], *needles)
+    assert _refused(*_cli(capsys, tmp_path, *argv)[::2], *needles)
 
 
 def test_the_valid_data_files_load(tmp_path, capsys):
@@ -559,7 +560,7 @@ def test_fuzz_set_json_values(sets, tmp_path_factory, capsys, which, data):
         with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier draw replaced a container here
             _replace_at(meta, path, data.draw(JSON_VALUES))
     (d / META_FILE).write_text(json.dumps(meta))
-    _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
+    assert _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8]
@@ -591,7 +592,7 @@ def test_fuzz_set_tensors(sets, tmp_path_factory, capsys, which, data):
             del t[name]
 
     _edit_tensors(d, edit)
-    _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
+    assert _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
 
 
 @FUZZ
@@ -608,7 +609,7 @@ def test_fuzz_set_bytes(sets, tmp_path_factory, capsys, which, data):
         else:
             del raw[i : i + data.draw(st.integers(1, 64))]
     target.write_bytes(bytes(raw))
-    _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
+    assert _refused_or_valid_eval(*_cli(capsys, tmp, "evaluate", d, *_eval(which)))
 
 
 @FUZZ
@@ -623,9 +624,9 @@ def test_fuzz_expert_manifest(experts, tmp_path_factory, capsys, data):
     (d / MANIFEST).write_text(json.dumps(manifest))
     code, _, err = _mtt(capsys, tmp, d)
     if code != 0:
-        _refused(code, err)
+        assert _refused(code, err)
     else:
-        SyntheticSet.load(tmp / "o")
+        assert len(SyntheticSet.load(tmp / "o")) > 0
 
 
 @FUZZ

@@ -21,7 +21,7 @@ OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 @dataclass(frozen=True)
 class DSAParams:
-    """The DC/DSA parameters (REFERENCES.md)."""
+    """The DSA parameters of Zhao & Bilen (ICML 2021) and their released code."""
 
     scale: float = 1.2
     rotate: float = 15.0  # degrees

@@ -19,7 +19,7 @@ import torch
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError
 
-# DSA strategies (REFERENCES.md): no flip for digit-like data, whose meaning changes under mirroring.
+# DSA strategies (Zhao & Bilen, DSA, ICML 2021): no flip for digit-like data, whose meaning changes under mirroring.
 DSA_WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
 DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
 
