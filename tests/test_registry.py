@@ -114,7 +114,7 @@ def test_help_lists_exactly_the_methods_options(method, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["distill", "labels", "--ipc", "3"], "--ipc is not an option of `distill labels` (it belongs to dd, dm, mtt)"),
+        (["distill", "labels", "--ipc", "3"], "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, mtt)"),
         (["distill", "mtt", "--steps", "7"], "--steps is not an option of `distill mtt` (it belongs to dd)"),
         (["distill", "dd", "--stepz", "7"], "unrecognized option --stepz for `distill dd`; did you mean --steps?"),
         (["distill", "labels", "--variant", "third"], "argument --variant: invalid choice: 'third'"),
@@ -145,7 +145,7 @@ def test_api_names_fields_and_suggests_close_ones(digits):
         ds.distill("mtt", digits, syn_step=3)
     with pytest.raises(ConfigError, match="^lr_img must be > 0, got 0"):
         ds.distill("mtt", digits, lr_img=0)
-    with pytest.raises(DistilsetError, match="unknown method 'kip'; available: dd, dm, labels, mtt"):
+    with pytest.raises(DistilsetError, match="unknown method 'kip'; available: dc, dd, dm, dsa, labels, mtt"):
         ds.distill("kip", digits)
 
 

@@ -336,7 +336,7 @@ def _foreign_option_error(args: argparse.Namespace, extra: list[str]) -> UsageEr
     hint = f"; did you mean {close[0]}?" if close else ""
     if getattr(args, "command", None) != "distill":
         return UsageError(f"unrecognized argument(s): {' '.join(extra)}{hint} (see `distilset {args.command} --help`)")
-    owners = [m.name for m in METHODS.values() if option in flags_of(m.config).values()]
+    owners = sorted(m.name for m in METHODS.values() if option in flags_of(m.config).values())
     if owners:
         return UsageError(
             f"{option} is not an option of `distill {args.method}` (it belongs to {', '.join(owners)}); "

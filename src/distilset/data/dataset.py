@@ -116,6 +116,12 @@ class Dataset:
         """Indices of the training examples of class ``c``."""
         return torch.nonzero(self.train_y == c, as_tuple=True)[0]
 
+    def class_batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random training images of class ``c`` without replacement (all of a smaller class): the real
+        batch of the per-class matching losses (DC, DSA, DM)."""
+        members = self.class_indices(c)
+        return self.train_x[members[torch.randperm(len(members), generator=generator)[:n]]]
+
     def require_per_class(self, n: int, what: str = "`ipc`") -> None:
         """Refuse ``n`` images per class when a class has fewer, naming the smallest class and the largest n."""
         sizes = torch.bincount(self.train_y, minlength=self.num_classes)

@@ -96,9 +96,6 @@ class DistributionMatching:
         self.images = images.to(ctx.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
-        sizes = torch.bincount(data.train_y, minlength=k)
-        self.batch_real = min(cfg.batch_real, int(sizes.min()))
-        self.by_class = [data.class_indices(c) for c in range(k)]
 
     def _draw(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.generator))
@@ -116,9 +113,8 @@ class DistributionMatching:
     def _step(self) -> dict[str, float]:
         cfg, net = self.cfg, self.embedder()
         loss = torch.zeros((), device=self.device)
-        for c, members in enumerate(self.by_class):
-            pick = members[torch.randperm(len(members), generator=self.generator)[: self.batch_real]]
-            real = self.data.train_x[pick].to(self.device)
+        for c in range(self.data.num_classes):
+            real = self.data.class_batch(c, cfg.batch_real, self.generator).to(self.device)
             syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
             if self.strategy:
                 seed = self._draw(2**62)  # one transform, the same for both batches (siamese)
@@ -131,7 +127,7 @@ class DistributionMatching:
         if not torch.isfinite(loss) or not torch.isfinite(self.images.grad).all():
             raise NonFiniteError(f"DM's loss or image gradient is not finite (loss {loss.item():.4g})")
         self.optimizer.step()
-        return {"loss": loss.item() / len(self.by_class)}
+        return {"loss": loss.item() / self.data.num_classes}
 
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.detach().cpu(), "optimizer": self.optimizer.state_dict(),

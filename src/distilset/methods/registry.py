@@ -87,12 +87,12 @@ def register_method(
 
 
 def list_methods() -> list[str]:
-    return list(METHODS)
+    return sorted(METHODS)
 
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise DistilsetError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+        raise DistilsetError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
