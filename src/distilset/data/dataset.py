@@ -160,10 +160,12 @@ class Dataset:
         )
 
     def with_zca(self, eps: float = 0.1) -> Dataset:
-        """Fit ZCA whitening on the (normalised) training images and apply it to train and test."""
+        """ZCA whitening fitted on the raw [0, 1] training pixels (as MTT and KIP fit it: eps added to the
+        covariance eigenvalues), applied to train and test; it acts on the normalised tensors (same result)."""
         if self.zca is not None:
             return self
-        zca = ZCA.fit(self.train_x, eps=eps)
+        norm = self.info.norm
+        zca = ZCA.fit(norm.denormalize(self.train_x), eps=eps).for_normalized(norm, self.image_shape)
         return replace(self, train_x=zca.apply(self.train_x), test_x=zca.apply(self.test_x), zca=zca)
 
     def __repr__(self) -> str:

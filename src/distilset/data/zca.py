@@ -1,7 +1,9 @@
 """ZCA whitening fit on the training set and stored as tensors, so it can travel with a synthetic set.
 
 W = U diag(1 / sqrt(S + eps)) U^T from the covariance of the centred, flattened training images, as in
-MTT / KIP (Kornia's ``ZCAWhitening`` with ``eps=0.1``).
+MTT / KIP (Kornia's ``ZCAWhitening`` with ``eps=0.1``). Like them, ``Dataset.with_zca`` fits on the raw [0, 1]
+pixels; because distilset's tensors are normalised per channel, the fitted transform is then rewritten to act on
+normalised images (``for_normalized``): the same whitened output, with no second copy of the pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class ZCA:
     """A fitted whitening transform: ``apply(x) = (flatten(x) - mean) @ matrix``, shape preserved."""
 
     mean: torch.Tensor  # (D,)
-    matrix: torch.Tensor  # (D, D), symmetric
+    matrix: torch.Tensor  # (D, D)
     eps: float = 0.1
 
     def __post_init__(self) -> None:
@@ -46,6 +48,18 @@ class ZCA:
         evals = evals.clamp_min(0)
         matrix = evecs @ torch.diag(1.0 / torch.sqrt(evals + eps)) @ evecs.T
         return ZCA(mean.float(), matrix.float(), eps)
+
+    def for_normalized(self, norm, image_shape: tuple[int, ...]) -> ZCA:
+        """This transform, fitted on raw pixels p, as one on normalised images x = (p - m) / s: with
+        p - mean = (x - (mean - m) / s) * s per feature, apply(p) = (x - mean') @ (diag(s) @ matrix)."""
+        c = image_shape[0]
+        per_pixel = math.prod(image_shape[1:])
+        m = torch.tensor(norm.mean, dtype=torch.float64).repeat_interleave(per_pixel)
+        s = torch.tensor(norm.std, dtype=torch.float64).repeat_interleave(per_pixel)
+        if len(m) != len(self.mean) or c != norm.channels:
+            raise DistilsetError(f"ZCA of {len(self.mean)} features does not fit images {image_shape}")
+        mean = (self.mean.double() - m) / s
+        return ZCA(mean.float(), (s[:, None] * self.matrix.double()).float(), self.eps)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(len(x), -1)
