@@ -44,21 +44,22 @@ SMOKE = False  # --smoke: tiny budgets, results under /tmp, to check the script 
 
 
 def _history_curve(history: list[dict]) -> list[list[float]]:
-    return [[r["iteration"], round(100 * r["acc"], 2)] for r in history if "acc" in r]
+    return [[r["iteration"], round(100 * r["val_acc"], 2)] for r in history if "val_acc" in r]
 
 
 def _distill_row(data, options: dict, iterations: int, eval_every: int, repeats: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     iterations, eval_every = (2, 1) if SMOKE else (iterations, eval_every)
+    data, validation = data.validation_split()  # the curve scores held-out training images, never the test split
     dd = DatasetDistillation(data, DDConfig(**options), Context(seed=seed))
     history = []
     for it in range(iterations):
         m = dd.step(it)
         if (it + 1) % eval_every == 0 or it + 1 == iterations:
-            m.update(dd.quick_eval(2))
+            m.update(dd.quick_eval(validation, 2))
             m["iteration"] = it + 1
             history.append(m)
-            print(f"  it {it + 1}: loss {m['loss']:.3f} acc {100 * m['acc']:.1f}", flush=True)
+            print(f"  it {it + 1}: loss {m['loss']:.3f} validation acc {100 * m['val_acc']:.1f}", flush=True)
     distill_s = time.perf_counter() - t0
     syn = dd.synthetic_set()
     res = ds.evaluate(syn, data, protocol="recipe", repeats=repeats, seed=1000)

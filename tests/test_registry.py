@@ -4,6 +4,7 @@ gets its subcommand, validation and resume checks without any edit elsewhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -282,3 +283,20 @@ def test_every_preset_is_a_valid_config_of_its_method(method, preset):
     cfg = make_config(get_method(method), {}, p)
     assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in p.options.items())
     assert p.iterations >= 1 and p.dataset
+
+
+@pytest.mark.parametrize("method", ["dd", "dm"])
+def test_eval_every_scores_held_out_training_images_never_the_test_split(method, digits, tmp_path):
+    """With the test split poisoned (NaN images, all labelled 0), monitoring reports the set's accuracy on
+    training images held out of the distillation (the same ones every time), not on the test split."""
+    poisoned = dataclasses.replace(digits, test_x=torch.full_like(digits.test_x, float("nan")),
+                                   test_y=torch.zeros_like(digits.test_y))  # fmt: skip
+    options = {"net_kwargs": {"width": 16}, "batch_real": 32, "ipc": 1, "dsa": False} if method == "dm" else {"net": "mlp"}
+    lines = []
+    ds.distill(method, poisoned, iterations=2, eval_every=2, out=tmp_path, log=lines.append, **options)
+    history = json.loads((tmp_path / "history.json").read_text())
+    rest, validation = digits.validation_split()
+    on_validation = ds.evaluate(ds.SyntheticSet.load(tmp_path), validation, repeats=1, seed=777)
+    assert history[-1]["val_acc"] == on_validation.accuracy_mean and 0 < on_validation.accuracy_mean < 1
+    assert len(rest.train_x) + len(validation.test_x) == len(digits.train_x) and len(validation.test_x) == 140
+    assert any("140 held-out training images" in line for line in lines)

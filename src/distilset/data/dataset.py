@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from distilset.data.split import stratified_split
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError
 
@@ -121,6 +122,18 @@ class Dataset:
         batch of the per-class matching losses (DC, DSA, DM)."""
         members = self.class_indices(c)
         return self.train_x[members[torch.randperm(len(members), generator=generator)[:n]]]
+
+    def validation_split(self, share: float = 0.1, cap: int = 100) -> tuple[Dataset, Dataset]:
+        """Hold out ``share`` of each class's training images (at least 1, at most ``cap``), always the same
+        ones: returns (the rest, for distilling; the held-out images as the test split of a second dataset,
+        for monitoring). The test split is in neither."""
+        y = self.train_y.cpu().numpy()
+        per_class = min(cap, max(1, int(round(share * int(np.bincount(y).min())))))
+        keep, held = (torch.from_numpy(i).to(self.train_y.device) for i in stratified_split(y, per_class, seed=0))
+        rest = replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+        validation = replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
+                             test_x=self.train_x[held], test_y=self.train_y[held])  # fmt: skip
+        return rest, validation
 
     def require_per_class(self, n: int, what: str = "`ipc`") -> None:
         """Refuse ``n`` images per class when a class has fewer, naming the smallest class and the largest n."""

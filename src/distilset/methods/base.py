@@ -303,7 +303,7 @@ def run(
             if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:
                 row.update(quick_eval())
             history.append(row)
-            bar.update({k: v for k, v in row.items() if k in ("loss", "acc")})
+            bar.update({k: v for k, v in row.items() if k in ("loss", "val_acc")})
             if cfg.out is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
                 _save(distiller, identity, cfg.out, it + 1, history)
             if stop["signal"] and it + 1 < cfg.iterations:

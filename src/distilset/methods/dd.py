@@ -340,13 +340,14 @@ class DatasetDistillation:
             extra={"items_per_step": self.per_step},
         )
 
-    def quick_eval(self, repeats: int = 2) -> dict[str, float]:
-        """Recipe accuracy of the current set (fixed: its init; random: ``repeats`` fresh inits)."""
+    def quick_eval(self, validation: Dataset, repeats: int = 2) -> dict[str, float]:
+        """Recipe accuracy of the current set on ``validation``'s held-out images (fixed: its init; random:
+        ``repeats`` fresh inits)."""
         syn = self.synthetic_set()
         pool = self.pool if self.cfg.init == "random-pretrained" else None
         reps = 1 if self.cfg.init.startswith("fixed") else repeats
-        res = evaluate(syn, self.data, repeats=reps, seed=self.seed + 777, init_pool=pool, device=self.device)
-        return {"acc": res.accuracy_mean}
+        res = evaluate(syn, validation, repeats=reps, seed=self.seed + 777, init_pool=pool, device=self.device)
+        return {"val_acc": res.accuracy_mean}
 
 
 def _build(data: Dataset, cfg: DDConfig, ctx: Context, pool=None) -> DatasetDistillation:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from distilset.config import check_seed, field_specs
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.evaluate import evaluate
 from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, dataset_identity, run
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
@@ -171,6 +173,11 @@ def distill(
     m = get_method(method)
     chosen = preset_of(m.name, preset) if preset is not None else None
     objects = {k: options.pop(k) for k in m.objects if k in options}
+    if eval_every < 0:
+        raise ConfigError(f"`eval_every` must be >= 0 (0: no accuracy during the run), got {eval_every}")
+    validation = None
+    if eval_every:  # monitoring scores held-out training images; the method distils the rest, never the test split
+        data, validation = data.validation_split()
     cfg, notes = make_config(m, options, chosen).resolve(data)
     if iterations is None:
         iterations = chosen.iterations if chosen else cfg.default_iterations(data)
@@ -179,12 +186,13 @@ def distill(
     check_seed(seed)
     if checkpoint_every < 1:
         raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
-    if eval_every < 0:
-        raise ConfigError(f"`eval_every` must be >= 0 (0: no accuracy during the run), got {eval_every}")
     if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
         out = prepare_out(out, resume=resume, overwrite=overwrite)
     log = log or (lambda message: None)
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
+    if validation is not None:
+        log(f"  validation accuracy every {eval_every} iterations on {len(validation.test_x)} held-out training "
+            f"images; the method distils the other {len(data.train_x)}")
     for line in describe_config(cfg, notes):
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
@@ -193,5 +201,14 @@ def distill(
     run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip
     identity = Identity(m.name, seed, cfg, dataset_identity(data))
-    return run(distiller, identity, run_cfg, quick_eval=getattr(distiller, "quick_eval", None),
-               extra={"resolved": dict(notes)})  # fmt: skip
+    monitor = None
+    if validation is not None:
+        own = getattr(distiller, "quick_eval", None)
+        monitor = partial(own, validation) if own else partial(_validation_accuracy, distiller, validation, device)
+    return run(distiller, identity, run_cfg, quick_eval=monitor, extra={"resolved": dict(notes)})
+
+
+def _validation_accuracy(distiller: Any, validation: Dataset, device: str) -> dict[str, float]:
+    """Accuracy of the current set, trained once by its recipe, on the held-out training images."""
+    res = evaluate(distiller.synthetic_set(), validation, repeats=1, seed=777, device=device)
+    return {"val_acc": res.accuracy_mean}
