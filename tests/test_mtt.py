@@ -3,6 +3,7 @@ mode, lr positivity, NaN stop, and evaluation with the carried lr."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -258,3 +259,24 @@ def test_default_flags_ipc1_digits_beat_random_real_by_8_points(digits, tmp_path
     same = {"net": "convnet", "net_kwargs": {"depth": 2}, "dsa": syn.recipe.dsa, "epochs": 1000, "repeats": 3}
     random_real = ds.evaluate(real, digits, **same).accuracy_mean
     assert mtt >= random_real + 0.08, (mtt, random_real)
+
+
+def test_expert_training_augments_each_image_on_its_own(digits, monkeypatch):
+    """MTT's experts train with DSA drawn per image (the released buffer code), not one transform per batch: a
+    batch of copies of one image reaches the network as different images."""
+    from distilset.methods import experts
+
+    seen = []
+    real_fit = experts.fit
+
+    def spy_fit(net, x, y, recipe, **kw):
+        net.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
+        return real_fit(net, x, y, recipe, **kw)
+
+    monkeypatch.setattr(experts, "fit", spy_fit)
+    same = dataclasses.replace(digits, train_x=digits.train_x[:1].repeat(64, 1, 1, 1), train_y=digits.train_y[:64])
+    experts.train_expert(same, ExpertConfig(net="mlp", epochs=1, batch_size=32), seed=0)
+    assert len(seen) == 2 and all(len(b) == 32 for b in seen)
+    # one transform per batch would leave 32 equal images; per image, even the coarsest op (a crop of +-1 pixel,
+    # 9 shifts) gives several different ones
+    assert all(len({tuple(img.flatten().tolist()) for img in b}) >= 3 for b in seen)
