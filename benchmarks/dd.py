@@ -344,13 +344,14 @@ def table() -> str:
             )
     for r in rows:
         if r["part"] == "reproduce" and r["row"] == "attack":
-            held = ", ".join(f"{100 * x['before']:.0f} -> {100 * x['after']:.0f}" for x in r["held_out"])
+            held = ", ".join(f"{100 * x['before']:.0f} -> {100 * x['after']:.0f} (other classes "
+                             f"{100 * x['others_after']:.0f})" for x in r["held_out"])  # fmt: skip
             seen = r["seen_net"]
             out.append(
                 f"\nPoisoning ({r['dataset']}, class 0 -> 1, 10 images, one step, {r['iterations']} it): class-0 "
                 f"accuracy of the attacked net {100 * seen['before']:.1f} -> {100 * seen['after']:.1f} % "
                 f"({100 * seen['to_target']:.1f} % read as 1, other classes {100 * seen['others_after']:.1f} %); "
-                f"held-out pretrained nets {held} %."
+                f"held-out pretrained nets, class 0: {held} %."
             )
         if r["part"] == "adapt":
             out.append(
