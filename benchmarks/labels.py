@@ -122,7 +122,7 @@ def _table(path) -> str:
     lines = [
         f"**{path.stem}** ({where})\n",
         "| target | base images from | base | variant | outer steps | learned labels | one-hot labels | random real "
-        "| learned (paper retraining) | one-hot (paper retraining) | distill time |",
+        "| learned (Adam retraining) | one-hot (Adam retraining) | distill time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -145,7 +145,8 @@ def _table(path) -> str:
             )
     lines.append(
         "\nLeNet; evaluation: 5 fresh nets each, final test accuracy mean ± std, standard protocol (SGD, 300 "
-        "epochs) unless marked; paper retraining: the set's recipe (Adam, base batch, the measured steps)."
+        "epochs) unless marked; Adam retraining: the set's recipe (Adam, base batch, the measured steps) with the "
+        "harness's weight decay and lr drop, not the paper's test."
     )
     return "\n".join(lines)
 

@@ -199,7 +199,7 @@ def test_zca_whitens_raw_pixels_and_inverts(digits):
     eps = 0.1
     white = digits.with_zca(eps=eps)
     pixels = digits.info.norm.denormalize(digits.train_x).reshape(len(digits.train_x), -1).double()
-    assert 0 <= pixels.min() and pixels.max() <= 1
+    assert pixels.min() >= 0 and pixels.max() <= 1
     mean = pixels.mean(0)
     evals, evecs = torch.linalg.eigh(torch.cov(pixels.T))
     w = evecs @ torch.diag(1 / torch.sqrt(evals.clamp_min(0) + eps)) @ evecs.T

@@ -76,8 +76,8 @@ def tiny_classes(per_class: int = 3) -> ds.Dataset:
 @pytest.mark.parametrize("method", ["dsa", "dm"])
 def test_real_and_synthetic_batches_get_the_same_transform(method, monkeypatch):
     """With the synthetic images equal to a whole class and the real batch that whole class, one shared DSA
-    transform leaves nothing to match (loss ~ 0, rounding aside); drawing the synthetic batch's transform from another seed
-    does not."""
+    transform leaves nothing to match (loss ~ 0, rounding aside); drawing the synthetic batch's transform from
+    another seed does not."""
     data = tiny_classes()
     options = {"ipc": 3, "init": "real", "batch_real": 3, "net_kwargs": {"width": 8}}
     spec = get_method(method)
@@ -104,8 +104,14 @@ def test_batchnorm_statistics_come_from_real_images_and_are_frozen_for_the_match
     assert not torch.equal(before, norms[0].running_mean) and all(not m.training for m in norms)
     modes = []
     real_loss = GradientMatching.matching_loss
-    monkeypatch.setattr(GradientMatching, "matching_loss", lambda self, net, w: modes.append(
-        [m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d)]) or real_loss(self, net, w))
+    monkeypatch.setattr(
+        GradientMatching,
+        "matching_loss",
+        lambda self, net, w: (
+            modes.append([m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
+            or real_loss(self, net, w)
+        ),
+    )
     gm = GradientMatching(digits, DCConfig(ipc=1, batch_real=32, net_kwargs={"width": 8, "norm": "batch"}))
     losses = [gm.step(i)["loss"] for i in range(2)]
     assert modes and all(not any(m) for m in modes) and all(np.isfinite(losses))

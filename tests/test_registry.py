@@ -115,7 +115,10 @@ def test_help_lists_exactly_the_methods_options(method, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["distill", "labels", "--ipc", "3"], "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, mtt)"),
+        (
+            ["distill", "labels", "--ipc", "3"],
+            "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, mtt)",
+        ),
         (["distill", "mtt", "--steps", "7"], "--steps is not an option of `distill mtt` (it belongs to dd)"),
         (["distill", "dd", "--stepz", "7"], "unrecognized option --stepz for `distill dd`; did you mean --steps?"),
         (["distill", "labels", "--variant", "third"], "argument --variant: invalid choice: 'third'"),
@@ -291,7 +294,8 @@ def test_eval_every_scores_held_out_training_images_never_the_test_split(method,
     training images held out of the distillation (the same ones every time), not on the test split."""
     poisoned = dataclasses.replace(digits, test_x=torch.full_like(digits.test_x, float("nan")),
                                    test_y=torch.zeros_like(digits.test_y))  # fmt: skip
-    options = {"net_kwargs": {"width": 16}, "batch_real": 32, "ipc": 1, "dsa": False} if method == "dm" else {"net": "mlp"}
+    small_dm = {"net_kwargs": {"width": 16}, "batch_real": 32, "ipc": 1, "dsa": False}
+    options = small_dm if method == "dm" else {"net": "mlp"}
     lines = []
     ds.distill(method, poisoned, iterations=2, eval_every=2, out=tmp_path, log=lines.append, **options)
     history = json.loads((tmp_path / "history.json").read_text())

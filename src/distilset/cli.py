@@ -263,7 +263,8 @@ def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     shared.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out (refused without this or --resume)")  # fmt: skip
     shared.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (50)")
-    shared.add_argument("--eval-every", type=int, default=0, help="record accuracy every N iterations on held-out training images (not the test split)")
+    shared.add_argument("--eval-every", type=int, default=0,
+                        help="record accuracy every N iterations on held-out training images (not test)")  # fmt: skip
     shared.add_argument("--evaluate", type=int, default=0, metavar="R",
                         help="after distilling, train R fresh nets by the set's recipe and report")  # fmt: skip
 

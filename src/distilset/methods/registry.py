@@ -191,8 +191,10 @@ def distill(
     log = log or (lambda message: None)
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
     if validation is not None:
-        log(f"  validation accuracy every {eval_every} iterations on {len(validation.test_x)} held-out training "
-            f"images; the method distils the other {len(data.train_x)}")
+        log(
+            f"  validation accuracy every {eval_every} iterations on {len(validation.test_x)} held-out training "
+            f"images; the method distils the other {len(data.train_x)}"
+        )
     for line in describe_config(cfg, notes):
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
