@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import distilset as ds
 from distilset.data.dataset import Normalization
 from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import training_recipe
+from distilset.evaluate import training_recipe, transfer_accuracy
 from distilset.losses import soft_cross_entropy
 from distilset.nets import create_net
 from distilset.recipes import Replay, Standard
@@ -160,3 +162,41 @@ def test_adam_optimizer_option(digits):
     assert res.recipe["optimizer"] == "adam" and res.accuracy_mean > 0.6
     with pytest.raises(ConfigError, match="optimizer must be one of sgd, adam"):
         ds.evaluate(syn, digits, net="mlp", repeats=1, epochs=1, optimizer="lbfgs")
+
+
+def replay_set(digits) -> SyntheticSet:
+    base = ds.baseline("mean", digits, ipc=1)
+    init = {k: v.clone() for k, v in create_net("mlp", (1, 8, 8), 10, seed=3).state_dict().items()}
+    return SyntheticSet(base.images, base.labels, base.class_names, base.norm, recipe=Replay(init="fixed"),
+                        lrs=torch.tensor([0.5, 0.3]), step_order=torch.arange(10).repeat(2, 1), init_params=init,
+                        net={"name": "mlp", "kwargs": {}, "init": "default"})  # fmt: skip
+
+
+def test_cross_architecture_evaluation_gives_each_net_a_row_and_a_transfer_mean(digits):
+    """The set's own net keeps its recipe (here a replay of learned steps); other nets cannot replay steps
+    learned for another architecture, so they train by DC's protocol; the transfer mean is over the others."""
+    syn = replay_set(digits)
+    results = ds.evaluate_nets(syn, digits, ["mlp", "convnet", "convnet-bn"], repeats=1, seed=5)
+    assert [r.net for r in results] == ["mlp", "convnet", "convnet-bn"]
+    assert [r.protocol for r in results] == ["recipe", "standard", "standard"]
+    assert results[0].accuracy_mean == ds.evaluate(syn, digits, repeats=1, seed=5).accuracy_mean
+    alone = ds.evaluate(syn, digits, net="convnet", protocol="standard", repeats=1, seed=5)
+    assert results[1].runs == alone.runs
+    transfer = transfer_accuracy(results, "mlp")
+    assert transfer == pytest.approx((results[1].accuracy_mean + results[2].accuracy_mean) / 2)
+    with pytest.raises(ConfigError, match="unknown net.*resnet99.*known: alexcifarnet"):
+        ds.evaluate_nets(syn, digits, ["mlp", "resnet99"])
+
+
+def test_cli_evaluate_nets_prints_a_table_and_refuses_net_options(digits, tmp_path, capsys):
+    from distilset.cli import main
+
+    ds.baseline("random", digits, ipc=1, seed=0).save(tmp_path / "set", grid=False)
+    argv = ["evaluate", str(tmp_path / "set"), "--dataset", "digits", "--repeats", "1", "--epochs", "5"]
+    assert main([*argv, "--nets", "convnet,mlp", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["net"] for r in out["results"]] == ["convnet", "mlp"] and out["own_net"] == "convnet"
+    assert out["transfer_mean"] == out["results"][1]["accuracy_mean"]
+    assert main([*argv, "--nets", "convnet,mlp", "--net", "lenet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("distilset: error: --nets takes each network"), err

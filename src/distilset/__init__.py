@@ -10,7 +10,7 @@ syn.save("out/"); ds.SyntheticSet.load("out/")
 from distilset.baselines import baseline
 from distilset.data import Dataset, Normalization, list_datasets, load_dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import EvalResult, evaluate, record_evaluation
+from distilset.evaluate import EvalResult, evaluate, evaluate_nets, record_evaluation
 from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
@@ -35,6 +35,7 @@ __all__ = [
     "create_net",
     "distill",
     "evaluate",
+    "evaluate_nets",
     "fit",
     "get_method",
     "list_datasets",

@@ -27,7 +27,7 @@ from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
 from distilset.errors import DistilsetError, Interrupted
-from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, record_evaluation
+from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import preset_of
@@ -193,6 +193,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DistilsetError(f"pass --dataset: the set does not name a registered dataset{named}")
         args.dataset = syn.dataset
     data = _load(args)
+    if args.nets is not None:
+        return _evaluate_nets(args, syn, data)
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
         repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json,
@@ -207,6 +209,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs))
         if args.save:
             print(f"recorded in {Path(args.dir) / EVALUATIONS}")
+    return 0
+
+
+def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
+    """``evaluate --nets a,b,c``: one row per network, and the mean over the networks the set was not made with."""
+    if args.net is not None or args.net_arg:
+        raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    results = evaluate_nets(syn, data, nets, protocol=args.protocol, repeats=args.repeats, seed=args.seed,
+                            device=args.device, progress=not args.json, **config_options(args, Standard))  # fmt: skip
+    own = (syn.net or {}).get("name", "convnet")
+    transfer = transfer_accuracy(results, own)
+    if args.save:
+        for result in results:
+            record_evaluation(args.dir, result)
+    if args.json:
+        print(json.dumps({"results": [r.to_json() for r in results], "own_net": own, "transfer_mean": transfer}))
+        return 0
+    print(f"{args.dir} ({len(syn)} images, made with {own}):")
+    print(f"| {'net':<16} | {'protocol':<8} | {'test acc (%)':>13} | training |")
+    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 15}|----------|")
+    for r in results:
+        mark = " (own)" if r.net == own else ""
+        acc = f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f}"
+        print(f"| {r.net + mark:<16} | {r.protocol:<8} | {acc:>13} | {r.settings.get('recipe_text', '')} |")
+    if transfer is not None:
+        print(f"transfer: {100 * transfer:.2f} % mean over the {sum(r.net != own for r in results)} other net(s)")
     return 0
 
 
@@ -309,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")
     _add_data_args(p, required=False)
     p.add_argument("--net", default=None, help="network (default: the set's own, else convnet)")
+    p.add_argument("--nets", default=None, metavar="A,B,...",
+                   help="evaluate with each of these networks (e.g. convnet,convnet-bn,lenet,mlp,resnet18): a table "
+                        "and the mean over the nets the set was not made with")  # fmt: skip
     p.add_argument("--net-arg", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="network option, e.g. width=32")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5, help="fresh networks to train (default: 5)")

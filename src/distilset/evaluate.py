@@ -32,7 +32,7 @@ from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import write_json
-from distilset.nets import create_net
+from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
 from distilset.recipes import Recipe, Replay, Standard, recipe_to_json
@@ -263,5 +263,32 @@ def evaluate(
     )
 
 
-__all__ = ["EVALUATIONS", "EvalResult", "PROTOCOLS", "align_test_data", "evaluate", "load_evaluations",
-           "record_evaluation", "training_recipe"]  # fmt: skip
+def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: str | None = None,
+                  **kwargs) -> list[EvalResult]:  # fmt: skip
+    """The set trained with each network of ``nets`` in turn (cross-architecture evaluation), one result each.
+
+    The set's own network keeps its options (width, depth, init); the others take their defaults. Without a
+    ``protocol``, every net gets the set's recipe, except that a replay recipe (tied to the net it was learned
+    for) gives way to DC's protocol on the other nets. ``kwargs``: as ``evaluate`` (repeats, seed, overrides).
+    """
+    unknown = [n for n in nets if n not in list_nets()]
+    if unknown or not nets:
+        raise ConfigError(f"unknown net(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_nets())}")
+    own = (syn.net or {}).get("name", "convnet")
+    results = []
+    for name in nets:
+        chosen = protocol
+        if chosen is None and isinstance(syn.recipe, Replay) and name != own:
+            chosen = "standard"
+        results.append(evaluate(syn, data, net=None if name == own else name, protocol=chosen, **kwargs))
+    return results
+
+
+def transfer_accuracy(results: list[EvalResult], own: str) -> float | None:
+    """Mean accuracy over the networks other than the set's own (``None`` when there is none)."""
+    others = [r.accuracy_mean for r in results if r.net != own]
+    return sum(others) / len(others) if others else None
+
+
+__all__ = ["EVALUATIONS", "EvalResult", "PROTOCOLS", "align_test_data", "evaluate", "evaluate_nets",
+           "load_evaluations", "record_evaluation", "training_recipe", "transfer_accuracy"]  # fmt: skip
