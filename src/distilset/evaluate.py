@@ -32,10 +32,11 @@ from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import write_json
+from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
-from distilset.recipes import Recipe, Replay, Standard, recipe_to_json
+from distilset.recipes import KernelRidge, Recipe, Replay, Standard, recipe_to_json
 from distilset.synset import SyntheticSet
 from distilset.train import accuracy, fit, replay
 
@@ -115,11 +116,18 @@ def training_recipe(syn: SyntheticSet, protocol: str = "recipe", **overrides) ->
         raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; options: {', '.join(STANDARD_FIELDS)}")
     if protocol == "recipe":
         base = syn.recipe
+    elif isinstance(syn.recipe, KernelRidge):  # regression targets: finite nets fit them by MSE, as KIP transfers
+        base = Standard(loss="mse")
     else:
         own = syn.recipe if isinstance(syn.recipe, Standard) else Standard()
-        base = Standard(dsa=own.dsa, crop=own.crop)
+        base = Standard(dsa=own.dsa, crop=own.crop, loss=own.loss)
     if not overrides:
         return base
+    if isinstance(base, KernelRidge):
+        raise ConfigError(
+            f"{', '.join(f'`{k}`' for k in overrides)} set(s) standard training, but this set's recipe is kernel "
+            "regression; add --protocol standard (protocol='standard') to train finite networks on it"
+        )
     if isinstance(base, Replay):
         raise ConfigError(
             f"{', '.join(f'`{k}`' for k in overrides)} set(s) standard training, but this set's recipe replays its "
@@ -204,6 +212,11 @@ def evaluate(
     if repeats < 1:
         raise ConfigError(f"`repeats` must be >= 1, got {repeats}")
     check_seed(seed)
+    if isinstance(recipe, KernelRidge):
+        if net is not None:
+            raise DistilsetError(f"a kernel-regression set has no network to swap for {net!r}; add --protocol "
+                                 "standard to train finite networks on it")  # fmt: skip
+        return _kernel_regression(syn, data, recipe, device)
     spec = syn.net or {}
     if net is None:
         net = spec.get("name", "convnet")
@@ -261,6 +274,24 @@ def evaluate(
         wall_time_s=wall,
         settings={"device": device, "set_size": len(syn), "init": init, "recipe_text": recipe.describe()},
     )
+
+
+def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, device: str) -> EvalResult:
+    """Test accuracy of kernel ridge regression on the set: deterministic, one run."""
+    start = time.perf_counter()
+    test_x, test_y = align_test_data(syn, data)
+    net = architecture(recipe.arch, recipe.depth)
+    x = syn.images.to(device)
+    y = syn.labels.to(device).double() if syn.soft else centred_one_hot(syn.labels.to(device), syn.num_classes)
+    with torch.no_grad():
+        k_ss = net.kernel(x, x, get=recipe.kernel)
+        k_ts = net.kernel(test_x.to(device), x, get=recipe.kernel)
+        predictions = krr(k_ss, k_ts, y, reg=recipe.reg).argmax(1)
+    acc = float((predictions.cpu() == test_y.cpu()).double().mean())
+    return EvalResult(protocol="recipe", net=f"kernel:{recipe.arch}", net_kwargs={"depth": recipe.depth},
+                      dataset=data.info.name, recipe=recipe_to_json(recipe), repeats=1, seeds=[0], runs=[acc],
+                      accuracy_mean=acc, accuracy_std=0.0, wall_time_s=time.perf_counter() - start,
+                      settings={"device": device, "set_size": len(syn), "recipe_text": recipe.describe()})  # fmt: skip
 
 
 def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: str | None = None,

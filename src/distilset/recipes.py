@@ -96,8 +96,32 @@ class Replay(Config):
         return f"replay of the learned steps from {self.init} init"
 
 
-Recipe = Standard | Replay
-KINDS: dict[str, type[Config]] = {"standard": Standard, "replay": Replay}
+@dataclass(frozen=True)
+class KernelRidge(Config):
+    """No training: kernel ridge regression on the set with an infinitely wide network's kernel (KIP, LS)."""
+
+    arch: Literal["fc", "conv", "convnet"] = "convnet"
+    """The network description (``distilset.kernels.ARCHITECTURES``): dense, convolutions, or pooled ConvNet."""
+    depth: int = 3
+    """Hidden layers (convolutions for conv / convnet)."""
+    kernel: Literal["ntk", "nngp"] = "ntk"
+    """Which infinite-width kernel."""
+    reg: float = 1e-6
+    """Ridge, relative to the mean diagonal of the support kernel."""
+
+    kind = "kernel"
+
+    def check(self) -> None:
+        self.require_positive("depth")
+        if not math.isfinite(self.reg) or self.reg < 0:
+            raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
+
+    def describe(self) -> str:
+        return f"kernel ridge regression, {self.kernel} of an infinite {self.arch}-{self.depth}, ridge {self.reg:g}"
+
+
+Recipe = Standard | Replay | KernelRidge
+KINDS: dict[str, type[Config]] = {"standard": Standard, "replay": Replay, "kernel": KernelRidge}
 
 
 def recipe_to_json(recipe: Recipe) -> dict:
@@ -108,7 +132,7 @@ def recipe_from_json(obj: dict) -> Recipe:
     """The recipe stored in ``obj``; every field is type- and range-checked by the recipe's config class."""
     if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or obj["kind"] not in KINDS:
         shown = repr(obj) if len(repr(obj)) <= 80 else repr(obj)[:77] + "..."
-        raise SynsetFormatError(f"unknown training recipe {shown}; expected an object with kind standard or replay")
+        raise SynsetFormatError(f"unknown training recipe {shown}; expected kind standard, replay or kernel")
     body = {k: v for k, v in obj.items() if k != "kind"}
     unknown = set(body) - {f.name for f in dataclasses.fields(KINDS[obj["kind"]])}
     if unknown:

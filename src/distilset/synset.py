@@ -27,7 +27,7 @@ from distilset.io import atomic_write, save_tensors, write_json
 from distilset.jsonread import load_json
 from distilset.nets import INIT_SCHEMES, create_net, list_nets
 from distilset.nets.registry import SIZE_BOUNDS, fit_net_to_input
-from distilset.recipes import Recipe, Replay, Standard, recipe_from_json, recipe_to_json
+from distilset.recipes import KernelRidge, Recipe, Replay, Standard, recipe_from_json, recipe_to_json
 
 FORMAT = "distilset.synset"
 VERSION = 2
@@ -144,7 +144,7 @@ class SyntheticSet:
                 )
             if not torch.isfinite(labels).all():
                 raise SynsetFormatError("soft labels contain NaN or inf")
-            if not isinstance(self.recipe, Replay):
+            if isinstance(self.recipe, Standard) and self.recipe.loss == "ce":  # regression targets may be anything
                 self._check_distributions()
         else:
             raise SynsetFormatError(f"labels must be (N,) or (N, K), got {tuple(labels.shape)}")
@@ -154,8 +154,10 @@ class SyntheticSet:
             raise SynsetFormatError(
                 f"mean/std have {self.norm.channels} channel(s), images {images.shape[1]}: one value per channel"
             )
-        if not isinstance(self.recipe, (Standard, Replay)):
-            raise SynsetFormatError(f"recipe must be a Standard or Replay recipe, got {type(self.recipe).__name__}")
+        if not isinstance(self.recipe, (Standard, Replay, KernelRidge)):
+            raise SynsetFormatError(
+                f"recipe must be a Standard, Replay or KernelRidge recipe, got {type(self.recipe).__name__}"
+            )
         if isinstance(self.recipe, Replay):
             if self.lrs is None:
                 raise SynsetFormatError("a replay recipe needs the learned lrs and step order")
