@@ -43,8 +43,11 @@ class Standard(Config):
     """Passes over the set (default 300, or 1000 with DSA as in DC); ignored when `steps` is set."""
     steps: int | None = None
     """Train for this many minibatch steps instead of a number of epochs."""
-    schedule: Literal["step", "constant"] = "step"
-    """Learning-rate schedule: step (x0.1 at half of the training, DC) or constant."""
+    schedule: Literal["step", "constant", "cosine"] = "step"
+    """Learning-rate schedule: step (x0.1 at half of the training, DC), constant, or cosine (after `warmup`
+    linear warm-up steps, a cosine decay to 1 % of the lr at the end: FRePo's evaluation)."""
+    warmup: int = 0
+    """Linear warm-up steps of the cosine schedule (from 0 to the lr)."""
     loss: Literal["ce", "mse"] = "ce"
     """Loss on the labels: cross-entropy (soft labels allowed) or MSE on centred labels (KIP, FRePo)."""
     dsa: str | None = None
@@ -59,7 +62,7 @@ class Standard(Config):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
         self.require_positive("lr", "batch_size", "epochs", "steps")
-        self.require_at_least(0, "momentum", "weight_decay")
+        self.require_at_least(0, "momentum", "weight_decay", "warmup")
         if self.dsa is not None:
             from distilset.augment import check_strategy
 
@@ -80,7 +83,10 @@ class Standard(Config):
     def describe(self) -> str:
         length = f"{self.steps} steps" if self.steps else f"{self.total_epochs} epochs"
         extra = f", DSA {self.dsa}" if self.dsa else ""
-        return f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {length}, {self.schedule} schedule{extra}"
+        warmup = f" after {self.warmup} warm-up steps" if self.schedule == "cosine" and self.warmup else ""
+        loss = ", MSE" if self.loss == "mse" else ""
+        return (f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {length}, {self.schedule} schedule"
+                f"{warmup}{loss}{extra}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Dataset Distillation recipe: its learned steps, in order, each with its learned 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -63,6 +64,9 @@ def fit(
             if step == decay_at and step > 0:
                 for group in opt.param_groups:
                     group["lr"] *= 0.1
+            if recipe.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = recipe.lr * cosine_factor(step, total, recipe.warmup)
             idx = perm[i : i + batch]
             xb = x[idx]
             if recipe.crop:
@@ -83,6 +87,15 @@ def fit(
                 on_epoch(epoch, net)
     bar.close()
     return net
+
+
+def cosine_factor(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
+    """The lr multiplier at ``step`` of ``total``: linear from 0 over ``warmup`` steps, then a cosine decay from 1 to
+    ``floor`` at the last step (optax's warm-up + ``cosine_decay_schedule`` with alpha ``floor``)."""
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _diverged(loss: torch.Tensor, y: torch.Tensor, epoch: int, lr: float) -> None:
