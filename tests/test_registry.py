@@ -117,7 +117,7 @@ def test_help_lists_exactly_the_methods_options(method, capsys):
     [
         (
             ["distill", "labels", "--ipc", "3"],
-            "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, kip, ls, mtt)",
+            "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, frepo, kip, ls, mtt)",
         ),
         (["distill", "mtt", "--steps", "7"], "--steps is not an option of `distill mtt` (it belongs to dd)"),
         (["distill", "dd", "--stepz", "7"], "unrecognized option --stepz for `distill dd`; did you mean --steps?"),
@@ -149,7 +149,9 @@ def test_api_names_fields_and_suggests_close_ones(digits):
         ds.distill("mtt", digits, syn_step=3)
     with pytest.raises(ConfigError, match="^lr_img must be > 0, got 0"):
         ds.distill("mtt", digits, lr_img=0)
-    with pytest.raises(DistilsetError, match="unknown method 'kipp'; available: dc, dd, dm, dsa, kip, labels, ls, mtt"):
+    with pytest.raises(
+        DistilsetError, match="unknown method 'kipp'; available: dc, dd, dm, dsa, frepo, kip, labels, ls, mtt"
+    ):
         ds.distill("kipp", digits)
 
 
