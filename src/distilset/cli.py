@@ -36,6 +36,12 @@ from distilset.report import report
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
 
+DISTILL_DESCRIPTION = (
+    "Distill a dataset into a small synthetic set with METHOD. Not sure which? On a laptop CPU start with dm: the "
+    "most accuracy per minute of distillation in distilset's benchmark (README, matching benchmark); kip and ls "
+    "when kernel regression is the use."
+)
+
 
 class UsageError(DistilsetError):
     """A command line argparse could not parse (unknown option, bad value, missing argument)."""
@@ -326,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, ExpertConfig, "expert training")
     p.set_defaults(func=cmd_experts, flags=_flags_of_parser(p))
 
-    p = sub.add_parser("distill", help="distill a dataset into a small synthetic set with METHOD")
+    p = sub.add_parser("distill", help="distill a dataset into a small synthetic set with METHOD",
+                       description=DISTILL_DESCRIPTION)  # fmt: skip
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
     for method in METHODS.values():
         m = methods.add_parser(method.name, help=method.summary, description=method.summary)
