@@ -119,11 +119,11 @@ def speed_rows(results: ResultFile) -> None:
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     results = ResultFile(OUT, {"repeats": args.repeats, "protocol": "see benchmarks/kernels.py"})
-    speed_rows(results)
     for name in args.datasets:
         kernel_rows(results, name, args.repeats)
     for name in args.datasets:
         frepo_rows(results, name, args.repeats)
+    speed_rows(results)  # last: on a machine that has gone quiet
 
 
 def _pct(x: dict | None) -> str:

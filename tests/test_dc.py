@@ -12,7 +12,7 @@ from torch import nn
 import distilset as ds
 from distilset.augment import dsa as real_dsa
 from distilset.data.dataset import from_arrays
-from distilset.methods import Context, dc, dm, get_method
+from distilset.methods import Context, dc, get_method, matching
 from distilset.methods.dc import DCConfig, GradientMatching, layer_distance, loops_for, match_loss
 
 FAST = {"batch_real": 32, "net_kwargs": {"width": 16}}
@@ -84,14 +84,13 @@ def test_real_and_synthetic_batches_get_the_same_transform(method, monkeypatch):
     siamese = spec.build(data, spec.config(**options), Context())
     same = siamese.step(0)["loss"]
     assert same < 2e-3  # float32 rounding and the distance's 1e-6 guard leave a few 1e-4
-    module = dc if method == "dsa" else dm
     seen = {}
 
     def apart(x, strategy, seed):  # the synthetic batch (second call of each pair) gets another transform
         seen[seed] = seen.get(seed, 0) + 1
         return real_dsa(x, strategy, seed=seed + seen[seed] - 1)
 
-    monkeypatch.setattr(module, "dsa", apart)
+    monkeypatch.setattr(matching, "dsa", apart)
     broken = spec.build(data, spec.config(**options), Context())
     assert broken.step(0)["loss"] > max(1e-2, 10 * same)
 

@@ -34,21 +34,20 @@ DC's own evaluation augments MNIST images (crop, scale, rotate, noise), which DC
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from distilset.augment import dsa
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import Context, MethodConfig
+from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import create_net, list_nets
+from distilset.nets import list_nets
 from distilset.nets.registry import fit_net_to_input
 from distilset.recipes import Standard
-from distilset.synset import SyntheticSet
 from distilset.train import fit
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -159,53 +158,32 @@ def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:
         m.eval()
 
 
-class GradientMatching:
+class GradientMatching(PerClassImages):
     """Stepwise DC / DSA (``methods.base.run`` drives it): ``step``, ``state_dict``, ``synthetic_set``."""
 
     def __init__(self, data: Dataset, cfg: DCConfig | None = None, ctx: Context | None = None):
         cfg, _ = (cfg or DCConfig()).resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.device = data, cfg, ctx.device
-        self.generator = torch.Generator().manual_seed(ctx.seed)
-        k = data.num_classes
-        self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
-        if cfg.init == "noise":
-            images = torch.randn(k * cfg.ipc, *data.image_shape, generator=self.generator)
-        else:
-            images = data.train_x[data.sample_per_class(cfg.ipc, self.generator)].clone()
-        self.images = images.to(ctx.device).requires_grad_(True)
-        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.strategy = data.info.dsa_strategy if cfg.dsa else None
+        super().__init__(data, cfg, ctx)
+        self.method = "dsa" if cfg.dsa else "dc"
         self.inner = Standard(lr=cfg.lr_net, momentum=0.0, weight_decay=0.0, batch_size=cfg.batch_train,
                               epochs=cfg.inner_loop, schedule="constant", dsa=self.strategy)  # fmt: skip
 
-    def _draw(self, n: int) -> int:
-        return int(torch.randint(n, (1,), generator=self.generator))
-
     def network(self) -> nn.Module:
         """A freshly initialised network (PyTorch's default init, as in the released code)."""
-        return create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
-                          **self.cfg.net_kwargs).to(self.device)  # fmt: skip
-
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, self._step)
+        return self.fresh_net()
 
     def _step(self) -> dict[str, float]:
         cfg, net = self.cfg, self.network()
-        self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         weights = [p for p in net.parameters() if p.ndim > 1]  # 1-D parameters have distance 0: not matched
         total = 0.0
         for outer in range(cfg.outer_loop):
-            if self.has_batchnorm:
+            if has_batchnorm:
                 k = self.data.num_classes
                 bn = torch.cat([self.data.class_batch(c, BN_IMAGES_PER_CLASS, self.generator) for c in range(k)])
                 freeze_batchnorm(net, bn.to(self.device))
             loss = self.matching_loss(net, weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not torch.isfinite(loss) or not torch.isfinite(self.images.grad).all():
-                raise NonFiniteError(f"{cfg.name}'s loss or image gradient is not finite (loss {loss.item():.4g})")
-            self.optimizer.step()
+            self.update_images(loss, cfg.name)
             total += loss.item()
             if outer < cfg.outer_loop - 1:
                 images = self.images.detach().clone()
@@ -214,40 +192,15 @@ class GradientMatching:
 
     def matching_loss(self, net: nn.Module, weights: list[torch.Tensor]) -> torch.Tensor:
         """Sum over classes of the layer-wise distance between real and synthetic gradients (images in graph)."""
-        cfg, loss = self.cfg, torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
         for c in range(self.data.num_classes):
-            real = self.data.class_batch(c, cfg.batch_real, self.generator).to(self.device)
-            syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
-            if self.strategy:
-                seed = self._draw(2**62)  # one transform, the same for both batches (siamese)
-                real, syn = dsa(real, self.strategy, seed=seed), dsa(syn, self.strategy, seed=seed)
+            real, syn = self.class_batches(c)
             target_real = torch.full((len(real),), c, device=self.device)
             g_real = torch.autograd.grad(nn.functional.cross_entropy(net(real), target_real), weights)
             target_syn = torch.full((len(syn),), c, device=self.device)
             g_syn = torch.autograd.grad(nn.functional.cross_entropy(net(syn), target_syn), weights, create_graph=True)
             loss = loss + match_loss(list(g_syn), [g.detach() for g in g_real])
         return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"])
-        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.lr_img)
-        self.generator.set_state(state["generator"])
-
-    def synthetic_set(self) -> SyntheticSet:
-        """The images with hard labels; the recipe is DC's standard protocol (with the set's DSA for DSA)."""
-        return SyntheticSet.for_dataset(
-            self.data,
-            images=self.images.detach().cpu().clone(),
-            labels=self.labels.clone(),
-            method="dsa" if self.cfg.dsa else "dc",
-            recipe=Standard(dsa=self.strategy),
-            net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
-        )
 
 
 def _build(data: Dataset, cfg: DCConfig, ctx: Context) -> GradientMatching:

@@ -21,20 +21,18 @@ DSA seed from the clock; here it comes from the run's generator, so a run is rep
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from distilset.augment import dsa
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import Context, MethodConfig
+from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import create_net, list_nets
+from distilset.nets import list_nets
 from distilset.nets.registry import fit_net_to_input
-from distilset.recipes import Standard
-from distilset.synset import SyntheticSet
 
 
 @dataclass(frozen=True)
@@ -79,76 +77,29 @@ class DMConfig(MethodConfig):
         return cfg, notes
 
 
-class DistributionMatching:
+class DistributionMatching(PerClassImages):
     """Stepwise DM (``methods.base.run`` drives it): ``step``, ``state_dict``, ``synthetic_set``."""
+
+    method = "dm"
 
     def __init__(self, data: Dataset, cfg: DMConfig | None = None, ctx: Context | None = None):
         cfg, _ = (cfg or DMConfig()).resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.device = data, cfg, ctx.device
-        self.generator = torch.Generator().manual_seed(ctx.seed)
-        k = data.num_classes
-        self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
-        if cfg.init == "noise":
-            images = torch.randn(k * cfg.ipc, *data.image_shape, generator=self.generator)
-        else:
-            images = data.train_x[data.sample_per_class(cfg.ipc, self.generator)].clone()
-        self.images = images.to(ctx.device).requires_grad_(True)
-        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.strategy = data.info.dsa_strategy if cfg.dsa else None
-
-    def _draw(self, n: int) -> int:
-        return int(torch.randint(n, (1,), generator=self.generator))
+        super().__init__(data, cfg, ctx)
 
     def embedder(self) -> torch.nn.Module:
         """A freshly initialised network, frozen: it only embeds, nothing of it is learned."""
-        net = create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
-                         **self.cfg.net_kwargs).to(self.device)  # fmt: skip
-        net.requires_grad_(False)
-        return net
-
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, self._step)
+        return self.fresh_net().requires_grad_(False)
 
     def _step(self) -> dict[str, float]:
-        cfg, net = self.cfg, self.embedder()
+        net = self.embedder()
         loss = torch.zeros((), device=self.device)
         for c in range(self.data.num_classes):
-            real = self.data.class_batch(c, cfg.batch_real, self.generator).to(self.device)
-            syn = self.images[c * cfg.ipc : (c + 1) * cfg.ipc]
-            if self.strategy:
-                seed = self._draw(2**62)  # one transform, the same for both batches (siamese)
-                real, syn = dsa(real, self.strategy, seed=seed), dsa(syn, self.strategy, seed=seed)
+            real, syn = self.class_batches(c)
             with torch.no_grad():
                 mean_real = net.embed(real).mean(0)
             loss = loss + (mean_real - net.embed(syn).mean(0)).pow(2).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if not torch.isfinite(loss) or not torch.isfinite(self.images.grad).all():
-            raise NonFiniteError(f"DM's loss or image gradient is not finite (loss {loss.item():.4g})")
-        self.optimizer.step()
+        self.update_images(loss, "DM")
         return {"loss": loss.item() / self.data.num_classes}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"])
-        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.lr_img)
-        self.generator.set_state(state["generator"])
-
-    def synthetic_set(self) -> SyntheticSet:
-        """The images with hard labels; the recipe is DC's standard protocol with the set's DSA."""
-        return SyntheticSet.for_dataset(
-            self.data,
-            images=self.images.detach().cpu().clone(),
-            labels=self.labels.clone(),
-            method="dm",
-            recipe=Standard(dsa=self.strategy),
-            net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
-        )
 
 
 def _build(data: Dataset, cfg: DMConfig, ctx: Context) -> DistributionMatching:

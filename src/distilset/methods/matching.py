@@ -1,0 +1,93 @@
+"""What the matching methods DC, DSA (``dc.py``) and DM (``dm.py``) share: ``ipc`` synthetic images per class,
+from noise or random real images, learned by SGD with momentum; a freshly initialised network every iteration;
+per-class real batches that share one DSA transform with the class's synthetic images (siamese augmentation);
+the checkpoint state; and the saved set (hard labels, DC's standard protocol with the set's DSA strategy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distilset.augment import dsa
+from distilset.data.dataset import Dataset
+from distilset.methods.base import Context, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.nets import create_net
+from distilset.recipes import Standard
+from distilset.synset import SyntheticSet
+
+
+class PerClassImages:
+    """The shared state of a matching method; a subclass adds ``_step`` (one outer iteration) and a name."""
+
+    method = ""
+    """The name the saved set records."""
+
+    def __init__(self, data: Dataset, cfg: Any, ctx: Context | None = None):
+        ctx = ctx or Context()
+        self.data, self.cfg, self.device = data, cfg, ctx.device
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        k = data.num_classes
+        self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
+        if cfg.init == "noise":
+            images = torch.randn(k * cfg.ipc, *data.image_shape, generator=self.generator)
+        else:
+            images = data.train_x[data.sample_per_class(cfg.ipc, self.generator)].clone()
+        self.images = images.to(ctx.device).requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.strategy = data.info.dsa_strategy if cfg.dsa else None
+
+    def _draw(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.generator))
+
+    def fresh_net(self) -> nn.Module:
+        """A freshly initialised network (PyTorch's default init, as in the released code)."""
+        return create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
+                          **self.cfg.net_kwargs).to(self.device)  # fmt: skip
+
+    def class_batches(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A real batch of class ``c`` and the class's synthetic images, both augmented by one DSA transform drawn
+        from one seed (siamese) when the method augments."""
+        real = self.data.class_batch(c, self.cfg.batch_real, self.generator).to(self.device)
+        syn = self.images[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
+        if self.strategy:
+            seed = self._draw(2**62)
+            real, syn = dsa(real, self.strategy, seed=seed), dsa(syn, self.strategy, seed=seed)
+        return real, syn
+
+    def update_images(self, loss: torch.Tensor, name: str) -> None:
+        """One SGD step on the images from ``loss``, refused before any change if it is not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not torch.isfinite(loss) or not torch.isfinite(self.images.grad).all():
+            raise NonFiniteError(f"{name}'s loss or image gradient is not finite (loss {loss.item():.4g})")
+        self.optimizer.step()
+
+    def step(self, iteration: int) -> dict[str, float]:
+        return rewind_on_nonfinite(self.generator, self._step)
+
+    def _step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images.detach().cpu(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"])
+        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.lr_img)
+        self.generator.set_state(state["generator"])
+
+    def synthetic_set(self) -> SyntheticSet:
+        """The images with hard labels; the recipe is DC's standard protocol with the set's DSA strategy."""
+        return SyntheticSet.for_dataset(
+            self.data,
+            images=self.images.detach().cpu().clone(),
+            labels=self.labels.clone(),
+            method=self.method,
+            recipe=Standard(dsa=self.strategy),
+            net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
+        )
