@@ -186,7 +186,7 @@ def table() -> str:
         acc = r["scores"]["convnet"]["mean"]
         gain = 100 * (acc - base["scores"]["convnet"]["mean"]) if base else float("nan")
         minutes = r["distill_s"] / 60
-        rate = f"{gain / minutes:+.2f} pt/min" if minutes > 0 else "—"
+        rate = f"{gain / minutes:+.2f} pt/min" if r["method"] != "random" else "—"
         lines.append(
             f"| {_label(r)} | {r['iterations'] or '—'} | {minutes:.1f} min | {_cell(r['scores']['convnet'])} | "
             f"{gain:+.1f} | {rate} | {_cell(r['scores'].get('recipe'))} |"
