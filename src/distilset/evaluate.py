@@ -300,7 +300,8 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
 
     The set's own network keeps its options (width, depth, init); the others take their defaults. Without a
     ``protocol``, every net gets the set's recipe, except that a replay recipe (tied to the net it was learned
-    for) gives way to DC's protocol on the other nets. ``kwargs``: as ``evaluate`` (repeats, seed, overrides).
+    for) or a kernel-regression recipe gives way to DC's protocol on the other nets. ``kwargs``: as
+    ``evaluate`` (repeats, seed, overrides).
     """
     unknown = [n for n in nets if n not in list_nets()]
     if unknown or not nets:
@@ -309,7 +310,7 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
     results = []
     for name in nets:
         chosen = protocol
-        if chosen is None and isinstance(syn.recipe, Replay) and name != own:
+        if chosen is None and isinstance(syn.recipe, (Replay, KernelRidge)) and name != own:
             chosen = "standard"
         results.append(evaluate(syn, data, net=None if name == own else name, protocol=chosen, **kwargs))
     return results
