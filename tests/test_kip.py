@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import distilset as ds
+from distilset.evaluate import transfer_accuracy
 from distilset.kernels import architecture, krr
 from distilset.methods import Context
 from distilset.methods.kip import KernelSupport, KIPConfig, LSConfig
@@ -55,6 +56,10 @@ def test_kernel_sets_save_evaluate_by_kernel_regression_and_transfer_by_mse(digi
     assert res.net == "kernel:fc" and res.repeats == 1
     finite = ds.evaluate(loaded, digits, protocol="standard", repeats=1, epochs=5)
     assert finite.recipe["loss"] == "mse" and finite.net == "convnet"
+    rows = ds.evaluate_nets(loaded, digits, ["convnet", "mlp"], repeats=1)  # its own "net" is kernel regression
+    assert [(r.net, r.protocol) for r in rows] == [("kernel:fc", "recipe"), ("mlp", "standard")]
+    assert rows[0].accuracy_mean == res.accuracy_mean and rows[1].recipe["loss"] == "mse"
+    assert transfer_accuracy(rows, "convnet") == rows[1].accuracy_mean
     with pytest.raises(ds.DistilsetError, match="kernel-regression set has no network"):
         ds.evaluate(loaded, digits, net="lenet")
     with pytest.raises(ds.ConfigError, match="recipe is kernel regression; add --protocol standard"):

@@ -317,8 +317,9 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
 
 
 def transfer_accuracy(results: list[EvalResult], own: str) -> float | None:
-    """Mean accuracy over the networks other than the set's own (``None`` when there is none)."""
-    others = [r.accuracy_mean for r in results if r.net != own]
+    """Mean accuracy over the networks other than the set's own (``None`` when there is none); kernel regression
+    (a kernel set's own evaluation) is not a network and not counted."""
+    others = [r.accuracy_mean for r in results if r.net != own and not r.net.startswith("kernel:")]
     return sum(others) / len(others) if others else None
 
 
