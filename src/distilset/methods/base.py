@@ -17,6 +17,7 @@ method lists in ``RESUMABLE`` (e.g. the outer learning rate) may change on resum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -33,6 +34,7 @@ import torch
 from distilset.config import Config
 from distilset.errors import DistilsetError, Interrupted
 from distilset.io import save_torch, write_json
+from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
 from distilset.synset import SyntheticSet
 
@@ -76,6 +78,15 @@ class MethodConfig(Config):
 
     def default_iterations(self, data: Any) -> int:
         return self.ITERATIONS
+
+    def fill_convnet(self, data: Any, why: str, **more: tuple[Any, str]) -> tuple[MethodConfig, dict[str, str]]:
+        """``fill`` with ``net`` defaulting to the ConvNet (``why``) and ``more`` auto fields, then the ConvNet's
+        depth fitted to the input (``nets.registry.fit_net_to_input``) unless ``net_kwargs`` gives one."""
+        cfg, notes = self.fill(net=("convnet", why), **more)
+        kwargs, fitted = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
+        if fitted:
+            cfg, notes = dataclasses.replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": fitted}
+        return cfg, notes
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ DC's own evaluation augments MNIST images (crop, scale, rotate, noise), which DC
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -46,7 +46,6 @@ from distilset.methods.base import Context, MethodConfig
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import list_nets
-from distilset.nets.registry import fit_net_to_input
 from distilset.recipes import Standard
 from distilset.train import fit
 
@@ -121,15 +120,8 @@ class DCConfig(MethodConfig):
             data.require_per_class(self.ipc)
         outer, inner, listed = loops_for(self.ipc)
         source = "the released code's" if listed == self.ipc else f"the released code's for ipc {listed}, the nearest"
-        cfg, notes = self.fill(
-            net=("convnet", f"{self.name}'s ConvNet"),
-            outer_loop=(outer, f"{outer}: {source}"),
-            inner_loop=(inner, f"{inner}: {source}"),
-        )
-        kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-        return cfg, notes
+        return self.fill_convnet(data, f"{self.name}'s ConvNet", outer_loop=(outer, f"{outer}: {source}"),
+                                 inner_loop=(inner, f"{inner}: {source}"))  # fmt: skip
 
     @property
     def name(self) -> str:

@@ -20,7 +20,7 @@ DSA seed from the clock; here it comes from the run's generator, so a run is rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -32,7 +32,6 @@ from distilset.methods.base import Context, MethodConfig
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import list_nets
-from distilset.nets.registry import fit_net_to_input
 
 
 @dataclass(frozen=True)
@@ -70,11 +69,7 @@ class DMConfig(MethodConfig):
             raise ConfigError(f"DM distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         if self.init == "real":
             data.require_per_class(self.ipc)
-        cfg, notes = self.fill(net=("convnet", "DM's ConvNet"))
-        kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-        return cfg, notes
+        return self.fill_convnet(data, "DM's ConvNet")
 
 
 class DistributionMatching(PerClassImages):

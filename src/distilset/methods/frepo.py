@@ -28,7 +28,7 @@ LAMB comes from the maintained ``pytorch-optimizer`` package.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -42,7 +42,6 @@ from distilset.losses import centred_mse
 from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
 from distilset.methods.registry import register_method
 from distilset.nets import create_net, list_nets
-from distilset.nets.registry import fit_net_to_input
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 
@@ -101,11 +100,7 @@ class FRePoConfig(MethodConfig):
         if len(data.image_shape) != 3:
             raise ConfigError(f"FRePo distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         data.require_per_class(self.ipc)
-        cfg, notes = self.fill(net=("convnet", "FRePo's ConvNet"))
-        kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-        return cfg, notes
+        return self.fill_convnet(data, "FRePo's ConvNet")
 
 
 class FRePo:
