@@ -22,14 +22,14 @@ from distilset.rundir import prepare_out
 
 def _row(name: str, images: int, res: ds.EvalResult, seconds: float) -> str:
     acc = f"{100 * res.accuracy_mean:.1f} ± {100 * res.accuracy_std:.1f}"
-    return f"| {name:<34} | {images:>6} | {acc:>13} | {res.protocol:<8} | {res.repeats:>4} | {seconds:>6.1f} |"
+    return f"| {name:<38} | {images:>6} | {acc:>13} | {res.protocol:<8} | {res.repeats:>4} | {seconds:>6.1f} |"
 
 
 def main(out: str = "out/demo") -> None:
     data = ds.load_dataset("digits")
     print(f"{data}\n")
-    print(f"| {'set':<34} | {'images':>6} | {'test acc (%)':>13} | {'protocol':<8} | {'nets':>4} | {'time s':>6} |")
-    print(f"|{'-' * 36}|{'-' * 8}|{'-' * 15}|{'-' * 10}|{'-' * 6}|{'-' * 8}|")
+    print(f"| {'set':<38} | {'images':>6} | {'test acc (%)':>13} | {'protocol':<8} | {'nets':>4} | {'time s':>6} |")
+    print(f"|{'-' * 40}|{'-' * 8}|{'-' * 15}|{'-' * 10}|{'-' * 6}|{'-' * 8}|")
     runs = (("DD, fixed init", "dd", {}, 1), ("DD, random init", "dd", {"init": "random"}, 10),
             ("label distillation, 20 base images", "labels", {"base": 20}, 5),
             ("DM (the pick for a CPU), 10 per class", "dm", {}, 3))  # fmt: skip
