@@ -19,8 +19,8 @@ ConvNet without normalisation it was distilled with.
 
 Deviations, named: 1000 iterations by default (the paper trains far longer on accelerators) and, to match,
 LAMB lr 3e-3 instead of 3e-4: LAMB moves each tensor by about lr times its norm per step, so 1000 steps at 3e-4
-leave the images within a few percent of their real starting point (on digits, 100 iterations at 3e-4 gained
-0.3 points over random real, at 3e-3 1.8); the ConvNet's depth is fitted to the input; the online networks
+leave the images close to their real starting point (a trial on digits at 100 iterations: far smaller gains
+over random real at 3e-4 than at 3e-3); the ConvNet's depth is fitted to the input; the online networks
 train without augmentation (the released code augments them).
 LAMB comes from the maintained ``pytorch-optimizer`` package.
 """
@@ -94,7 +94,7 @@ class FRePoConfig(MethodConfig):
         self.require_positive("lr", "online_lr")
         self.require_at_least(1, "ipc", "decay_iterations", "target_batch", "pool", "max_online_updates")
         if not 0 <= self.reg < float("inf"):
-            raise ConfigError(f"reg must be a finite number >= 0, got {self.reg}")
+            raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
 
     def resolve(self, data: Dataset) -> tuple[FRePoConfig, dict[str, str]]:
         if len(data.image_shape) != 3:

@@ -58,7 +58,7 @@ class KernelConfig(MethodConfig):
     def check(self) -> None:
         self.require_at_least(1, "ipc", "depth")
         if not 0 <= self.reg < float("inf"):
-            raise ConfigError(f"reg must be a finite number >= 0, got {self.reg}")
+            raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
 
     def resolve(self, data: Dataset) -> tuple[KernelConfig, dict[str, str]]:
         if self.arch != "fc" and len(data.image_shape) != 3:
