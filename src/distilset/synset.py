@@ -10,6 +10,7 @@ converted: learned lrs become a ``Replay`` recipe, a learned ``train_lr`` / DSA 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -234,6 +235,25 @@ class SyntheticSet:
                     f"init.{k} has shape {tuple(v.shape)} but net {name} {kwargs} has {want}; the init weights "
                     "belong to another net"
                 )
+
+    # ---- pixel statistics ----------------------------------------------------------------------------
+    def with_pixel_stats_of(self, reference: torch.Tensor) -> SyntheticSet:
+        """This set with its images mapped by one affine map per channel, ``(x - mean) / std * std_ref +
+        mean_ref``, so that their channel means and standard deviations equal ``reference``'s (the real training
+        images, in the same space). A network that normalises its activations (instance, batch, group or layer
+        norm after the first layer) trains the same on both; a batch-norm network evaluated on real images then
+        meets test inputs of the scale its running statistics saw. The learned statistics are kept in
+        ``extra["learned_pixel_stats"]``, so the learned images can be recovered exactly."""
+        if self.images.ndim != 4:
+            raise SynsetFormatError("pixel statistics need images (N, C, H, W); this set holds embeddings")
+        dims = (0, 2, 3)
+        x = self.images.detach().float()
+        mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(1e-12)
+        ref = reference.detach().float()
+        ref_mean, ref_std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
+        images = ((x - mean) / std * ref_std + ref_mean).contiguous()
+        learned = {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+        return dataclasses.replace(self, images=images, extra={**self.extra, "learned_pixel_stats": learned})
 
     # ---- pixels and pictures -------------------------------------------------------------------------
     def to_pixels(self) -> torch.Tensor:

@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
-from distilset.config import Config
+from distilset.config import Config, auto
 from distilset.errors import DistilsetError, Interrupted
 from distilset.io import save_torch, write_json
+from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
 from distilset.synset import SyntheticSet
@@ -87,6 +88,37 @@ class MethodConfig(Config):
         if fitted:
             cfg, notes = dataclasses.replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": fitted}
         return cfg, notes
+
+
+NORMALISING_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class PixelStatsOption:
+    """Mixin of the configs of methods that learn pixels through a network that normalises its activations
+    (DC, DSA, DM, MTT on their ConvNet with instance norm): how the saved images are scaled.
+
+    Such a network cannot see a per-channel affine change of its input, so nothing holds the learned pixels
+    at the real images' scale: MTT's drift to a standard deviation of 4-8 and DM's to about 2 (real images: 1),
+    and a batch-norm network trained on them meets real test images far from its running statistics."""
+
+    pixel_stats: Literal["real", "learned"] | None = auto(
+        "real when the distillation net normalises its activations (instance, batch, group or layer norm), "
+        "else learned"
+    )
+    """Save the images mapped per channel to the real training images' mean and std (one affine map per
+    channel, invisible to a normalising net; the learned statistics stay in the set's extra), or as learned."""
+
+    def fill_pixel_stats(self, data: Any) -> tuple[Any, dict[str, str]]:
+        """``fill`` ``pixel_stats`` from whether the (resolved) distillation net has a normalisation layer."""
+        net = create_net(self.net, data.image_shape, data.num_classes, seed=0, **self.net_kwargs)
+        if any(isinstance(m, NORMALISING_LAYERS) for m in net.modules()):
+            return self.fill(pixel_stats=("real", f"{self.net} normalises its activations"))
+        return self.fill(pixel_stats=("learned", f"{self.net} has no normalisation layer"))
+
+    def finish_set(self, syn: SyntheticSet, data: Any) -> SyntheticSet:
+        """The set as saved: with the real images' pixel statistics unless ``pixel_stats`` is learned."""
+        return syn.with_pixel_stats_of(data.train_x) if self.pixel_stats == "real" else syn
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from torch import nn
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig
+from distilset.methods.base import Context, MethodConfig, PixelStatsOption
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import list_nets
@@ -76,7 +76,7 @@ def match_loss(g_syn: list[torch.Tensor], g_real: list[torch.Tensor]) -> torch.T
 
 
 @dataclass(frozen=True)
-class DCConfig(MethodConfig):
+class DCConfig(MethodConfig, PixelStatsOption):
     """DC: gradient matching on fresh networks along their training on the synthetic set (Zhao et al. 2021)."""
 
     ipc: int = 1
@@ -120,8 +120,10 @@ class DCConfig(MethodConfig):
             data.require_per_class(self.ipc)
         outer, inner, listed = loops_for(self.ipc)
         source = "the released code's" if listed == self.ipc else f"the released code's for ipc {listed}, the nearest"
-        return self.fill_convnet(data, f"{self.name}'s ConvNet", outer_loop=(outer, f"{outer}: {source}"),
-                                 inner_loop=(inner, f"{inner}: {source}"))  # fmt: skip
+        cfg, notes = self.fill_convnet(data, f"{self.name}'s ConvNet", outer_loop=(outer, f"{outer}: {source}"),
+                                       inner_loop=(inner, f"{inner}: {source}"))  # fmt: skip
+        cfg, more = cfg.fill_pixel_stats(data)
+        return cfg, {**notes, **more}
 
     @property
     def name(self) -> str:

@@ -28,14 +28,14 @@ import torch
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig
+from distilset.methods.base import Context, MethodConfig, PixelStatsOption
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import list_nets
 
 
 @dataclass(frozen=True)
-class DMConfig(MethodConfig):
+class DMConfig(MethodConfig, PixelStatsOption):
     """DM: distribution matching of mean embeddings under random networks (Zhao & Bilen 2023)."""
 
     ipc: int = 10
@@ -69,7 +69,9 @@ class DMConfig(MethodConfig):
             raise ConfigError(f"DM distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         if self.init == "real":
             data.require_per_class(self.ipc)
-        return self.fill_convnet(data, "DM's ConvNet")
+        cfg, notes = self.fill_convnet(data, "DM's ConvNet")
+        cfg, more = cfg.fill_pixel_stats(data)
+        return cfg, {**notes, **more}
 
 
 class DistributionMatching(PerClassImages):

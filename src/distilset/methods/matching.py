@@ -83,7 +83,7 @@ class PerClassImages:
 
     def synthetic_set(self) -> SyntheticSet:
         """The images with hard labels; the recipe is DC's standard protocol with the set's DSA strategy."""
-        return SyntheticSet.for_dataset(
+        syn = SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().clone(),
             labels=self.labels.clone(),
@@ -91,3 +91,4 @@ class PerClassImages:
             recipe=Standard(dsa=self.strategy),
             net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
         )
+        return self.cfg.finish_set(syn, self.data)

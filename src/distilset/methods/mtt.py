@@ -43,7 +43,14 @@ from distilset.augment import dsa, toroidal_crop
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import (
+    Context,
+    MethodConfig,
+    NonFiniteError,
+    PixelStatsOption,
+    restore_optimizer,
+    rewind_on_nonfinite,
+)
 from distilset.methods.experts import MANIFEST, ExpertBuffer, ExpertConfig, expert_batch_for, train_experts
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net, list_nets
@@ -59,7 +66,7 @@ START_RANGE_EPOCHS = ((50, 40), (10, 20), (1, 2))  # (smallest ipc, CIFAR-10 epo
 
 
 @dataclass(frozen=True)
-class MTTConfig(MethodConfig):
+class MTTConfig(MethodConfig, PixelStatsOption):
     """MTT: matching training trajectories (Cazenavette et al. 2022), with tileable textures (2022)."""
 
     ipc: int = 1
@@ -171,7 +178,8 @@ class MTTConfig(MethodConfig):
                 f"need experts of at least {last} epochs; the experts have `expert_train_epochs` "
                 f"{cfg.expert_train_epochs}"
             )
-        return cfg, notes
+        cfg, more = cfg.fill_pixel_stats(data)
+        return cfg, {**notes, **more}
 
 
 class MTT:
@@ -304,7 +312,7 @@ class MTT:
         epochs (on random crops of each canvas in texture mode)."""
         extra: dict[str, Any] = {"experts": str(self.experts.path), "n_experts": len(self.experts)}
         crop = tuple(self.data.image_shape[1:]) if self.cfg.texture else None
-        return SyntheticSet.for_dataset(
+        syn = SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().clone(),
             labels=self.labels.cpu().clone(),
@@ -313,6 +321,7 @@ class MTT:
             net={"name": self.cfg.net, "kwargs": dict(self.cfg.net_kwargs), "init": "default"},
             extra=extra,
         )
+        return self.cfg.finish_set(syn, self.data)
 
 
 def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
