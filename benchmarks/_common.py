@@ -56,6 +56,10 @@ class ResultFile:
     def has(self, key: dict) -> bool:
         return any(all(r.get(k) == v for k, v in key.items()) for r in self.data["rows"])
 
+    def drop(self, key: dict) -> None:
+        """Forget the rows that match ``key`` (before they are run again)."""
+        self.data["rows"] = [r for r in self.data["rows"] if not all(r.get(k) == v for k, v in key.items())]
+
     def add(self, row: dict) -> None:
         self.data["rows"].append(row if "command" in row else {**row, "command": command_line()})
         write_json(self.path, self.data)

@@ -25,7 +25,7 @@ def _run(digits, variant: str, steps: int, **kw) -> tuple[LabelDistillation, lis
 
 @pytest.mark.parametrize("variant", ["second-order", "ridge"])
 def test_variant_lowers_target_loss_and_keeps_distributions(digits, variant):
-    ld, losses = _run(digits, variant, 120, label_lr=1e-2, inner_lr=0.1)
+    ld, losses = _run(digits, variant, 120, label_lr=1e-2, inner_lr=0.1, label_init="uniform")
     assert sum(losses[-10:]) < 0.9 * sum(losses[:10]), losses[::10]
     labels = ld.synthetic_set().labels
     assert labels.min() >= 0 and labels.max() <= 1
@@ -142,9 +142,10 @@ def test_plateau_reset_records_training_length(digits):
 
 
 def test_label_init_options(digits):
-    ld = LabelDistillation(digits, LabelConfig(label_init="onehot", **FAST))
-    assert torch.equal(ld.labels.detach(), torch.eye(10)[ld.base_classes])
-    uniform = LabelDistillation(digits, LabelConfig(**FAST))
+    ld = LabelDistillation(digits, LabelConfig(**FAST))  # the default within a dataset: one-hot
+    assert ld.cfg.label_init == "onehot" and torch.equal(ld.labels.detach(), torch.eye(10)[ld.base_classes])
+    uniform = LabelDistillation(digits, LabelConfig(label_init="uniform", **FAST))
     assert torch.allclose(uniform.labels, torch.full((20, 10), 0.1))  # the paper's start
+    assert ds.get_method("labels").presets["labels-paper"].options["label_init"] == "uniform"
     with pytest.raises(ConfigError, match="label_init must be one of uniform, onehot"):
         LabelConfig(label_init="random", **FAST)
