@@ -16,7 +16,9 @@ seed 0) under the same evaluations:
 - ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs, or 1000 with the set's DSA) on the set's net.
 - ``transfer``: DC's protocol on each network of ``TRANSFER_NETS`` the set was not distilled with (LeNet, an
   MLP, ConvNet-3 with instance norm and with batch norm; the ConvNets at width 32 to fit the CPU), 2 fresh nets
-  each; the row keeps each net's result and their mean (the papers' cross-architecture test).
+  each; the row keeps each net's result and their mean (the papers' cross-architecture test). Labels rows add
+  the same base images with one-hot labels on the same nets; sets saved at the real images' pixel statistics
+  (``--pixel-stats real``) add their images as learned on the same nets (``transfer_as_learned``).
 - ``adam``: the set's net trained with Adam (lr 1e-3, no weight decay), DC's epochs.
 
 Rows go to ``benchmarks/results/defaults.json`` as they finish; a rerun skips finished rows (``--redo`` runs the
@@ -149,6 +151,9 @@ def run(args: argparse.Namespace) -> None:
             twin = ds.SyntheticSet(syn.images, classes, syn.class_names, syn.norm, recipe=syn.recipe, net=syn.net)
             same = ds.evaluate(twin, data, repeats=args.repeats, seed=100)
             real["one_hot_same_images"] = {"mean": same.accuracy_mean, "std": same.accuracy_std, "runs": same.runs}
+            real["one_hot_same_images_transfer"] = transfer(twin, data)
+        if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
+            distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
         row = {
             **key,
             "command": command,

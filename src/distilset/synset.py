@@ -252,8 +252,23 @@ class SyntheticSet:
         ref = reference.detach().float()
         ref_mean, ref_std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
         images = ((x - mean) / std * ref_std + ref_mean).contiguous()
-        learned = {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+        flat = {"mean": mean, "std": std, "reference_mean": ref_mean, "reference_std": ref_std}
+        learned = {k: v.flatten().tolist() for k, v in flat.items()}
         return dataclasses.replace(self, images=images, extra={**self.extra, "learned_pixel_stats": learned})
+
+    def as_learned(self) -> SyntheticSet:
+        """The set with the pixel statistics its method learned (undoes ``with_pixel_stats_of``); itself if its
+        images were saved as learned."""
+        stats = self.extra.get("learned_pixel_stats")
+        if stats is None:
+            return self
+        shape = (1, -1, 1, 1)
+        x = (self.images - torch.tensor(stats["reference_mean"]).view(shape)) / torch.tensor(
+            stats["reference_std"]
+        ).view(shape)
+        images = (x * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)).contiguous()
+        extra = {k: v for k, v in self.extra.items() if k != "learned_pixel_stats"}
+        return dataclasses.replace(self, images=images, extra=extra)
 
     # ---- pixels and pictures -------------------------------------------------------------------------
     def to_pixels(self) -> torch.Tensor:

@@ -103,8 +103,7 @@ class PixelStatsOption:
     and a batch-norm network trained on them meets real test images far from its running statistics."""
 
     pixel_stats: Literal["real", "learned"] | None = auto(
-        "real when the distillation net normalises its activations (instance, batch, group or layer norm), "
-        "else learned"
+        "real when the distillation net normalises its activations (instance, batch, group or layer norm), else learned"
     )
     """Save the images mapped per channel to the real training images' mean and std (one affine map per
     channel, invisible to a normalising net; the learned statistics stay in the set's extra), or as learned."""
