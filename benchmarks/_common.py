@@ -60,6 +60,10 @@ class ResultFile:
         """Forget the rows that match ``key`` (before they are run again)."""
         self.data["rows"] = [r for r in self.data["rows"] if not all(r.get(k) == v for k, v in key.items())]
 
+    def save(self) -> None:
+        """Write the rows as they are now (after changing one in place)."""
+        write_json(self.path, self.data)
+
     def add(self, row: dict) -> None:
         self.data["rows"].append(row if "command" in row else {**row, "command": command_line()})
         write_json(self.path, self.data)
