@@ -127,6 +127,8 @@ def rescore(args: argparse.Namespace) -> None:
             if "learned_pixel_stats" not in syn.extra and config.fill_pixel_stats(data)[0].pixel_stats == "real":
                 syn = syn.with_pixel_stats_of(data.train_x)
         print(f"== rescore {row['dataset']} {row['method']} {row['options']}", flush=True)
+        if "learned_pixel_stats" in syn.extra and "scores_as_learned" not in row:
+            row["scores_as_learned"] = row["scores"]  # the earlier scores, of the images as learned
         row["scores"] = score(syn, data, row["method"], args.repeats)
         row["rescored"] = {"command": command_line(), "date": machine()["date"],
                            "pixel_stats": "learned_pixel_stats" in syn.extra}  # fmt: skip
