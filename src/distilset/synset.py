@@ -106,20 +106,20 @@ class SyntheticSet:
     def validate(self) -> None:
         """Check every tensor's dtype, shape, finiteness and range; raise SynsetFormatError naming the first problem.
 
-        images: float32 (N, C, H, W), finite. labels: int64 (N,) class indices, or float32 (N, K) soft labels that
-        are distributions (non-negative, rows summing to 1) unless the recipe replays learned steps (Dataset
-        Distillation's learned labels enter its inner loss unnormalised and may be anything finite). lrs: float,
-        finite, in [0, MAX_LEARNED_LR]. init weights: float32 (int64 counters), finite, the shapes of `net`.
+        images: float32 (N, C, H, W), or embedded inputs (text: (N, D) vectors or (N, L, D) token rows), finite.
+        labels: int64 (N,) class indices, or float32 (N, K) soft labels that are distributions (non-negative, rows
+        summing to 1) unless the recipe replays learned steps (Dataset Distillation's learned labels enter its inner
+        loss unnormalised and may be anything finite). lrs: float, finite, in [0, MAX_LEARNED_LR]. init weights:
+        float32 (int64 counters), finite, the shapes of `net`.
         """
         images, labels, n = self.images, self.labels, len(self.images)
         if images.dtype != torch.float32:
             raise SynsetFormatError(
                 f"images must be float32, got {images.dtype}; convert them with images.float() and save the set again"
             )
-        if images.ndim != 4:
+        if images.ndim not in (2, 3, 4):
             raise SynsetFormatError(
-                f"images must be 4-D (N, C, H, W), got shape {tuple(images.shape)}; "
-                "the evaluation harness, DSA and pictures need images, not flat vectors"
+                f"images must be (N, C, H, W), or embedded inputs (N, D) / (N, L, D), got shape {tuple(images.shape)}"
             )
         if n == 0:
             raise SynsetFormatError("a synthetic set needs at least one image")
@@ -151,7 +151,7 @@ class SyntheticSet:
             raise SynsetFormatError(f"labels must be (N,) or (N, K), got {tuple(labels.shape)}")
         if len(labels) != n:
             raise SynsetFormatError(f"{n} images but {len(labels)} labels")
-        if self.norm.channels != images.shape[1]:
+        if images.ndim == 4 and self.norm.channels != images.shape[1]:
             raise SynsetFormatError(
                 f"mean/std have {self.norm.channels} channel(s), images {images.shape[1]}: one value per channel"
             )

