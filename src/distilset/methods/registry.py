@@ -207,7 +207,13 @@ def distill(
     if validation is not None:
         own = getattr(distiller, "quick_eval", None)
         monitor = partial(own, validation) if own else partial(_validation_accuracy, distiller, validation, device)
-    return run(distiller, identity, run_cfg, quick_eval=monitor, extra={"resolved": dict(notes)})
+    syn = run(distiller, identity, run_cfg, quick_eval=monitor, extra={"resolved": dict(notes)})
+    if ctx.out is not None and syn.dataset == "rotten-tomatoes":  # text: what each distilled item sits near
+        from distilset.data import text
+        from distilset.data.registry import default_root
+
+        text.write_nearest(syn, ctx.out, Path(data_root) if data_root else default_root())
+    return syn
 
 
 def _validation_accuracy(distiller: Any, validation: Dataset, device: str) -> dict[str, float]:
