@@ -27,8 +27,8 @@ selected rows again and replaces them).
 ``--ablation`` runs each method with the setting a resolution rule replaced (DD on digits: LeNet and the decay
 period counted in epochs of this dataset; MTT on digits: experts at batch 256; labels on digits: no
 validation-based selection and a base batch of 50, or the ridge variant; labels on mnist5k and Fashion-MNIST:
-the second-order variant; labels on mnist5k: the paper's uniform start), scored the same way, into ``benchmarks/results/defaults-ablation.json``: the
-measured reason for each rule.
+the second-order variant; labels on mnist5k: the paper's uniform start), scored the same way, into
+``benchmarks/results/defaults-ablation.json``: the measured reason for each rule.
 """
 
 from __future__ import annotations
