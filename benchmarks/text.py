@@ -1,20 +1,29 @@
-"""Text dataset distillation (Sucholutsky & Schonlau 2021) on Rotten Tomatoes, in sentence-embedding space.
+"""Text dataset distillation (Sucholutsky & Schonlau 2021) on Rotten Tomatoes, offline.
 
-    .venv/bin/python benchmarks/text.py            # all rows (a few minutes on 2 cores; resumable)
-    .venv/bin/python benchmarks/text.py --table    # the README table
+    .venv/bin/python benchmarks/text.py                 # all rows (about an hour on 2 cores; resumable)
+    .venv/bin/python benchmarks/text.py --parts tokens  # one part
+    .venv/bin/python benchmarks/text.py --table         # the README tables
 
-Data: ``rotten-tomatoes`` (12,752 critics' snippets, fresh / rotten, as 384-d all-MiniLM-L6-v2 sentence
-embeddings; 10,201 train / 2,551 test). Each row runs ``distilset distill dd --dataset rotten-tomatoes`` with
-``--steps S`` (one item per class per step: 2 x S items), fixed or random init, hard or learned soft labels,
-400 iterations (the default budget); every other setting is DD's default (an MLP with two hidden layers of 128,
-3 epochs over the steps). Each set is scored by
+Data: 12,752 critics' snippets, fresh / rotten, 10,201 train / 2,551 test (``distilset.data.text``).
+
+- ``tokens`` (``rotten-tomatoes``): each snippet is 48 all-MiniLM-L6-v2 token ids over the model's frozen token
+  embeddings; a distilled item is a (48, 384) block of embedding rows. Nets: Kim's TextCNN (DD's default here)
+  and an LSTM. Budget for this CPU: 100 iterations with a real batch of 256 (DD's defaults: 400 and 1024).
+- ``sentences`` (``rotten-tomatoes-sentences``): each snippet is its 384-d sentence embedding; an MLP (two hidden
+  layers of 128), DD's default budget (400 iterations).
+
+Each row runs ``distilset distill dd`` with ``--steps S`` (one item per class per step: 2 x S items), fixed or
+random init, hard or learned soft labels; every other setting is DD's default (3 epochs over the steps). Each set
+is scored by
 - ``recipe``: its own recipe, the replay of its learned steps (fixed init: the stored init, one deterministic
-  run; random init: 5 fresh inits);
-- ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs) on the same MLP, order-agnostic;
-- ``transfer``: DC's protocol on two nets the set was not made with: a linear classifier (``mlp`` depth 0) and
-  an MLP with one hidden layer of 256; the mean of the two.
-Random real snippets of the same count (class-balanced, seed 0) get DC's protocol on the same three nets; the
-full training set gets the MLP trained by DC's protocol for 50 epochs.
+  run; random init: 3 fresh inits);
+- ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs) on the net it was distilled with,
+  order-agnostic;
+- ``transfer``: DC's protocol on the other nets of the part (tokens: the LSTM for TextCNN sets and the other
+  way round; sentences: a linear classifier and an MLP with one hidden layer of 256), their mean.
+Random real snippets of the same count (class-balanced, seed 0) get DC's protocol on the same nets; the full
+training set gets each net trained by DC's protocol for a few epochs (the row says how many). 2 fresh nets per
+score on tokens, 3 on sentences.
 """
 
 from __future__ import annotations
@@ -29,10 +38,29 @@ from _common import RESULTS, ResultFile
 import distilset as ds
 
 OUT = RESULTS / "text.json"
-NAME = "rotten-tomatoes"
-OTHER_NETS = {"linear": {"net": "mlp", "net_kwargs": {"depth": 0}}, "mlp-256": {"net": "mlp",
-              "net_kwargs": {"depth": 1, "width": 256}}}  # fmt: skip
-STANDARD = {"protocol": "standard", "seed": 100}
+PARTS = {
+    "tokens": {
+        "dataset": "rotten-tomatoes",
+        "nets": {"textcnn": {"net": "textcnn"}, "lstm": {"net": "lstm"}},
+        "options": {"iterations": 100, "real_batch": 256},
+        # (net, steps, init, soft labels)
+        "jobs": [("textcnn", 10, "fixed", False), ("lstm", 10, "fixed", False)],
+        "repeats": 2,
+        "full_epochs": 5,
+    },
+    "sentences": {
+        "dataset": "rotten-tomatoes-sentences",
+        "nets": {
+            "mlp": {"net": "mlp"},
+            "linear": {"net": "mlp", "net_kwargs": {"depth": 0}},
+            "mlp-256": {"net": "mlp", "net_kwargs": {"depth": 1, "width": 256}},
+        },  # fmt: skip
+        "options": {"iterations": 400},
+        "jobs": [("mlp", s, init, soft) for s in (1, 5, 10) for init in ("fixed", "random") for soft in (False, True)],
+        "repeats": 3,
+        "full_epochs": 50,
+    },
+}
 
 
 def _evaluate(syn: ds.SyntheticSet, data: ds.Dataset, **options) -> dict:
@@ -45,52 +73,56 @@ def _evaluate(syn: ds.SyntheticSet, data: ds.Dataset, **options) -> dict:
     return {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs}
 
 
-def score(syn: ds.SyntheticSet, data: ds.Dataset, own_recipe: bool) -> dict:
+def score(syn: ds.SyntheticSet, data: ds.Dataset, part: dict, own: str, own_recipe: bool) -> dict:
     out = {}
+    repeats = part["repeats"]
     if own_recipe:
         fixed = isinstance(syn.recipe, ds.Replay) and syn.recipe.init.startswith("fixed")
-        out["recipe"] = _evaluate(syn, data, repeats=1 if fixed else 5)
-    out["standard"] = _evaluate(syn, data, net="mlp", repeats=3, **STANDARD)
-    nets = {k: _evaluate(syn, data, repeats=3, **v, **STANDARD) for k, v in OTHER_NETS.items()}
+        out["recipe"] = _evaluate(syn, data, repeats=1 if fixed else 3)
+    standard = {"protocol": "standard", "seed": 100, "repeats": repeats}
+    out["standard"] = _evaluate(syn, data, **part["nets"][own], **standard)
+    nets = {k: _evaluate(syn, data, **v, **standard) for k, v in part["nets"].items() if k != own}
     scored = [v["mean"] for v in nets.values() if "mean" in v]
-    out["transfer"] = (
-        {"nets": nets, "mean": sum(scored) / len(scored)}
-        if len(scored) == len(nets)
-        else {"nets": nets, "error": "diverged on a transfer net"}
-    )
+    out["transfer"] = {"nets": nets, "mean": sum(scored) / len(scored)} if len(scored) == len(nets) else {
+        "nets": nets, "error": "diverged on a transfer net"}  # fmt: skip
     return out
 
 
-def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    results = ResultFile(OUT, {"iterations": args.iterations, "protocol": "see benchmarks/text.py"})
-    data = ds.load_dataset(NAME)
-    if not results.has({"part": "full"}):
-        full = ds.SyntheticSet(data.train_x, data.train_y, data.info.class_names, data.info.norm,
-                               recipe=ds.Standard(epochs=50))  # fmt: skip
-        r = ds.evaluate(full, data, net="mlp", repeats=2, seed=100)
-        results.add({"part": "full", "images": len(full),
-                     "mlp": {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs}})  # fmt: skip
-    for steps in (1, 5, 10):
-        key = {"part": "random", "items": 2 * steps}
+def run_part(results: ResultFile, name: str) -> None:
+    part = PARTS[name]
+    data = ds.load_dataset(part["dataset"])
+    for net, spec in part["nets"].items():
+        key = {"part": name, "kind": "full", "net": net}
+        if not results.has(key):
+            full = ds.baseline("full", data)
+            t0 = time.perf_counter()
+            r = _evaluate(full, data, **spec, protocol="standard", epochs=part["full_epochs"], seed=100, repeats=1)
+            results.add({**key, "items": len(full), "epochs": part["full_epochs"], "accuracy": r,
+                         "eval_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
+    for own, steps, init, soft in part["jobs"]:
+        key = {"part": name, "kind": "random", "net": own, "items": 2 * steps}
         if not results.has(key):
             real = ds.baseline("random", data, ipc=steps, seed=0)
-            real.net = {"name": "mlp", "kwargs": {}, "init": "default"}
-            results.add({**key, "command": f"distilset baseline random --dataset {NAME} --ipc {steps} --seed 0",
-                         "scores": score(real, data, own_recipe=False)})  # fmt: skip
-        for init in ("fixed", "random"):
-            for soft in (False, True):
-                key = {"part": "dd", "items": 2 * steps, "init": init, "soft_labels": soft}
-                if results.has(key):
-                    continue
-                command = (f"distilset distill dd --dataset {NAME} --steps {steps} --init {init}"
-                           f"{' --soft-labels' if soft else ''} --iterations {args.iterations} --out DIR")  # fmt: skip
-                print(f"== {command}", flush=True)
-                t0 = time.perf_counter()
-                syn = ds.distill("dd", data, steps=steps, init=init, soft_labels=soft, iterations=args.iterations)
-                distill_s = time.perf_counter() - t0
-                results.add({**key, "command": command, "distill_s": round(distill_s, 1), "config": syn.config,
-                             "scores": score(syn, data, own_recipe=True)})  # fmt: skip
+            real.net = {"name": part["nets"][own]["net"], "kwargs": part["nets"][own].get("net_kwargs", {}),
+                        "init": "default"}  # fmt: skip
+            command = f"distilset baseline random --dataset {part['dataset']} --ipc {steps} --seed 0"
+            results.add({**key, "command": command, "scores": score(real, data, part, own, own_recipe=False)})
+        key = {"part": name, "kind": "dd", "net": own, "items": 2 * steps, "init": init, "soft_labels": soft}
+        if results.has(key):
+            continue
+        options = {"net": part["nets"][own]["net"], "steps": steps, "init": init, "soft_labels": soft,
+                   **part["options"]}  # fmt: skip
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if not isinstance(v, bool))
+        command = (
+            f"distilset distill dd --dataset {part['dataset']} {flags}{' --soft-labels' if soft else ''} --out DIR"
+        )
+        print(f"== {command}", flush=True)
+        t0 = time.perf_counter()
+        iterations = options.pop("iterations")
+        syn = ds.distill("dd", data, iterations=iterations, **options)
+        distill_s = time.perf_counter() - t0
+        results.add({**key, "command": command, "distill_s": round(distill_s, 1), "config": syn.config,
+                     "scores": score(syn, data, part, own, own_recipe=True)})  # fmt: skip
 
 
 def _cell(x: dict | None) -> str:
@@ -104,37 +136,49 @@ def _cell(x: dict | None) -> str:
 def table() -> str:
     data = json.loads(OUT.read_text())
     rows, m = data["rows"], data["machine"]
-    full = next((r for r in rows if r["part"] == "full"), None)
-    lines = [
-        "| items | set | own recipe | MLP, DC's protocol | other nets (linear, MLP-256: mean) | distill time |",
-        "|---|---|---|---|---|---|",
-    ]
-    for items in (2, 10, 20):
-        for r in rows:
-            if r.get("items") != items:
-                continue
+    lines = []
+    for name, part in PARTS.items():
+        these = [r for r in rows if r["part"] == name]
+        if not these:
+            continue
+        others = {own: ", ".join(k for k in part["nets"] if k != own) for own in part["nets"]}
+        lines += [
+            f"\n**{name}** (`{part['dataset']}`; distillation: "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part["options"].items())
+            + ")\n",
+            "| net | items | set | own recipe | own net, DC's protocol | other nets, DC's protocol (mean) "
+            "| distill time |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted((r for r in these if r["kind"] != "full"), key=lambda r: (r["net"], r["items"], r["kind"])):
             s = r["scores"]
-            if r["part"] == "random":
-                name = "random real snippets"
+            if r["kind"] == "random":
+                label = "random real snippets"
             else:
-                name = f"dd, {r['init']} init, {'soft' if r['soft_labels'] else 'hard'} labels"
-            time_s = f"{r['distill_s'] / 60:.1f} min" if "distill_s" in r else "—"
-            lines.append(f"| {items} | {name} | {_cell(s.get('recipe'))} | {_cell(s['standard'])} | "
-                         f"{_cell(s['transfer'])} | {time_s} |")  # fmt: skip
-    if full:
-        lines.append(f"| {full['images']} | full training set | — | {_cell(full['mlp'])} (50 epochs) | — | — |")
+                label = f"dd, {r['init']} init, {'soft' if r['soft_labels'] else 'hard'} labels"
+            minutes = f"{r['distill_s'] / 60:.1f} min" if "distill_s" in r else "—"
+            lines.append(f"| {r['net']} | {r['items']} | {label} | {_cell(s.get('recipe'))} | {_cell(s['standard'])} "
+                         f"| {_cell(s['transfer'])} ({others[r['net']]}) | {minutes} |")  # fmt: skip
+        for r in (r for r in these if r["kind"] == "full"):
+            lines.append(f"| {r['net']} | {r['items']} | full training set ({r['epochs']} epochs) | — | "
+                         f"{_cell(r['accuracy'])} | — | — |")  # fmt: skip
     lines.append(
-        f"\nTest accuracy (%) on 2,551 test snippets, mean ± std over fresh nets (a fixed-init replay is one "
-        f"deterministic run); {data['settings']['iterations']} distillation iterations; {m['cores']} CPU cores, torch "
-        f"{m['torch']}, {m['date']}. Commands: `benchmarks/results/text.json`."
+        f"\nTest accuracy (%) on the 2,551 test snippets (58 % fresh), mean ± std over fresh nets; {m['cores']} CPU "
+        f"cores, torch {m['torch']}, {m['date']}. Commands: the rows of `benchmarks/results/text.json`."
     )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=400)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--table", action="store_true", help="print the markdown table and exit")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", action="store_true", help="print the markdown tables and exit")
     args = p.parse_args()
-    print(table()) if args.table else run(args)
+    if args.table:
+        print(table())
+    else:
+        torch.set_num_threads(args.threads)
+        results = ResultFile(OUT, {"protocol": "see benchmarks/text.py"})
+        for part_name in args.parts:
+            run_part(results, part_name)

@@ -109,13 +109,15 @@ def baseline(
         raise DistilsetError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     check_seed(seed)
     if name == "full":
-        return _make_set(data, data.train_x, data.train_y, "full", {"baseline": "full"})
+        return _make_set(data, data.inputs(data.train_x), data.train_y, "full", {"baseline": "full"})
     _class_sizes_check(data, ipc)
     config = {"baseline": name, "ipc": ipc, "seed": seed}
     bar = Progress(data.num_classes, f"baseline {name}", progress)
     if name == "random":
         idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
-        images, labels = data.train_x[idx], data.train_y[idx]
+        images, labels = data.inputs(data.train_x[idx]), data.train_y[idx]
+    elif data.token_embedding is not None:
+        raise DistilsetError(f"the {name} baseline works on images; token data ({data.info.name}) has random only")
     elif name == "mean":
         images, labels = _per_class(data, ipc, _mean, seed, bar)
     elif name == "kmeans":

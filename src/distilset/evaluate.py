@@ -243,8 +243,9 @@ def evaluate(
     runs = []
     start = time.perf_counter()
     bar = Progress(len(seeds), f"evaluate ({protocol})", progress)
+    in_shape = data.image_shape if syn.images.ndim != 4 else tuple(test_x.shape[1:])  # texture crops: the test size
     for r, s in enumerate(seeds):
-        model = create_net(net, tuple(test_x.shape[1:]), syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
+        model = create_net(net, in_shape, syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
         if isinstance(recipe, Replay):
             theta0 = syn.init_params if recipe.init.startswith("fixed") else None
             if recipe.init == "random-pretrained":

@@ -96,7 +96,9 @@ class DatasetInfo:
 
 @dataclass
 class Dataset:
-    """Train/test tensors plus metadata. ``train_x``: float32 (N, C, H, W); ``train_y``: int64 (N,)."""
+    """Train/test tensors plus metadata. ``train_x``: float32 (N, C, H, W) images, float32 (N, D) embedded
+    inputs, or int64 (N, L) token ids with ``token_embedding`` (V, D), the frozen (normalised) rows that the
+    text networks and the baselines look them up in; ``train_y``: int64 (N,)."""
 
     info: DatasetInfo
     train_x: torch.Tensor
@@ -104,6 +106,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     zca: ZCA | None = field(default=None)
+    token_embedding: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -111,7 +114,15 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input as a network sees it (and as a distilled item has it): an image (C, H, W), an
+        embedded vector (D,), or for token ids their embedded rows (L, D)."""
+        if self.token_embedding is not None:
+            return (*self.train_x.shape[1:], self.token_embedding.shape[1])
         return tuple(self.train_x.shape[1:])
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``train_x`` / ``test_x`` as float inputs: token ids looked up in ``token_embedding``."""
+        return self.token_embedding[x] if self.token_embedding is not None else x
 
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices of the training examples of class ``c``."""

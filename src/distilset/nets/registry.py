@@ -66,6 +66,8 @@ def classic_net_for(image_shape: tuple[int, ...]) -> tuple[str, str]:
     AlexCifarNet for colour inputs of at least 32x32 (CIFAR-like), else an MLP: on smaller inputs (8x8 digits)
     LeNet's second stage would see a padded 4x4 map, and an MLP distils them better.
     """
+    if len(image_shape) == 2:
+        return "textcnn", f"token rows {tuple(image_shape)}: Kim's TextCNN (text dataset distillation's CNN)"
     if len(image_shape) != 3:
         return "mlp", f"inputs of shape {tuple(image_shape)} are not images"
     c, h, w = image_shape
