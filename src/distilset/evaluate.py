@@ -142,6 +142,12 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
     crop = syn.recipe.crop if isinstance(syn.recipe, Standard) else None
     shape = (syn.image_shape[0], *crop) if crop else syn.image_shape
+    if (syn.images.ndim != 4 or len(data.image_shape) != 3) and tuple(syn.image_shape) != tuple(data.image_shape):
+        raise DistilsetError(
+            f"set images have shape {tuple(syn.image_shape)} per item but {data.info.name} has inputs of "
+            f"{tuple(data.image_shape)}: images (N, C, H, W) of that size, or the embedded inputs of a text dataset; "
+            f"evaluate on the dataset the set was made from (`dataset` {syn.dataset or '?'})"
+        )
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != shape:
         raise DistilsetError(
             f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
