@@ -195,6 +195,12 @@ def table(path: Path = OUT) -> str:
         pair = {k: f"{_cell(d.get(k))} / {_cell(real.get(k))}" for k in ("recipe", "standard", "transfer", "adam")}
         if "one_hot_same_images" in real:  # labels: the same base images with one-hot labels, same recipe
             pair["recipe"] += f" (one-hot: {_cell(real['one_hot_same_images'])})"
+        if "one_hot_same_images_transfer" in real:
+            pair["transfer"] += f" (one-hot: {_cell(real['one_hot_same_images_transfer'])})"
+        if "transfer_as_learned" in d:  # the images before the map to the real pixel statistics
+            pair["transfer"] += f" (as learned: {_cell(d['transfer_as_learned'])})"
+        if "transfer" not in d and "other_net" in d:  # rows measured before the transfer column: one other net
+            pair["transfer"] = f"{_cell(d['other_net'])} / {_cell(real['other_net'])} ({d['other_net']['net']} only)"
         lines.append(
             f"| {r['dataset']} | {r['method']} ({r.get('ablation') or r['config']['net']}) | {r['images']} | "
             f"{r['iterations']} | "
@@ -205,9 +211,12 @@ def table(path: Path = OUT) -> str:
         f"\nTest accuracy (%), mean ± std over fresh nets ({data['settings']['repeats']} for the recipe and DC "
         f"columns, 3 for Adam, 2 per transfer net; a fixed-init replay is deterministic: 1). Other nets: DC's "
         f"protocol on each of {', '.join(TRANSFER_NETS)} but the set's own (ConvNets at width 32), mean of "
-        f"their means; {m['cores']} CPU cores, torch "
+        f"their means (rows marked 'only' predate this column: one other net); 'one-hot:' is the same base "
+        f"images with one-hot labels (same recipe, same nets), 'as learned:' a set's images before the map to the real "
+        f"pixel statistics; "
+        f"{m['cores']} CPU cores, torch "
         f"{m['torch']}, {m['torch_threads']} thread(s), {m['date']}. Commands: the `command` of each row in "
-        f"`benchmarks/results/{path.name}`; labels rows add the same base images with one-hot labels (same recipe)."
+        f"`benchmarks/results/{path.name}`."
     )
     return "\n".join(lines)
 
