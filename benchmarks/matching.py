@@ -124,7 +124,8 @@ def rescore(args: argparse.Namespace) -> None:
         else:
             syn = ds.SyntheticSet.load(shlex.split(row["command"])[-1])
             config = ds.get_method(row["method"]).config.from_json(syn.config)
-            if "learned_pixel_stats" not in syn.extra and config.fill_pixel_stats(data)[0].pixel_stats == "real":
+            maps = hasattr(config, "fill_pixel_stats") and config.fill_pixel_stats(data)[0].pixel_stats == "real"
+            if "learned_pixel_stats" not in syn.extra and maps:
                 syn = syn.with_pixel_stats_of(data.train_x)
         print(f"== rescore {row['dataset']} {row['method']} {row['options']}", flush=True)
         if "learned_pixel_stats" in syn.extra and "scores_as_learned" not in row:

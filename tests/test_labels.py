@@ -146,6 +146,8 @@ def test_label_init_options(digits):
     assert ld.cfg.label_init == "onehot" and torch.equal(ld.labels.detach(), torch.eye(10)[ld.base_classes])
     uniform = LabelDistillation(digits, LabelConfig(label_init="uniform", **FAST))
     assert torch.allclose(uniform.labels, torch.full((20, 10), 0.1))  # the paper's start
-    assert ds.get_method("labels").presets["labels-paper"].options["label_init"] == "uniform"
+    paper = ds.get_method("labels").presets["labels-paper"].options
+    ld = LabelDistillation(digits, LabelConfig(**{**FAST, **paper, "base": 20}))
+    assert torch.allclose(ld.labels, torch.full((20, 10), 0.1))  # the preset gives the paper's uniform start
     with pytest.raises(ConfigError, match="label_init must be one of uniform, onehot"):
         LabelConfig(label_init="random", **FAST)

@@ -157,3 +157,21 @@ def test_cli_distills_token_rows_and_writes_nearest_words(tmp_path):
     assert len(cosine) == 4 and all(len(line.split()) == 1 + text.MAX_LEN for line in cosine)
     syn = ds.SyntheticSet.load(out)
     assert syn.images.shape == (4, text.MAX_LEN, text.EMBED_DIM) and syn.net["name"] == "lstm"
+
+
+def test_token_data_is_refused_where_a_method_needs_pixels_or_vectors(tokens):
+    for method in ("labels", "kip", "dm", "mtt"):
+        with pytest.raises(ds.DistilsetError, match="token ids|images"):
+            ds.distill(method, tokens, iterations=1)
+    with pytest.raises(ds.DistilsetError, match="token ids"):
+        ds.baseline("mean", tokens, ipc=1)
+    with pytest.raises(ds.DistilsetError, match="ZCA whitens images"):
+        tokens.with_zca()
+
+
+def test_any_net_scores_token_rows(tokens):
+    real = ds.baseline("random", tokens, ipc=2, seed=0)  # no net of its own: the text default, TextCNN
+    assert real.images.shape == (4, text.MAX_LEN, text.EMBED_DIM)
+    assert ds.evaluate(real, tokens, repeats=1, epochs=2).net == "textcnn"
+    mlp = ds.evaluate(real, tokens, net="mlp", repeats=1, epochs=2)  # the test snippets are embedded for it
+    assert mlp.net == "mlp" and 0.0 <= mlp.accuracy_mean <= 1.0

@@ -117,7 +117,8 @@ def baseline(
         idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
         images, labels = data.inputs(data.train_x[idx]), data.train_y[idx]
     elif data.token_embedding is not None:
-        raise DistilsetError(f"the {name} baseline works on images; token data ({data.info.name}) has random only")
+        raise DistilsetError(f"the {name} baseline needs images or embedded vectors; {data.info.name} holds token ids "
+                             "(random and full work on it)")  # fmt: skip
     elif name == "mean":
         images, labels = _per_class(data, ipc, _mean, seed, bar)
     elif name == "kmeans":

@@ -34,7 +34,7 @@ from distilset.errors import ConfigError, DistilsetError
 from distilset.io import write_json
 from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
-from distilset.nets.registry import fit_net_to_input
+from distilset.nets.registry import classic_net_for, fit_net_to_input
 from distilset.progress import Progress
 from distilset.recipes import KernelRidge, Recipe, Replay, Standard, recipe_to_json
 from distilset.synset import SyntheticSet
@@ -161,12 +161,12 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
             f"{data.info.name} (classes {', '.join(data.info.class_names[:3])}, ...); evaluate it on `dataset` "
             f"{syn.dataset}"
         )
-    x = data.test_x
+    x = data.inputs(data.test_x)  # token ids become their embedded rows: every net can score them
     if data.zca is not None:
         if syn.zca is None:
             raise DistilsetError("the dataset is ZCA-whitened but the set is not; load the dataset without ZCA")
         return x, data.test_y
-    if syn.images.ndim == 4 and data.info.norm != syn.norm:
+    if syn.images.ndim in (2, 4) and data.info.norm != syn.norm:
         x = syn.norm.normalize(data.info.norm.denormalize(x))
     if syn.zca is not None:
         x = syn.zca.apply(x)
@@ -224,8 +224,8 @@ def evaluate(
                                  "standard to train finite networks on it")  # fmt: skip
         return _kernel_regression(syn, data, recipe, device)
     spec = syn.net or {}
-    if net is None:
-        net = spec.get("name", "convnet")
+    if net is None:  # the set's own net; a set without one: DC's ConvNet for images, else the classic choice
+        net = spec.get("name", "convnet" if syn.images.ndim == 4 else classic_net_for(syn.image_shape)[0])
         net_kwargs = {**spec.get("kwargs", {}), **(net_kwargs or {})}
     net_kwargs, _ = fit_net_to_input(
         net, dict(net_kwargs or {}), tuple(syn.image_shape[:1]) + tuple(data.image_shape[1:])

@@ -26,7 +26,7 @@ from pathlib import Path
 from distilset.errors import ConfigError
 
 RUN_FILES = ("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json",
-             "checkpoint")  # fmt: skip
+             "nearest_words.txt", "nearest_sentences.txt", "checkpoint")  # fmt: skip
 """What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list)."""
 
 

@@ -238,19 +238,23 @@ class SyntheticSet:
 
     # ---- pixel statistics ----------------------------------------------------------------------------
     def with_pixel_stats_of(self, reference: torch.Tensor) -> SyntheticSet:
-        """This set with its images mapped by one affine map per channel, ``(x - mean) / std * std_ref +
-        mean_ref``, so that their channel means and standard deviations equal ``reference``'s (the real training
-        images, in the same space). A network that normalises its activations (instance, batch, group or layer
-        norm after the first layer) trains the same on both; a batch-norm network evaluated on real images then
-        meets test inputs of the scale its running statistics saw. The learned statistics are kept in
-        ``extra["learned_pixel_stats"]``, so the learned images can be recovered exactly."""
+        """This set with its images mapped by ``(x - mean_c) / s * s_ref + mean_ref_c``: each channel's mean
+        becomes ``reference``'s (the real training images, in the same space) and the pixel scale (the root mean
+        square over channels of the per-channel standard deviations) becomes theirs; one scale for all channels,
+        so the channels keep their learned proportions. A network whose first layer (a convolution) is followed by
+        instance or batch norm sees nearly the same thing in both (exactly so away from the zero-padded borders);
+        a batch-norm network evaluated on real images then meets test inputs of the scale its running statistics
+        saw. The learned statistics are kept in ``extra["learned_pixel_stats"]``, so the learned images can be
+        recovered (``as_learned``)."""
         if self.images.ndim != 4:
             raise SynsetFormatError("pixel statistics need images (N, C, H, W); this set holds embeddings")
         dims = (0, 2, 3)
         x = self.images.detach().float()
-        mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(1e-12)
-        ref = reference.detach().float()
-        ref_mean, ref_std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
+        ref = reference.detach().float().to(x.device)
+        mean, ref_mean = x.mean(dims, keepdim=True), ref.mean(dims, keepdim=True)
+        scale = x.var(dims).mean().sqrt().clamp_min(1e-12).view(1, 1, 1, 1).expand_as(mean)
+        ref_scale = ref.var(dims).mean().sqrt().view(1, 1, 1, 1).expand_as(mean)
+        std, ref_std = scale, ref_scale
         images = ((x - mean) / std * ref_std + ref_mean).contiguous()
         flat = {"mean": mean, "std": std, "reference_mean": ref_mean, "reference_std": ref_std}
         learned = {k: v.flatten().tolist() for k, v in flat.items()}

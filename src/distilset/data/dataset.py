@@ -181,6 +181,7 @@ class Dataset:
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            token_embedding=None if self.token_embedding is None else self.token_embedding.to(device),
         )
 
     def with_zca(self, eps: float = 0.1) -> Dataset:
@@ -188,6 +189,8 @@ class Dataset:
         covariance eigenvalues), applied to train and test; it acts on the normalised tensors (same result)."""
         if self.zca is not None:
             return self
+        if len(self.image_shape) != 3 or self.token_embedding is not None:
+            raise DistilsetError(f"ZCA whitens images; {self.info.name} has inputs of shape {self.image_shape}")
         norm = self.info.norm
         zca = ZCA.fit(norm.denormalize(self.train_x), eps=eps).for_normalized(norm, self.image_shape)
         return replace(self, train_x=zca.apply(self.train_x), test_x=zca.apply(self.test_x), zca=zca)

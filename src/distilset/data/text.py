@@ -135,8 +135,7 @@ def _cache_key() -> str:
     """Changes whenever the corpus or the model weights change (or this file's embedding recipe: v1)."""
     h = hashlib.sha256(b"v1")
     h.update(package_file(*CORPUS).read_bytes())
-    weights = package_file(*MODEL) / "model.safetensors"
-    h.update(f"{weights.stat().st_size}".encode())
+    h.update((package_file(*MODEL) / "model.safetensors").read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -149,7 +148,10 @@ def sentence_vectors(root: Path) -> torch.Tensor:
     texts, _ = rotten_tomatoes_corpus()
     path = Path(root) / "rotten-tomatoes" / f"minilm-sentences-{_cache_key()}.safetensors"
     if path.exists():
-        vectors = load_file(path).get("vectors")
+        try:
+            vectors = load_file(path).get("vectors")
+        except Exception:  # an unreadable cache is recomputed (and replaced atomically)
+            vectors = None
         if vectors is not None and tuple(vectors.shape) == (len(texts), EMBED_DIM):
             return vectors
     vectors = SentenceEncoder().encode(list(texts))

@@ -90,7 +90,11 @@ class MethodConfig(Config):
         return cfg, notes
 
 
-NORMALISING_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+def per_channel_norm(module: torch.nn.Module) -> bool:
+    """Batch or instance norm (PyTorch's, or DC's GroupNorm with one group per channel): per-channel statistics."""
+    if isinstance(module, torch.nn.GroupNorm):
+        return module.num_groups == module.num_channels
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase)
 
 
 @dataclass(frozen=True)
@@ -98,22 +102,23 @@ class PixelStatsOption:
     """Mixin of the configs of methods that learn pixels through a network that normalises its activations
     (DC, DSA, DM, MTT on their ConvNet with instance norm): how the saved images are scaled.
 
-    Such a network cannot see a per-channel affine change of its input, so nothing holds the learned pixels
-    at the real images' scale: MTT's drift to a standard deviation of 4-8 and DM's to about 2 (real images: 1),
-    and a batch-norm network trained on them meets real test images far from its running statistics."""
+    Such a network barely sees a change of its input's scale or of its channel means (instance or batch norm
+    after the first convolution removes them, up to the zero-padded borders), so nothing holds the learned
+    pixels at the real images' scale: MTT's drift to a standard deviation of 4-8 and DM's to about 2 (real
+    images: 1), and a batch-norm network trained on them meets real test images far from its running statistics."""
 
     pixel_stats: Literal["real", "learned"] | None = auto(
-        "real when the distillation net normalises its activations (instance, batch, group or layer norm), else learned"
+        "real when the distillation net has instance or batch norm, else learned"
     )
-    """Save the images mapped per channel to the real training images' mean and std (one affine map per
-    channel, invisible to a normalising net; the learned statistics stay in the set's extra), or as learned."""
+    """Save the images shifted and scaled to the real training images' channel means and pixel scale (nearly
+    invisible to an instance- or batch-norm net; the learned statistics stay in the set's extra), or as learned."""
 
     def fill_pixel_stats(self, data: Any) -> tuple[Any, dict[str, str]]:
         """``fill`` ``pixel_stats`` from whether the (resolved) distillation net has a normalisation layer."""
         net = create_net(self.net, data.image_shape, data.num_classes, seed=0, **self.net_kwargs)
-        if any(isinstance(m, NORMALISING_LAYERS) for m in net.modules()):
-            return self.fill(pixel_stats=("real", f"{self.net} normalises its activations"))
-        return self.fill(pixel_stats=("learned", f"{self.net} has no normalisation layer"))
+        if any(per_channel_norm(m) for m in net.modules()):
+            return self.fill(pixel_stats=("real", f"{self.net} has instance or batch norm"))
+        return self.fill(pixel_stats=("learned", f"{self.net} has no instance or batch norm"))
 
     def finish_set(self, syn: SyntheticSet, data: Any) -> SyntheticSet:
         """The set as saved: with the real images' pixel statistics unless ``pixel_stats`` is learned."""

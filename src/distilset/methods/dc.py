@@ -105,7 +105,7 @@ class DCConfig(MethodConfig, PixelStatsOption):
     """Network options as KEY=VALUE (a ConvNet gets the depth its input allows unless given)."""
 
     ITERATIONS: ClassVar[int] = 1000
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img",)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "pixel_stats")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img`, or resume to continue from the last good state"
 
     def check(self) -> None:

@@ -61,7 +61,8 @@ class DDConfig(MethodConfig):
     """Initial weights: one stored init, fresh inits every iteration, or nets pretrained on the data."""
     n_nets: int = 1
     """Initial weights per outer iteration (random / random-pretrained init), gradients averaged."""
-    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), else mlp", choices=list_nets)
+    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), textcnn (token rows), else mlp",
+                           choices=list_nets)  # fmt: skip
     """Network the distilled data trains."""
     net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
     """Network options as KEY=VALUE, e.g. width=32."""
@@ -232,7 +233,7 @@ class DatasetDistillation:
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.data.train_x)
         idx = torch.randperm(n, generator=self.generator)[: self.cfg.real_batch]
-        x, y = self.data.train_x[idx].to(self.device), self.data.train_y[idx].to(self.device)
+        x, y = self.data.inputs(self.data.train_x[idx]).to(self.device), self.data.train_y[idx].to(self.device)
         if self.cfg.attack is not None:
             a, b = self.cfg.attack
             y = torch.where(y == a, torch.full_like(y, b), y)

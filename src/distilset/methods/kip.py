@@ -61,6 +61,9 @@ class KernelConfig(MethodConfig):
             raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
 
     def resolve(self, data: Dataset) -> tuple[KernelConfig, dict[str, str]]:
+        if data.token_embedding is not None:
+            raise ConfigError(f"kernel methods take images or embedded vectors; {data.info.name} holds token ids "
+                              "(use rotten-tomatoes-sentences)")  # fmt: skip
         if self.arch != "fc" and len(data.image_shape) != 3:
             raise ConfigError(f"the {self.arch} kernel needs images (C, H, W); {data.info.name} has {data.image_shape}")
         data.require_per_class(self.ipc)

@@ -120,6 +120,9 @@ class LabelConfig(MethodConfig):
 
     def resolve(self, data: Dataset) -> tuple[LabelConfig, dict[str, str]]:
         k = data.num_classes
+        if data.token_embedding is not None:
+            raise ConfigError(f"label distillation takes images or embedded vectors; {data.info.name} holds token ids "
+                              "(use rotten-tomatoes-sentences, or distill dd for token rows)")  # fmt: skip
         if self.base_dataset is None and self.base % k:
             raise ConfigError(f"`base` {self.base} must be a multiple of the {k} classes for class-balanced base "
                               "examples")  # fmt: skip

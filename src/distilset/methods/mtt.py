@@ -118,7 +118,7 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     """Texture mode: canvas side in image sides."""
 
     ITERATIONS: ClassVar[int] = 300
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr", "pixel_stats")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img` (or `lr_lr`), or resume to continue from the last good state"
 
     def check(self) -> None:

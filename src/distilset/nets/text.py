@@ -69,7 +69,9 @@ class LSTMClassifier(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        _, (h, _) = self.lstm(self.tokens(x))
+        rows = self.tokens(x)
+        with torch.backends.cudnn.flags(enabled=False):  # cuDNN's LSTM has no double backward (unrolled methods)
+            _, (h, _) = self.lstm(rows)
         return h[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
