@@ -22,11 +22,11 @@ mean of the last three is the paper's training length for fresh models (``Synthe
 ``reset_window`` defaults to the paper's 50 (200 above 100 base examples).
 
 Start (a deviation from the paper's code, which starts every label uniform): within a dataset the labels start
-one-hot on their base example's class (``label_init``). Measured on mnist5k (100 base examples, ridge, LeNet):
-from uniform, the learned labels beat one-hot labels on LeNet and an MLP but lost about 4 points on ConvNets
-(11 % of the base examples ended with another class on top); from one-hot they beat one-hot labels on every net
-tried and on LeNet by more (README, label distillation). ``--label-init uniform`` (preset ``labels-paper``) is
-the paper's start; cross-dataset base examples always start uniform.
+one-hot on their base example's class (``label_init``). On mnist5k (100 base examples, ridge, LeNet), labels
+learned from uniform beat one-hot labels on LeNet but lost to them on ConvNets (some base examples ended with
+another class on top); learned from one-hot they kept a lead on the other nets too (README, label
+distillation). ``--label-init uniform`` (preset ``labels-paper``) is the paper's start; cross-dataset base
+examples always start uniform.
 
 Model selection, as the paper's code: a class-balanced ``validation`` share of the training images is held
 out; every ``val_every`` iterations (and at the end) a fresh model is trained on the current labels by the
