@@ -49,7 +49,8 @@ def create_net(
         try:
             net = NETS[name](tuple(in_shape), num_classes, **kw)
         except (TypeError, ValueError) as e:
-            raise DistilsetError(f"bad option for net {name!r} (`net_kwargs`): {e}; its options: "
+            raise DistilsetError(f"bad option for net {name!r} (`net_kwargs`) or inputs of shape {tuple(in_shape)}: "
+                                 f"{e}; its options: "
                                  f"{NETS[name].__doc__ or 'none'}") from e  # fmt: skip
         init_weights(net, init)
     return net
