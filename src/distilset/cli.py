@@ -35,6 +35,7 @@ from distilset.recipes import Standard
 from distilset.report import report
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
+from distilset.teach import SYSTEMS, teach
 
 DISTILL_DESCRIPTION = (
     "Distill a dataset into a small synthetic set with METHOD. Not sure which? On a laptop CPU start with dm: the "
@@ -143,9 +144,10 @@ def _flags_of_parser(p: argparse.ArgumentParser) -> dict[str, str]:
 
 
 # ---- commands -------------------------------------------------------------------------------------------
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
     p.add_argument("--dataset", required=required,
-                   help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH")  # fmt: skip
+                   help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH"
+                        + (f" (default: {default})" if default else ""))  # fmt: skip
     p.add_argument("--data-root", default=None, help="directory of raw dataset files (default $DISTILSET_DATA_ROOT)")
     p.add_argument("--data-path", default=None,
                    help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)")  # fmt: skip
@@ -286,6 +288,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    system = SYSTEMS[args.system]
+    args.dataset = args.dataset or system.config.DATASET
+    data = _load(args)
+    taught = teach(
+        system.name, data, out=args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
+        progress=True, log=print, data_root=args.data_root, download=args.download,
+        **config_options(args, system.config),
+    )  # fmt: skip
+    for c in taught.report.get("claims", []):
+        numbers = ", ".join(f"{k} {v:g}" for k, v in c.items() if k not in ("claim", "holds"))
+        print(f"{'holds' if c['holds'] else 'does not hold'}: {c['claim']} ({numbers})")
+    print(f"wrote models/, labels.safetensors, report.json and teach.png ({system.name}, {data.info.name}) to "
+          f"{args.out} in {taught.report['seconds']:.0f} s")  # fmt: skip
+    return 0
+
+
 def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     shared = p.add_argument_group("options of every method")
     _add_data_args(shared, required=False)
@@ -343,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_options(m, method.config, f"{method.name} options")
         m.set_defaults(func=cmd_distill, flags=_flags_of_parser(m))
 
+    p = sub.add_parser("teach", help="teacher-student systems: distil trained models into labels (SYSTEM)",
+                       description="Teacher-student systems that distil knowledge from trained models into labels "
+                                   "and train students on them.")  # fmt: skip
+    systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM", parser_class=_Parser)
+    for system in SYSTEMS.values():
+        m = systems.add_parser(system.name, help=system.summary, description=system.summary)
+        shared = m.add_argument_group("options of every system")
+        _add_data_args(shared, required=False, default=system.config.DATASET)
+        shared.add_argument("--out", required=True, help="output directory (models/, labels, report.json, teach.png)")
+        shared.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+        _add_run_args(shared)
+        add_config_options(m, system.config, f"{system.name} options")
+        m.set_defaults(func=cmd_teach, flags=_flags_of_parser(m))
+
     p = sub.add_parser("evaluate", help="train fresh nets on a saved set and report test accuracy")
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")
     _add_data_args(p, required=False)
@@ -377,7 +410,8 @@ def _foreign_option_error(args: argparse.Namespace, extra: list[str]) -> UsageEr
     close = difflib.get_close_matches(option, sorted(own), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     if getattr(args, "command", None) != "distill":
-        return UsageError(f"unrecognized argument(s): {' '.join(extra)}{hint} (see `distilset {args.command} --help`)")
+        command = f"teach {args.system}" if args.command == "teach" else args.command
+        return UsageError(f"unrecognized argument(s): {' '.join(extra)}{hint} (see `distilset {command} --help`)")
     owners = sorted(m.name for m in METHODS.values() if option in flags_of(m.config).values())
     if owners:
         return UsageError(

@@ -26,8 +26,10 @@ from pathlib import Path
 from distilset.errors import ConfigError
 
 RUN_FILES = ("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json",
-             "nearest_words.txt", "nearest_sentences.txt", "checkpoint")  # fmt: skip
-"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list)."""
+             "nearest_words.txt", "nearest_sentences.txt", "checkpoint",
+             "report.json", "models", "labels.safetensors", "teach.png")  # fmt: skip
+"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list); the last four
+are a ``distilset teach`` run's."""
 
 
 def describe_run(out: Path) -> str | None:
@@ -41,6 +43,8 @@ def describe_run(out: Path) -> str | None:
         method = meta.get("method") if isinstance(meta, dict) else None
     except (OSError, ValueError):
         pass
+    if (out / "report.json").exists() and not (out / "synset.json").exists():
+        return "a teach run (report.json, models/)"
     what = f"a {method} set" if isinstance(method, str) and method else "a set"
     if (out / "checkpoint").exists():
         return f"{what} and its checkpoint" if (out / "synset.json").exists() else "an unfinished run (checkpoint/)"

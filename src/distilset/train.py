@@ -9,7 +9,9 @@ Dataset Distillation recipe: its learned steps, in order, each with its learned 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -35,6 +37,8 @@ def fit(
     seed: int = 0,
     progress: bool = False,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    batches: BatchPlan | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) by ``recipe``; y hard (N,) or soft (N, K).
 
@@ -42,23 +46,25 @@ def fit(
     transforms and texture crops too), so the same seed gives the same network. With ``recipe.steps`` the
     training stops after that many minibatch steps; otherwise after ``recipe.total_epochs`` epochs.
     ``on_epoch(e, net)`` is called after each full epoch e = 1, 2, ...
+    ``batches`` replaces the plain shuffle with another plan (e.g. ``MixedBatches``: a fixed share of every
+    minibatch from one part of x); ``loss_fn(outputs, targets)`` replaces the recipe's loss (e.g. FedMD's mean
+    absolute error on class scores).
     """
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(net.parameters(), recipe)
-    loss_fn = LOSSES[recipe.loss]
+    loss_fn = loss_fn or LOSSES[recipe.loss]
     n = len(x)
     if n == 0:
         raise DistilsetError("there is nothing to train on (0 images)")
-    batch = min(recipe.batch_size, n)
-    per_epoch = -(-n // batch)
+    batches = batches or Shuffle(n, recipe.batch_size)
+    per_epoch = batches.per_epoch
     total = recipe.steps if recipe.steps else recipe.total_epochs * per_epoch
     decay_at = total // 2 if recipe.schedule == "step" else None
     net.train()
     step, epoch = 0, 0
     bar = Progress(total, "train", progress, leave=False)
     while step < total:
-        perm = torch.randperm(n, generator=g).to(x.device)
-        for i in range(0, n, batch):
+        for idx in batches.epoch(g):
             if step == total:
                 break
             if step == decay_at and step > 0:
@@ -67,7 +73,7 @@ def fit(
             if recipe.schedule == "cosine":
                 for group in opt.param_groups:
                     group["lr"] = recipe.lr * cosine_factor(step, total, recipe.warmup)
-            idx = perm[i : i + batch]
+            idx = idx.to(x.device)
             xb = x[idx]
             if recipe.crop:
                 xb = toroidal_crop(xb, recipe.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
@@ -87,6 +93,69 @@ def fit(
                 on_epoch(epoch, net)
     bar.close()
     return net
+
+
+class BatchPlan(Protocol):
+    """How ``fit`` walks the data: ``per_epoch`` minibatches of indices per ``epoch(generator)``."""
+
+    per_epoch: int
+
+    def epoch(self, g: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Shuffle:
+    """The plain plan: every example once per epoch, in a fresh random order, in minibatches of ``batch_size``."""
+
+    n: int
+    batch_size: int
+
+    @property
+    def per_epoch(self) -> int:
+        return -(-self.n // min(self.batch_size, self.n))
+
+    def epoch(self, g: torch.Generator) -> Iterator[torch.Tensor]:
+        return iter(torch.randperm(self.n, generator=g).split(min(self.batch_size, self.n)))
+
+
+@dataclass(frozen=True)
+class MixedBatches:
+    """Every minibatch takes ``round(share * batch_size)`` examples from the first ``n_first`` indices and the rest
+    from the other ``n_rest``, each part reshuffled whenever it runs out (omni-supervised data distillation mixes
+    real and pseudo-labelled images about 6:4). An epoch is as many minibatches as one pass over both parts."""
+
+    n_first: int
+    n_rest: int
+    batch_size: int
+    share: float
+
+    @property
+    def per_epoch(self) -> int:
+        return -(-(self.n_first + self.n_rest) // self.batch_size)
+
+    def epoch(self, g: torch.Generator) -> Iterator[torch.Tensor]:
+        take_first = min(max(1, round(self.share * self.batch_size)), self.batch_size - 1)
+        first = _Cycle(self.n_first, g, offset=0)
+        rest = _Cycle(self.n_rest, g, offset=self.n_first)
+        for _ in range(self.per_epoch):
+            yield torch.cat([first.take(take_first), rest.take(self.batch_size - take_first)])
+
+
+class _Cycle:
+    """Indices offset .. offset+n-1 in random order, a fresh order each time they run out."""
+
+    def __init__(self, n: int, g: torch.Generator, offset: int) -> None:
+        self.n, self.g, self.offset, self.order = n, g, offset, torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> torch.Tensor:
+        parts = []
+        while k > 0:
+            if not len(self.order):
+                self.order = torch.randperm(self.n, generator=self.g) + self.offset
+            parts.append(self.order[:k])
+            k -= len(parts[-1])
+            self.order = self.order[len(parts[-1]) :]
+        return torch.cat(parts)
 
 
 def cosine_factor(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
