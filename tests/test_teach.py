@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import needs_fashion
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,13 +151,21 @@ def test_fedmd_net_specs():
         parse_net("mlp:width")
 
 
-@needs_fashion
-def test_fedmd_collaboration_gains_over_transfer_only():
-    data = ds.load_dataset("fashion-mnist")
-    report = teach("fedmd", data, nets=("mlp", "mlp:width=64,depth=3", "lenet", "convnet:width=8",
-                                        "convnet-bn:width=8"), rounds=6).report  # fmt: skip
-    assert report["mean_final"] > report["mean_transfer_only"] + 0.01
+def test_fedmd_with_defaults_gains_over_transfer_only_from_the_consensus(digits):
+    # digits: private classes 0-5, public 6-9, 10 parties x 18 images; measured transfer only 78.1 %, after 20
+    # rounds 90.1 %, the same revisits without consensus 88.1 %, pooled 96.0 %
+    report = teach("fedmd", digits).report
+    assert len(set(report["parties"])) >= 5
+    assert report["mean_final"] > report["mean_transfer_only"] + 0.03
+    assert report["mean_final"] > report["mean_revisit_only"]
     assert report["mean_final"] < report["mean_pooled"]
+
+
+def test_fedmd_public_set_of_another_dataset_must_match_the_input_shape(digits, mnist5k):
+    with pytest.raises(ds.ConfigError, match="pick a public set of the same shape"):
+        teach("fedmd", digits, public="mnist5k", rounds=1)
+    with pytest.raises(ds.ConfigError, match="lower private_classes below 10"):
+        teach("fedmd", digits, private_classes=10)
 
 
 # ---- outputs and the command line --------------------------------------------------------------------------

@@ -5,9 +5,11 @@ Read beside the paper's algorithm 1 and its released code's EMNIST configuration
 - **Parties**: one network each, of different architectures (``nets``: ``NAME`` or ``NAME:key=value,...``,
   e.g. ``convnet:width=16``), all with one output layer covering the public classes and, after them, the
   private ones (the paper: MNIST digits 0-9, then EMNIST letters relabelled 10-15).
-- **Data**: the public set is ``public`` (default mnist5k, the 5000 MNIST digits shipped offline); the private
-  task is the first ``private_classes`` classes of ``--dataset`` (default Fashion-MNIST, the offline stand-in
-  for EMNIST letters: a second 28x28 grey-scale task with its own classes). Each party holds ``per_class``
+- **Data**: the private task is the first ``private_classes`` classes of ``--dataset`` (default Fashion-MNIST);
+  the public set is ``public``, by default the same dataset's other classes (relabelled from 0): one domain
+  with disjoint classes, as the paper's MNIST digits (public) and EMNIST letters (private). Another dataset of
+  the same input shape may be named (e.g. ``mnist5k``, 5000 MNIST digits, for Fashion-MNIST: another domain).
+  Each party holds ``per_class``
   private images of each class (``split`` balanced, the paper's balanced setting), or a Dirichlet(0.5) share
   of the same total (``split`` skewed: classes given to parties non-uniformly, some missing).
 - **Transfer learning**: every party trains on the public set (``public_epochs``), then on its private images
@@ -41,6 +43,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from distilset.config import auto
 from distilset.data import load_dataset
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
@@ -51,6 +54,10 @@ from distilset.teach.base import Model, Taught, TeachConfig, claim, register_sys
 DEFAULT_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "lenet", "convnet:width=8",
                 "convnet:width=16", "convnet-bn:width=8", "convnet-bn:width=16", "convnet:width=16,depth=2",
                 "convnet-bn:width=16,depth=2")  # fmt: skip
+SMALL_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "mlp:width=32,depth=2", "convnet:width=8,depth=2",
+              "convnet:width=16,depth=2", "convnet-bn:width=8,depth=2", "convnet-bn:width=16,depth=2",
+              "convnet:width=16,depth=1", "convnet-bn:width=16,depth=1")  # fmt: skip
+"""The parties' networks for inputs under 20x20 (8x8 digits): no LeNet, ConvNets of depth 1-2."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,10 @@ class FedMDConfig(TeachConfig):
 
     DATASET: ClassVar[str] = "fashion-mnist"
 
-    public: str = "mnist5k"
-    """Public dataset every party pre-trains on and scores in each round (same input shape as the private one)."""
-    nets: tuple[str, ...] = DEFAULT_NETS
+    public: str | None = auto("the dataset's classes outside the private task")
+    """Public dataset every party pre-trains on and scores in each round (same input shape as the private one);
+    the private dataset's own name means its classes outside the private task."""
+    nets: tuple[str, ...] | None = auto("10 different MLPs, LeNet and ConvNets of widths 8-16, fitted to the input")
     """One network per party: NAME or NAME:key=value,... (at least 2 parties)."""
     private_classes: int = 6
     """The private task: the first this many classes of the dataset (the paper: 6 letters)."""
@@ -89,16 +97,26 @@ class FedMDConfig(TeachConfig):
         self.require_positive("private_classes", "per_class", "public_epochs", "private_epochs", "public_subset",
                               "revisit_epochs")  # fmt: skip
         self.require_at_least(0, "rounds")
-        if len(self.nets) < 2:
+        if self.nets is not None and len(self.nets) < 2:
             raise ConfigError(f"`nets` needs at least 2 parties, got {list(self.nets)}")
-        for spec in self.nets:
+        for spec in self.nets or ():
             parse_net(spec)
 
     def resolve(self, data: Dataset) -> tuple[FedMDConfig, dict[str, str]]:
         if self.private_classes > data.num_classes:
             raise ConfigError(f"`private_classes` {self.private_classes} exceeds the {data.num_classes} classes of "
                               f"{data.info.name}")  # fmt: skip
-        return self, {}
+        side = min(data.image_shape[1:])
+        k = self.private_classes
+        if self.public in (None, data.info.name) and k >= data.num_classes:
+            raise ConfigError(f"the public set is {data.info.name}'s classes outside the private task: lower "
+                              f"`private_classes` below {data.num_classes}, or name another `public`")  # fmt: skip
+        nets = (DEFAULT_NETS, f"{side}-pixel inputs") if side >= 20 else (SMALL_NETS, f"{side}-pixel inputs: no LeNet")
+        return self.fill(
+            public=(data.info.name, f"{data.info.name}'s classes {k}-{data.num_classes - 1}: one domain, classes "
+                                    "disjoint from the private task's (the paper: MNIST digits, EMNIST letters)"),
+            nets=nets,
+        )  # fmt: skip
 
 
 def parse_net(spec: str) -> tuple[str, dict]:
@@ -206,9 +224,6 @@ def public_set(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Dataset:
     the way MNIST digits and EMNIST letters are one domain with disjoint classes in the paper."""
     if cfg.public != data.info.name:
         return load_dataset(cfg.public, root=ctx.data_root, download=ctx.download)
-    if cfg.private_classes >= data.num_classes:
-        raise ConfigError(f"`public` {cfg.public} is the private dataset: lower `private_classes` below "
-                          f"{data.num_classes} so that some classes are left for the public set")  # fmt: skip
     k = cfg.private_classes
     train, test = data.train_y >= k, data.test_y >= k
     info = dataclasses.replace(data.info, name=f"{data.info.name}[{k}:]", class_names=data.info.class_names[k:])
