@@ -17,6 +17,7 @@ from distilset.nets import create_net, list_nets
 from distilset.recipes import Replay, Standard
 from distilset.report import report
 from distilset.synset import SyntheticSet
+from distilset.teach import load_model, teach
 from distilset.train import fit
 
 __version__ = "0.2.0"
@@ -42,8 +43,10 @@ __all__ = [
     "list_methods",
     "list_nets",
     "load_dataset",
+    "load_model",
     "record_evaluation",
     "register_method",
     "report",
+    "teach",
     "train_experts",
 ]

@@ -26,6 +26,7 @@ from distilset.baselines import BASELINES, baseline
 from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
+from distilset.distributed import current, init_from_env
 from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
 from distilset.methods import METHODS, distill
@@ -280,6 +281,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, preset=args.preset, log=print, data_root=args.data_root,
         download=args.download, **config_options(args, method.config),
     )  # fmt: skip
+    if not current().writer:  # data-parallel: rank 0 reports
+        return 0
     print(f"wrote {len(syn)} distilled items ({method.name}, {data.info.name}) to {args.out}")
     if args.evaluate:
         res = evaluate(syn, data, repeats=args.evaluate, device=args.device)
@@ -436,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             raise _foreign_option_error(args, extra)
         if hasattr(args, "device"):
             _check_device(args.device)
+            _, args.device = init_from_env(args.device)  # under torchrun: join the process group
         return args.func(args)
     except Interrupted as e:
         print(f"distilset: {_render(e, flags)}", file=sys.stderr)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 
 from distilset.config import Config, auto
+from distilset.distributed import current
 from distilset.errors import DistilsetError, Interrupted
 from distilset.io import save_torch, write_json
 from distilset.nets import create_net
@@ -319,6 +320,10 @@ def run(
     raises ``Interrupted`` saying how to continue. The set records the method, its resolved config, the seed,
     the iterations and ``extra``."""
     start, history = 0, []
+    if not current().writer:  # data-parallel: rank 0 writes; every rank reads a checkpoint to resume
+        cfg = dataclasses.replace(cfg, progress=False, checkpoint_every=0)
+        quick_eval = None
+    writes = current().writer
     if cfg.resume:
         if cfg.out is None:
             raise DistilsetError("`resume` needs `out`, the directory of the interrupted run")
@@ -342,7 +347,7 @@ def run(
                 metrics = distiller.step(it)
             except NonFiniteError as e:
                 where = ""
-                if cfg.out is not None:
+                if cfg.out is not None and writes:
                     path = _save(distiller, identity, cfg.out, it, history)
                     where = f"; the last good state (before iteration {it}) is saved in {path}, continue with `resume`"
                 raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
@@ -351,13 +356,14 @@ def run(
                 row.update(quick_eval())
             history.append(row)
             bar.update({k: v for k, v in row.items() if k in ("loss", "val_acc")})
-            if cfg.out is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+            if cfg.out is not None and writes and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
                 _save(distiller, identity, cfg.out, it + 1, history)
             if stop["signal"] and it + 1 < cfg.iterations:
                 if cfg.out is None:
                     raise Interrupted(f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved "
                                       "(no `out` directory)")  # fmt: skip
-                _save(distiller, identity, cfg.out, it + 1, history)
+                if writes:
+                    _save(distiller, identity, cfg.out, it + 1, history)
                 raise Interrupted(
                     f"stopped by {stop['signal']} after iteration {it + 1} of {cfg.iterations}; the state is saved "
                     f"in {cfg.out / CHECKPOINT}: run the same command with `resume` to continue"
@@ -365,7 +371,8 @@ def run(
     syn = distiller.synthetic_set()
     syn.config = {"method": identity.method, **identity.config.to_json()}
     syn.extra = {**syn.extra, "seed": identity.seed, "iterations": cfg.iterations, **(extra or {})}
-    if cfg.out is not None:
+    if cfg.out is not None and writes:
         _save(distiller, identity, cfg.out, cfg.iterations, history)
         syn.save(cfg.out)
+    current().barrier()  # the other ranks return once the set is on disk
     return syn

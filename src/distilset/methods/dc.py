@@ -177,8 +177,7 @@ class GradientMatching(PerClassImages):
                 bn = torch.cat([self.data.class_batch(c, BN_IMAGES_PER_CLASS, self.generator) for c in range(k)])
                 freeze_batchnorm(net, bn.to(self.device))
             loss = self.matching_loss(net, weights)
-            self.update_images(loss, cfg.name)
-            total += loss.item()
+            total += self.update_images(loss, cfg.name)
             if outer < cfg.outer_loop - 1:
                 images = self.images.detach().clone()
                 fit(net, images, self.labels.to(self.device), self.inner, seed=self._draw(2**62))
@@ -188,7 +187,10 @@ class GradientMatching(PerClassImages):
         """Sum over classes of the layer-wise distance between real and synthetic gradients (images in graph)."""
         loss = torch.zeros((), device=self.device)
         for c in range(self.data.num_classes):
-            real, syn = self.class_batches(c)
+            batches = self.class_batches(c)
+            if batches is None:  # another rank's class
+                continue
+            real, syn = batches
             target_real = torch.full((len(real),), c, device=self.device)
             g_real = torch.autograd.grad(nn.functional.cross_entropy(net(real), target_real), weights)
             target_syn = torch.full((len(syn),), c, device=self.device)
@@ -205,5 +207,7 @@ def _paper(ipc: int) -> Preset:
     return Preset("mnist", 1000, {"ipc": ipc}, f"the released code's settings at {ipc} image(s) per class")
 
 
-register_method("dc", DCConfig, _build, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)})
-register_method("dsa", DSAConfig, _build, presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)})
+register_method("dc", DCConfig, _build, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)},
+                data_parallel=True)  # fmt: skip
+register_method("dsa", DSAConfig, _build, presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)},
+                data_parallel=True)  # fmt: skip

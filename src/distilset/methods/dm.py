@@ -91,12 +91,15 @@ class DistributionMatching(PerClassImages):
         net = self.embedder()
         loss = torch.zeros((), device=self.device)
         for c in range(self.data.num_classes):
-            real, syn = self.class_batches(c)
+            batches = self.class_batches(c)
+            if batches is None:  # another rank's class
+                continue
+            real, syn = batches
             with torch.no_grad():
                 mean_real = net.embed(real).mean(0)
             loss = loss + (mean_real - net.embed(syn).mean(0)).pow(2).sum()
-        self.update_images(loss, "DM")
-        return {"loss": loss.item() / self.data.num_classes}
+        total = self.update_images(loss, "DM")
+        return {"loss": total / self.data.num_classes}
 
 
 def _build(data: Dataset, cfg: DMConfig, ctx: Context) -> DistributionMatching:
@@ -111,4 +114,5 @@ register_method(
         "dm-paper-ipc10": Preset("mnist", 20000, {"ipc": 10}, "the paper's budget: 20,000 iterations"),
         "dm-paper-ipc50": Preset("mnist", 20000, {"ipc": 50}, "the paper's budget: 20,000 iterations"),
     },
+    data_parallel=True,
 )

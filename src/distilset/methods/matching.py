@@ -6,6 +6,7 @@ the checkpoint state; and the saved set (hard labels, DC's standard protocol wit
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from distilset.augment import dsa
 from distilset.data.dataset import Dataset
+from distilset.distributed import current
 from distilset.methods.base import Context, NonFiniteError, restore_optimizer, rewind_on_nonfinite
 from distilset.nets import create_net
 from distilset.recipes import Standard
@@ -38,6 +40,7 @@ class PerClassImages:
         self.images = images.to(ctx.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
+        self.shards = current()
 
     def _draw(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.generator))
@@ -47,23 +50,34 @@ class PerClassImages:
         return create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
                           **self.cfg.net_kwargs).to(self.device)  # fmt: skip
 
-    def class_batches(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_batches(self, c: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A real batch of class ``c`` and the class's synthetic images, both augmented by one DSA transform drawn
-        from one seed (siamese) when the method augments."""
-        real = self.data.class_batch(c, self.cfg.batch_real, self.generator).to(self.device)
+        from one seed (siamese) when the method augments; None when another rank computes class ``c`` (its
+        random numbers are drawn all the same, so every rank's generator stays in step)."""
+        real = self.data.class_batch(c, self.cfg.batch_real, self.generator)
         syn = self.images[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
-        if self.strategy:
-            seed = self._draw(2**62)
+        seed = self._draw(2**62) if self.strategy else None
+        if not self.shards.mine(c):
+            return None
+        real = real.to(self.device)
+        if seed is not None:
             real, syn = dsa(real, self.strategy, seed=seed), dsa(syn, self.strategy, seed=seed)
         return real, syn
 
-    def update_images(self, loss: torch.Tensor, name: str) -> None:
-        """One SGD step on the images from ``loss``, refused before any change if it is not finite."""
+    def update_images(self, loss: torch.Tensor, name: str) -> float:
+        """One SGD step on the images from ``loss`` (summed over the ranks), refused before any change if it is not
+        finite; returns the loss summed over the ranks."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if not torch.isfinite(loss) or not torch.isfinite(self.images.grad).all():
-            raise NonFiniteError(f"{name}'s loss or image gradient is not finite (loss {loss.item():.4g})")
+        if loss.requires_grad:
+            loss.backward()
+        if self.images.grad is None:  # this rank computed no class
+            self.images.grad = torch.zeros_like(self.images)
+        self.shards.sum_(self.images.grad)
+        total = float(self.shards.sum_(loss.detach().clone()))
+        if not math.isfinite(total) or not torch.isfinite(self.images.grad).all():
+            raise NonFiniteError(f"{name}'s loss or image gradient is not finite (loss {total:.4g})")
         self.optimizer.step()
+        return total
 
     def step(self, iteration: int) -> dict[str, float]:
         return rewind_on_nonfinite(self.generator, self._step)

@@ -20,6 +20,7 @@ from typing import Any
 
 from distilset.config import check_seed, field_specs
 from distilset.data.dataset import Dataset
+from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.evaluate import evaluate
 from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, dataset_identity, run
@@ -47,6 +48,8 @@ class Method:
     presets: Mapping[str, Preset] = field(default_factory=dict)
     objects: tuple[str, ...] = ()
     """Keyword objects ``distill`` passes to ``build`` as they are (API only, e.g. a pretrained pool)."""
+    data_parallel: bool = False
+    """Its distiller runs data-parallel under torchrun, each rank computing its share (``distilset.distributed``)."""
 
     @property
     def summary(self) -> str:
@@ -66,6 +69,7 @@ def register_method(
     build: Callable[..., Distiller],
     presets: Mapping[str, Preset] | None = None,
     objects: tuple[str, ...] = (),
+    data_parallel: bool = False,
 ) -> Method:
     """Register a method: ``build(data, cfg, ctx, **objects)`` returns its stepwise distiller."""
     if not issubclass(config, MethodConfig):
@@ -78,7 +82,7 @@ def register_method(
     clash = sorted(set(presets or {}) & set(taken))
     if clash:
         raise ValueError(f"preset name(s) {clash} already belong to {', '.join(sorted({taken[c] for c in clash}))}")
-    method = Method(name, config, build, dict(presets or {}), tuple(objects))
+    method = Method(name, config, build, dict(presets or {}), tuple(objects), data_parallel)
     for preset_name, preset in method.presets.items():  # a preset that names no valid config fails here
         try:
             make_config(method, {}, preset)
@@ -186,9 +190,14 @@ def distill(
     check_seed(seed)
     if checkpoint_every < 1:
         raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
+    shards = current()
     if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
-        out = prepare_out(out, resume=resume, overwrite=overwrite)
-    log = log or (lambda message: None)
+        if shards.writer:
+            out = prepare_out(out, resume=resume, overwrite=overwrite)
+        shards.barrier()
+        out = Path(out)
+    log = log if log and shards.writer else (lambda message: None)
+    progress = progress and shards.writer
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
     if validation is not None:
         log(
@@ -199,6 +208,10 @@ def distill(
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
                   data_root=data_root, download=download)  # fmt: skip
+    if shards.world > 1 and not m.data_parallel:
+        supported = ", ".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
+        raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
+                             f"run it in one process, or use one of {supported}")  # fmt: skip
     distiller = m.build(data, cfg, ctx, **objects)
     run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip

@@ -1,0 +1,76 @@
+"""Data-parallel distillation on torch.distributed: which part of the work is this process's.
+
+Launched with ``torchrun --nproc_per_node N -m distilset.cli distill dm ...`` (gloo on CPU, nccl on CUDA), every
+process (rank) holds the same synthetic set, draws the same random numbers (the same networks, the same real
+batch indices, the same augmentation seeds) and computes the per-class loss for its share of the classes only:
+class c is rank ``c % world``'s. The image gradients are summed over the ranks (all-reduce), so every rank takes
+the same optimiser step as a single process with all classes would, up to the order of floating-point sums.
+Rank 0 alone writes the output directory (checkpoints, history, the set); every rank reads a checkpoint on
+``--resume``, which therefore works with any number of ranks. Methods whose distiller sets
+``data_parallel = True`` support it (DM, DC, DSA); the others refuse to start with more than one rank.
+
+Without a process group (a plain ``distilset`` or API call) ``current()`` is rank 0 of 1 and nothing here
+touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from distilset.errors import DistilsetError
+
+
+@dataclass(frozen=True)
+class Shards:
+    """This process's rank among ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this rank writes files (rank 0)."""
+        return self.rank == 0
+
+    def mine(self, c: int) -> bool:
+        """Whether class ``c``'s loss is computed here."""
+        return c % self.world == self.rank
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place (nothing to do with one rank)."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def current() -> Shards:
+    if dist.is_available() and dist.is_initialized():
+        return Shards(dist.get_rank(), dist.get_world_size())
+    return Shards()
+
+
+def init_from_env(device: str) -> tuple[Shards, str]:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1); return the shards and
+    this rank's device (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        return current(), device
+    if not dist.is_available():
+        raise DistilsetError("this PyTorch build has no torch.distributed; run without torchrun")
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return current(), device
+
+
+__all__ = ["Shards", "current", "init_from_env"]

@@ -1,0 +1,61 @@
+"""Data-parallel distillation on torch.distributed: 2 gloo processes under torchrun give the set one process gives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import distilset as ds
+from distilset.distributed import Shards, current
+
+
+def _distill(out, *extra, ranks=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    cmd = [*(launcher if ranks > 1 else [sys.executable]), "-m", "distilset.cli", "distill", *extra, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _images(path):
+    return ds.SyntheticSet.load(path).images
+
+
+def test_without_a_process_group_this_is_rank_0_of_1():
+    assert current() == Shards(0, 1)
+    assert [Shards(1, 3).mine(c) for c in range(6)] == [False, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("method", [
+    ("dm", "--iterations", "3"),
+    ("dc", "--ipc", "1", "--iterations", "2"),
+])  # fmt: skip
+def test_two_processes_give_the_set_of_one(tmp_path, method):
+    args = [*method, "--dataset", "digits"]
+    one, two = _distill(tmp_path / "one", *args), _distill(tmp_path / "two", *args, ranks=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("wrote ") == 1  # rank 0 reports, once
+    a, b = _images(tmp_path / "one"), _images(tmp_path / "two")
+    assert (a - b).abs().max() < 1e-5
+    assert (a - ds.load_dataset("digits").train_x[: len(a)]).abs().max() > 1e-2  # the images did move
+
+
+def test_resume_with_another_number_of_processes(tmp_path):
+    args = ["dm", "--dataset", "digits", "--checkpoint-every", "1"]
+    straight = _distill(tmp_path / "straight", *args, "--iterations", "4")
+    first = _distill(tmp_path / "split", *args, "--iterations", "2", ranks=2)
+    second = _distill(tmp_path / "split", *args, "--iterations", "4", "--resume")
+    for run in (straight, first, second):
+        assert run.returncode == 0, run.stderr
+    assert "resuming" in second.stderr + second.stdout
+    assert (_images(tmp_path / "straight") - _images(tmp_path / "split")).abs().max() < 1e-5
+
+
+def test_a_method_without_data_parallel_support_is_refused(tmp_path):
+    run = _distill(tmp_path / "kip", "kip", "--dataset", "digits", "--iterations", "1", ranks=2)
+    assert run.returncode != 0
+    assert "distilset: error: `distill kip` does not run data-parallel (2 processes)" in run.stderr
+    assert "dc, dm, dsa" in run.stderr
