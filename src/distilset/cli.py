@@ -155,6 +155,12 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True, default: s
     p.add_argument("--download", action="store_true", help="download missing files (checksum-verified)")
 
 
+def _add_ray_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help=f"run on Ray: {what}; no ADDRESS: this machine's cluster or a new local one, else "
+                        "auto or HOST:PORT (needs distilset[ray])")  # fmt: skip
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -206,6 +212,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _load(args)
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
+    if args.ray is not None:
+        raise UsageError("--ray runs the networks of --nets as Ray tasks; give --nets (or drop --ray)")
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
         repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json,
@@ -229,7 +237,8 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
         raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     results = evaluate_nets(syn, data, nets, protocol=args.protocol, repeats=args.repeats, seed=args.seed,
-                            device=args.device, progress=not args.json, **config_options(args, Standard))  # fmt: skip
+                            device=args.device, progress=not args.json, ray=args.ray,
+                            **config_options(args, Standard))  # fmt: skip
     own = (syn.net or {}).get("name", "convnet")
     transfer = transfer_accuracy(results, own)
     if args.save:
@@ -259,7 +268,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_experts(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     cfg = ExpertConfig(**config_options(args, ExpertConfig))
-    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True)
+    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True,
+                        ray=args.ray)  # fmt: skip
     accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
     print(f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
           f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
@@ -352,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="experts directory (resumable: finished experts are kept)")
     p.add_argument("--experts", type=int, default=5, help="number of experts (default: 5)")
     p.add_argument("--zca", action="store_true", help="train on ZCA-whitened data")
+    _add_ray_arg(p, "each expert is a Ray task")
     _add_run_args(p)
     add_config_options(p, ExpertConfig, "expert training")
     p.set_defaults(func=cmd_experts, flags=_flags_of_parser(p))
@@ -388,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the mean over the nets the set was not made with")  # fmt: skip
     p.add_argument("--net-arg", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="network option, e.g. width=32")  # fmt: skip
+    _add_ray_arg(p, "with --nets, each network is a Ray task")
     p.add_argument("--repeats", type=int, default=5, help="fresh networks to train (default: 5)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="recipe: the set's own training recipe (default); standard: DC's protocol")  # fmt: skip

@@ -32,6 +32,7 @@ from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import write_json
+from distilset.jobs import run_jobs
 from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
@@ -302,25 +303,31 @@ def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, de
 
 
 def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: str | None = None,
-                  **kwargs) -> list[EvalResult]:  # fmt: skip
+                  ray: bool | str | None = None, **kwargs) -> list[EvalResult]:  # fmt: skip
     """The set trained with each network of ``nets`` in turn (cross-architecture evaluation), one result each.
 
     The set's own network keeps its options (width, depth, init); the others take their defaults. Without a
     ``protocol``, every net gets the set's recipe, except that a replay recipe (tied to the net it was learned
     for) or a kernel-regression recipe gives way to DC's protocol on the other nets. ``kwargs``: as
-    ``evaluate`` (repeats, seed, overrides).
+    ``evaluate`` (repeats, seed, overrides). With ``ray`` each network is a Ray task (``distilset.jobs``).
     """
     unknown = [n for n in nets if n not in list_nets()]
     if unknown or not nets:
         raise ConfigError(f"unknown net(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_nets())}")
     own = (syn.net or {}).get("name", "convnet")
-    results = []
+    jobs = []
     for name in nets:
         chosen = protocol
         if chosen is None and isinstance(syn.recipe, (Replay, KernelRidge)) and name != own:
             chosen = "standard"
-        results.append(evaluate(syn, data, net=None if name == own else name, protocol=chosen, **kwargs))
-    return results
+        jobs.append(
+            (syn, data, None if name == own else name, chosen, {**kwargs, "progress": False} if ray else kwargs)
+        )
+    return run_jobs(_evaluate_job, jobs, ray=ray)
+
+
+def _evaluate_job(syn: SyntheticSet, data: Dataset, net: str | None, protocol: str | None, kwargs: dict) -> EvalResult:
+    return evaluate(syn, data, net=net, protocol=protocol, **kwargs)
 
 
 def transfer_accuracy(results: list[EvalResult], own: str) -> float | None:

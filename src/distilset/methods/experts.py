@@ -33,6 +33,7 @@ from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.io import save_tensors, write_json
+from distilset.jobs import run_jobs
 from distilset.jsonread import load_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import SIZE_BOUNDS
@@ -125,8 +126,10 @@ def _manifest_settings(data: Dataset, cfg: ExpertConfig) -> dict:
 
 
 def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfig | None = None,
-                  seed: int = 0, device: str = "cpu", progress: bool = False) -> ExpertBuffer:  # fmt: skip
-    """Train ``experts`` experts into ``out``, skipping those already there (resume)."""
+                  seed: int = 0, device: str = "cpu", progress: bool = False,
+                  ray: bool | str | None = None) -> ExpertBuffer:  # fmt: skip
+    """Train ``experts`` experts into ``out``, skipping those already there (resume). Expert i has seed
+    ``seed + i`` and file ``expert_i``; with ``ray`` each is a Ray task (``distilset.jobs``)."""
     cfg, _ = (cfg or ExpertConfig()).resolve(data)
     if experts < 1:
         raise ConfigError(f"`experts` must be >= 1, got {experts}")
@@ -143,18 +146,28 @@ def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfi
                 f"{settings[different[0]]} asked for); use another experts directory or the same settings"
             )
         manifest["experts"] = {k: v for k, v in old["experts"].items() if expert_path(out, int(k)).exists()}
-    for i in range(experts):
-        if str(i) in manifest["experts"]:
-            continue
-        t0 = time.perf_counter()
-        snaps, acc = train_expert(data, cfg, seed=seed + i, device=device, progress=progress)
-        dtype = DTYPES[cfg.dtype]
-        save_tensors(expert_path(out, i), {f"epoch_{e:03d}": s.to(dtype).contiguous() for e, s in enumerate(snaps)})
-        manifest["experts"][str(i)] = {"seed": seed + i, "test_accuracy": acc, "train_s": time.perf_counter() - t0}
+    todo = [i for i in range(experts) if str(i) not in manifest["experts"]]
+    jobs = [(data, cfg, seed + i, device, out, i, progress and not ray) for i in todo]
+
+    def record(n: int, entry: dict) -> None:  # the manifest lists an expert once its file is complete
+        manifest["experts"][str(todo[n])] = entry
         write_json(out / MANIFEST, manifest)
         if progress:
-            print(f"expert {i}: test accuracy {100 * acc:.2f} % ({time.perf_counter() - t0:.0f} s)")
+            print(f"expert {todo[n]}: test accuracy {100 * entry['test_accuracy']:.2f} % ({entry['train_s']:.0f} s)")
+
+    run_jobs(expert_job, jobs, ray=ray, on_done=record)
     return ExpertBuffer(out)
+
+
+def expert_job(data: Dataset, cfg: ExpertConfig, seed: int, device: str, out: Path, index: int,
+               progress: bool = False) -> dict:  # fmt: skip
+    """Train expert ``index`` and write its file (atomically, under its own name: a rerun replaces it whole);
+    returns its manifest entry."""
+    t0 = time.perf_counter()
+    snaps, acc = train_expert(data, cfg, seed=seed, device=device, progress=progress)
+    dtype = DTYPES[cfg.dtype]
+    save_tensors(expert_path(out, index), {f"epoch_{e:03d}": s.to(dtype).contiguous() for e, s in enumerate(snaps)})
+    return {"seed": seed, "test_accuracy": acc, "train_s": time.perf_counter() - t0}
 
 
 class ExpertBuffer:

@@ -1,0 +1,72 @@
+"""Independent jobs, here or on a Ray cluster: ``run_jobs(fn, jobs, ray=...)``.
+
+Expert trajectories (``train_experts``) and cross-architecture evaluations (``evaluate_nets``) are lists of
+independent jobs, each with its own seed. Without ``ray`` they run one after another in this process and Ray is
+never imported. With ``ray`` (``True``: start a local cluster or join the one ``ray start`` made on this
+machine; ``"auto"`` or an address ``"HOST:PORT"`` / ``"ray://HOST:10001"``: that cluster) each job is a Ray task
+(one CPU each); ``fn`` must be a module-level function, its arguments picklable. A task whose worker dies (a
+killed process, a lost node) is run again by Ray, up to ``RETRIES`` times; jobs must therefore be idempotent:
+those here write their own file, named by the job's index, through the atomic writer, so a retried job replaces
+nothing finished and leaves no duplicate (MTT's reference code picks file names with a "while it exists" loop,
+which races between workers). Results come back in the order of ``jobs``; for the same seeds they are those of
+the sequential run (up to the thread count's effect on floating-point sums).
+
+Install with ``pip install "distilset[ray]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distilset.errors import DistilsetError
+
+RETRIES = 3
+"""How often Ray runs a task again after its worker died."""
+
+
+def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], ray: bool | str | None = None,
+             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:  # fmt: skip
+    """``[fn(*job) for job in jobs]``, in this process or as Ray tasks (see the module docstring);
+    ``on_done(i, result)`` is called as each job finishes (in this process), e.g. to record it."""
+    results: list[Any] = [None] * len(jobs)
+
+    def done(i: int, result: Any) -> None:
+        results[i] = result
+        if on_done is not None:
+            on_done(i, result)
+
+    if not ray:
+        for i, job in enumerate(jobs):
+            done(i, fn(*job))
+        return results
+    ray_mod = connect(ray)
+    task = ray_mod.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(fn)
+    pending = {task.remote(*job): i for i, job in enumerate(jobs)}
+    while pending:
+        ready, _ = ray_mod.wait(list(pending), num_returns=1)
+        for ref in ready:
+            done(pending.pop(ref), ray_mod.get(ref))
+    return results
+
+
+def connect(ray: bool | str) -> Any:
+    """The ``ray`` module, connected to the cluster ``ray`` names (``True``: a local one)."""
+    try:
+        import ray as ray_mod
+    except ImportError as e:
+        raise DistilsetError('`ray` needs Ray: pip install "distilset[ray]" (or run without `ray`)') from e
+    if not ray_mod.is_initialized():
+        address = None if ray is True else str(ray)
+        try:
+            threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            ray_mod.init(address=address, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": threads})  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise DistilsetError(f"cannot reach the Ray cluster at {address or 'this machine'} ({e}); start one "
+                                 "with `ray start --head` or give its address to `ray`") from e  # fmt: skip
+    return ray_mod
+
+
+__all__ = ["RETRIES", "connect", "run_jobs"]

@@ -1,0 +1,82 @@
+"""Independent jobs on Ray (`--ray`): a local cluster gives the files and accuracies of the sequential path, and a
+job whose worker dies is run again without losing or duplicating its file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import distilset as ds
+from distilset.io import write_text
+from distilset.jobs import run_jobs
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # fmt: skip
+    yield True
+    ray.shutdown()
+
+
+def _experts(data, out, ray_arg):
+    torch.set_num_threads(1)  # as the Ray workers
+    cfg = ds.ExpertConfig(net="convnet", net_kwargs={"width": 8}, epochs=2)
+    return ds.train_experts(data, out, 3, cfg, seed=5, ray=ray_arg)
+
+
+def test_experts_on_ray_match_the_sequential_run(digits, tmp_path, cluster):
+    seq, par = _experts(digits, tmp_path / "seq", None), _experts(digits, tmp_path / "ray", cluster)
+    assert par.ids == seq.ids == [0, 1, 2]
+    for i in seq.ids:
+        for e in range(3):
+            assert torch.allclose(seq.flat(i, e), par.flat(i, e), atol=1e-5)
+        assert seq.manifest["experts"][str(i)]["seed"] == par.manifest["experts"][str(i)]["seed"] == 5 + i
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "seq").iterdir())
+
+
+def test_evaluation_sweep_on_ray_matches_the_sequential_run(digits, cluster):
+    torch.set_num_threads(1)
+    syn = ds.baseline("random", digits, ipc=5, seed=0)
+    kw = {"repeats": 2, "epochs": 20, "seed": 3}
+    seq = ds.evaluate_nets(syn, digits, ["mlp", "convnet"], **kw)
+    par = ds.evaluate_nets(syn, digits, ["mlp", "convnet"], ray=cluster, **kw)
+    assert [r.net for r in par] == [r.net for r in seq]
+    for a, b in zip(seq, par, strict=True):
+        assert a.runs == pytest.approx(b.runs, abs=1e-9)
+
+
+def _flaky(marker: str, out: str, i: int) -> int:
+    """Job i writes OUT/job_i.txt; job 1's first attempt kills its worker process before writing."""
+    if i == 1 and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+    write_text(Path(out) / f"job_{i}.txt", f"{i}\n")
+    return i * i
+
+
+def test_a_killed_job_is_run_again_without_duplicates(tmp_path, cluster):
+    marker = tmp_path / "killed-once"
+    done = []
+    results = run_jobs(_flaky, [(str(marker), str(tmp_path), i) for i in range(3)], ray=cluster,
+                       on_done=lambda i, r: done.append(i))  # fmt: skip
+    assert marker.exists()  # the first attempt of job 1 did die
+    assert results == [0, 1, 4] and sorted(done) == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job_0.txt", "job_1.txt", "job_2.txt", "killed-once"]
+
+
+def test_without_ray_nothing_imports_it(digits, tmp_path):
+    import subprocess
+
+    code = ("import sys, distilset as ds; d = ds.load_dataset('digits'); "
+            "ds.evaluate_nets(ds.baseline('random', d, ipc=2), d, ['mlp'], repeats=1, epochs=2); "
+            "print('ray' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
