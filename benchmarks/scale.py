@@ -1,0 +1,138 @@
+"""Scale-out throughput: Ray for independent jobs, torch.distributed for data-parallel DM, 1 and 2 workers.
+
+    .venv/bin/python benchmarks/scale.py           # every row (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/scale.py --table   # the README table
+
+Every worker has one thread (``OMP_NUM_THREADS=1``), so "2 workers" uses the 2 cores of this machine once each;
+"1 process, 2 threads" is the plain run on both cores for comparison. Rows:
+
+- ``experts``: MTT expert trajectories per minute (digits, ConvNet-2 width 32, 10 epochs each, 4 experts), sequential
+  vs Ray tasks on a local cluster (``train_experts(..., ray=True)``);
+- ``evaluate``: networks per minute of a cross-architecture sweep (digits, 10 random images per class, LeNet is
+  too big for 8x8: MLP, ConvNet, ConvNet-BN, ResNet-10; 1 repeat of 300 epochs each), sequential vs Ray;
+- ``dm``: DM outer iterations per second on mnist5k (ipc 10), one process vs 2 ranks under torchrun (gloo),
+  from the run's own ``history.json`` (the first 2 iterations left out as warm-up).
+
+The parallel efficiency is (throughput with 2 workers) / (2 x throughput with 1). The ``estimate`` row puts the
+paper's expert buffer on this machine: 100 experts x 50 epochs of ConvNet-3 (width 128) on CIFAR-10's 50,000
+images, at the training speed measured here for that network on 32x32x3 inputs, and the storage of its
+trajectories (parameters x 51 snapshots x 4 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, ResultFile
+
+import distilset as ds
+
+OUT = RESULTS / "scale.json"
+EXPERTS, EVAL_NETS = 4, ["mlp", "convnet", "convnet-bn", "resnet10"]
+
+
+def _experts(workers: int) -> dict:
+    data = ds.load_dataset("digits")
+    cfg = ds.ExpertConfig(net="convnet", net_kwargs={"width": 32}, epochs=10)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        ds.train_experts(data, Path(tmp) / "e", EXPERTS, cfg, ray=True if workers > 1 else None)
+        seconds = time.perf_counter() - start
+    return {"jobs": EXPERTS, "seconds": round(seconds, 2), "per_minute": round(60 * EXPERTS / seconds, 2)}
+
+
+def _evaluate(workers: int) -> dict:
+    data = ds.load_dataset("digits")
+    syn = ds.baseline("random", data, ipc=10, seed=0)
+    start = time.perf_counter()
+    results = ds.evaluate_nets(syn, data, EVAL_NETS, repeats=1, ray=True if workers > 1 else None)
+    seconds = time.perf_counter() - start
+    return {"jobs": len(EVAL_NETS), "seconds": round(seconds, 2), "per_minute": round(60 * len(EVAL_NETS) / seconds, 2),
+            "accuracies": {r.net: r.accuracy_mean for r in results}}  # fmt: skip
+
+
+def _dm(workers: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"]
+        cmd = [*(launcher if workers > 1 else [sys.executable]), "-m", "distilset.cli", "distill", "dm",
+               "--dataset", "mnist5k", "--iterations", "12", "--out", f"{tmp}/dm"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        history = json.loads(Path(f"{tmp}/dm/history.json").read_text())
+    seconds = history[-1]["time_s"] - history[1]["time_s"]
+    n = len(history) - 2
+    return {"iterations": n, "seconds": round(seconds, 2), "per_second": round(n / seconds, 3)}
+
+
+def _estimate() -> dict:
+    net = ds.create_net("convnet", (3, 32, 32), 10, width=128, seed=0)
+    params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), 0.01)
+    x, y = torch.randn(256, 3, 32, 32), torch.randint(10, (256,))
+    for i in range(6):
+        if i == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    per_s = 5 * 256 / (time.perf_counter() - start)
+    expert_s = 50 * 50_000 / per_s
+    storage = params * 51 * 4
+    return {"convnet128_cifar_images_per_s": round(per_s, 1), "params": params,
+            "hours_per_expert": round(expert_s / 3600, 2),
+            "hours_100_experts_1_worker": round(100 * expert_s / 3600, 1),
+            "mb_per_expert": round(storage / 2**20, 1), "gb_100_experts": round(100 * storage / 2**30, 2)}  # fmt: skip
+
+
+def run() -> None:
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    results = ResultFile(OUT, {"benchmark": "scale", "threads_per_worker": 1})
+    for name, fn in (("experts", _experts), ("evaluate", _evaluate), ("dm", _dm)):
+        for workers in (1, 2):
+            if not results.has({"row": name, "workers": workers}):
+                print(name, workers, "...", flush=True)
+                results.add({"row": name, "workers": workers, **fn(workers)})
+    if not results.has({"row": "estimate"}):
+        results.add({"row": "estimate", **_estimate()})
+
+
+def table() -> None:
+    rows = ResultFile(OUT, {"benchmark": "scale", "threads_per_worker": 1}).data["rows"]
+    print("| workload | unit | 1 worker | 2 workers | parallel efficiency |")
+    print("|---|---|---|---|---|")
+    units = {"experts": ("expert trajectories / minute (Ray)", "per_minute"),
+             "evaluate": ("networks evaluated / minute (Ray)", "per_minute"),
+             "dm": ("DM iterations / s (torchrun, gloo)", "per_second")}  # fmt: skip
+    for name, (unit, key) in units.items():
+        one = next((r for r in rows if r["row"] == name and r["workers"] == 1), None)
+        two = next((r for r in rows if r["row"] == name and r["workers"] == 2), None)
+        if one and two:
+            print(f"| {name} | {unit} | {one[key]:g} | {two[key]:g} | {two[key] / (2 * one[key]):.2f} |")
+    est = next((r for r in rows if r["row"] == "estimate"), None)
+    if est:
+        print(f"\nPaper-sized buffer on this CPU: ConvNet-3 width 128 trains {est['convnet128_cifar_images_per_s']:g} "
+              f"CIFAR-sized images/s per worker, so one expert (50 epochs of 50,000 images) takes "
+              f"{est['hours_per_expert']:g} h and 100 take {est['hours_100_experts_1_worker']:g} h on one worker "
+              f"(W workers: that / W, each writing its own files); each expert's trajectory is "
+              f"{est['mb_per_expert']:g} MB ({est['params']:,} parameters x 51 snapshots, float32), "
+              f"{est['gb_100_experts']:g} GB for 100.")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    table() if args.table else run()
+
+
+if __name__ == "__main__":
+    main()
