@@ -39,9 +39,12 @@ JOBS = {
 }  # fmt: skip
 
 
-def run(parts: list[str]) -> None:
+def run(parts: list[str], redo: bool = False) -> None:
     torch.set_num_threads(2)
     results = ResultFile(OUT, {"benchmark": "teach"})
+    if redo:
+        for part in parts:
+            results.drop({"system": part})
     cache: dict[str, ds.Dataset] = {}
     for part in parts:
         for dataset, options, seed in JOBS[part]:
@@ -61,13 +64,14 @@ def pct(x: float | None) -> str:
 def table() -> None:
     rows = ResultFile(OUT, {"benchmark": "teach"}).data["rows"]
     print("<!-- teach omni table -->")
-    print("| dataset | labelled | seed | teacher | student (multi-transform) | student (single view) | "
-          "student (soft labels) | pseudo-labels kept / accuracy | s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| dataset | labelled | seed | teacher | teacher, student's schedule | student (multi-transform) | "
+          "student (single view) | student (soft labels) | pseudo-labels kept / accuracy | s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in (r for r in rows if r["system"] == "omni"):
         p, pl = r["report"], r["report"]["pseudo_labels"]
         print(f"| {r['dataset']} | {100 * r['options']['labelled']:g} % ({p['labelled']}) | {r['seed']} | "
-              f"{pct(p['teacher_accuracy'])} | **{pct(p['student_accuracy'])}** | "
+              f"{pct(p['teacher_accuracy'])} | {pct(p.get('long_teacher_accuracy'))} | "
+              f"**{pct(p['student_accuracy'])}** | "
               f"{pct(p['single_view_student_accuracy'])} | {pct(p['soft_student_accuracy'])} | "
               f"{100 * pl['kept'] / pl['of']:.0f} % / {pct(pl['accuracy_kept'])} | {r['seconds']:.0f} |")  # fmt: skip
     print("\n<!-- teach noisy table -->")
@@ -100,11 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=list(JOBS), default=list(JOBS))
     parser.add_argument("--table", action="store_true", help="print the README tables from the results")
+    parser.add_argument("--redo", action="store_true", help="run the rows of --parts again (replacing them)")
     args = parser.parse_args()
     if args.table:
         table()
     else:
-        run(args.parts)
+        run(args.parts, args.redo)
 
 
 if __name__ == "__main__":
