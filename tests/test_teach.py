@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import distilset as ds
 from distilset.cli import main
 from distilset.teach import SYSTEMS, load_model, teach
-from distilset.teach.fedmd import Party, collaborate, parse_net
+from distilset.teach.fedmd import collaborate, parse_net
 from distilset.teach.noisy import NoisyConfig, confusion_graph, corrupt, partners
 from distilset.teach.omni import OmniConfig, keep_rule, views
 from distilset.train import MixedBatches
@@ -139,7 +139,6 @@ def test_fedmd_server_sends_the_mean_scores_to_every_party():
         assert len(p.digested) == 3 and p.revisits == 6
         assert all(torch.equal(c, torch.full((5, 3), 3.0)) for c in p.digested)
     assert len(seen) == 3 and not torch.equal(seen[0], seen[1])  # a fresh public subset each round
-    assert isinstance(Party, type)
 
 
 def test_fedmd_net_specs():
@@ -171,9 +170,9 @@ def test_fedmd_public_set_of_another_dataset_must_match_the_input_shape(digits, 
 # ---- outputs and the command line --------------------------------------------------------------------------
 def test_teach_writes_models_labels_report_and_picture(digits, tmp_path):
     out = tmp_path / "run"
-    taught = teach("omni", digits, out=out, teacher_steps=60, baselines=False)
-    for name in ("models/teacher.safetensors", "models/student.safetensors", "labels.safetensors", "report.json",
-                 "teach.png"):  # fmt: skip
+    taught = teach("omni", digits, out=out, teacher_steps=60)
+    for name in ("models/teacher.safetensors", "models/student.safetensors", "models/student-soft.safetensors",
+                 "labels.safetensors", "report.json", "teach.png"):  # fmt: skip
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert report["system"] == "omni" and report["config"]["teacher_steps"] == 60
@@ -185,9 +184,18 @@ def test_teach_writes_models_labels_report_and_picture(digits, tmp_path):
 
     labels = load_file(out / "labels.safetensors")
     assert len(labels["pseudo_label"]) == len(labels["unlabelled_index"]) == report["unlabelled"]
-    with pytest.raises(ds.ConfigError, match="already holds"):
+    with pytest.raises(ds.ConfigError, match="already holds a teach run"):
         teach("omni", digits, out=out, teacher_steps=60, baselines=False)
     assert (out / "report.json").read_text() == json.dumps(report, indent=2) + "\n"  # untouched
+
+
+def test_a_users_own_models_folder_is_not_a_run(digits, tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.pt").write_bytes(b"weights")
+    (tmp_path / "report.json").write_text("{}")
+    teach("omni", digits, out=tmp_path, teacher_steps=30, baselines=False)  # not refused: no teach run there
+    teach("omni", digits, out=tmp_path, teacher_steps=30, baselines=False, overwrite=True)
+    assert (tmp_path / "models" / "mine.pt").read_bytes() == b"weights"  # overwrite removes only what teach wrote
 
 
 def test_cli_teach_runs_and_refuses_bad_input(tmp_path, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -451,7 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             raise _foreign_option_error(args, extra)
         if hasattr(args, "device"):
             _check_device(args.device)
-            _, args.device = init_from_env(args.device)  # under torchrun: join the process group
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+            if args.command != "distill":
+                raise UsageError(f"`{args.command}` runs in one process; only `distill dc|dm|dsa` runs under torchrun")
+            _, args.device = init_from_env(args.device)
         return args.func(args)
     except Interrupted as e:
         print(f"distilset: {_render(e, flags)}", file=sys.stderr)

@@ -16,12 +16,16 @@ touches torch.distributed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from distilset.errors import DistilsetError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,30 @@ class Shards:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def on_writer(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0, its result (or its user error) on every rank."""
+        if self.world == 1:
+            return fn()
+        box: list = [None]
+        if self.writer:
+            try:
+                box[0] = ("ok", fn())
+            except DistilsetError as e:
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
 
 
 def current() -> Shards:

@@ -315,6 +315,8 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
     if unknown or not nets:
         raise ConfigError(f"unknown net(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_nets())}")
     own = (syn.net or {}).get("name", "convnet")
+    if ray and str(kwargs.get("device", "cpu")).startswith("cuda"):
+        raise ConfigError("`ray` runs the evaluations as CPU tasks; evaluate on CUDA without `ray`, or on the CPU")
     jobs = []
     for name in nets:
         chosen = protocol

@@ -43,11 +43,23 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], ray: bool | str | No
         return results
     ray_mod = connect(ray)
     task = ray_mod.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(fn)
-    pending = {task.remote(*job): i for i, job in enumerate(jobs)}
-    while pending:
-        ready, _ = ray_mod.wait(list(pending), num_returns=1)
-        for ref in ready:
-            done(pending.pop(ref), ray_mod.get(ref))
+    stored: dict[int, Any] = {}  # each large argument (a dataset, a set) goes to the object store once
+
+    def ref(arg: Any) -> Any:
+        if arg is None or isinstance(arg, (str, int, float, bool, os.PathLike)):
+            return arg
+        return stored.setdefault(id(arg), ray_mod.put(arg))
+
+    pending = {task.remote(*map(ref, job)): i for i, job in enumerate(jobs)}
+    try:
+        while pending:
+            ready, _ = ray_mod.wait(list(pending), num_returns=1)
+            for r in ready:
+                done(pending.pop(r), ray_mod.get(r))
+    except BaseException:
+        for r in pending:  # a failed job (or Ctrl-C) stops the others
+            ray_mod.cancel(r)
+        raise
     return results
 
 

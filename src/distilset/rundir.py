@@ -26,15 +26,34 @@ from pathlib import Path
 from distilset.errors import ConfigError
 
 RUN_FILES = ("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json",
-             "nearest_words.txt", "nearest_sentences.txt", "checkpoint",
-             "report.json", "models", "labels.safetensors", "teach.png")  # fmt: skip
-"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list); the last four
-are a ``distilset teach`` run's."""
+             "nearest_words.txt", "nearest_sentences.txt", "checkpoint")  # fmt: skip
+"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list)."""
+TEACH_FILES = ("report.json", "labels.safetensors", "teach.png")
+"""What a ``distilset teach`` run writes besides ``models/*.safetensors``; they count as a run's only when
+``report.json`` is a teach report (names a ``system``), so a user's own ``models/`` folder is never taken for one."""
+
+
+def _teach_run(out: Path) -> bool:
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "system" in report
+
+
+def _run_files(out: Path) -> list[Path]:
+    """The files and folders of a run in ``out`` that ``overwrite`` deletes."""
+    files = [out / name for name in RUN_FILES]
+    if _teach_run(out):
+        files += [out / name for name in TEACH_FILES] + sorted((out / "models").glob("*.safetensors"))
+    return files
 
 
 def describe_run(out: Path) -> str | None:
     """What run ``out`` holds, in words, or None when it holds none."""
     present = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if _teach_run(out):
+        return "a teach run (report.json, models/)"
     if not present:
         return None
     method = None
@@ -43,8 +62,6 @@ def describe_run(out: Path) -> str | None:
         method = meta.get("method") if isinstance(meta, dict) else None
     except (OSError, ValueError):
         pass
-    if (out / "report.json").exists() and not (out / "synset.json").exists():
-        return "a teach run (report.json, models/)"
     what = f"a {method} set" if isinstance(method, str) and method else "a set"
     if (out / "checkpoint").exists():
         return f"{what} and its checkpoint" if (out / "synset.json").exists() else "an unfinished run (checkpoint/)"
@@ -76,8 +93,7 @@ def prepare_out(
         raise ConfigError(f"`out` {out} already holds {held}; {give}choose another directory")
     try:
         if held and overwrite:
-            for name in RUN_FILES:
-                path = out / name
+            for path in _run_files(out):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:

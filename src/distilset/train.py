@@ -52,7 +52,7 @@ def fit(
     """
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(net.parameters(), recipe)
-    loss_fn = loss_fn or LOSSES[recipe.loss]
+    custom_loss, loss_fn = loss_fn, loss_fn or LOSSES[recipe.loss]
     n = len(x)
     if n == 0:
         raise DistilsetError("there is nothing to train on (0 images)")
@@ -81,7 +81,7 @@ def fit(
                 xb = dsa(xb, recipe.dsa, seed=int(torch.randint(2**62, (1,), generator=g)), siamese=False)
             loss = loss_fn(net(xb), y[idx])
             if not torch.isfinite(loss):
-                _diverged(loss, y, epoch, opt.param_groups[0]["lr"])
+                _diverged(loss, y if custom_loss is None else None, epoch, opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,6 +129,11 @@ class MixedBatches:
     batch_size: int
     share: float
 
+    def __post_init__(self) -> None:
+        if self.n_first < 1 or self.n_rest < 1 or self.batch_size < 2:
+            raise DistilsetError(f"mixed minibatches need images in both parts and a batch of at least 2, got "
+                                 f"{self.n_first} + {self.n_rest} images, batch {self.batch_size}")  # fmt: skip
+
     @property
     def per_epoch(self) -> int:
         return -(-(self.n_first + self.n_rest) // self.batch_size)
@@ -167,8 +172,9 @@ def cosine_factor(step: int, total: int, warmup: int, floor: float = 0.01) -> fl
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _diverged(loss: torch.Tensor, y: torch.Tensor, epoch: int, lr: float) -> None:
-    if y.ndim == 2 and bool((y < 0).any()):
+def _diverged(loss: torch.Tensor, y: torch.Tensor | None, epoch: int, lr: float) -> None:
+    """Raise the divergence error; ``y``: the labels, when the loss is the recipe's (cross-entropy or MSE)."""
+    if y is not None and y.ndim == 2 and bool((y < 0).any()):
         raise DistilsetError(
             f"training diverged at epoch {epoch}: the soft labels hold negative entries (min {float(y.min()):.3g}), "
             "so cross-entropy on them is unbounded below; train this set with its own recipe "

@@ -328,7 +328,7 @@ def run(
         if cfg.out is None:
             raise DistilsetError("`resume` needs `out`, the directory of the interrupted run")
         state = load_checkpoint(cfg.out)
-        if state is None:
+        if state is None and writes:
             print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
         else:
             identity.check(state.get("identity"), cfg.out)
@@ -337,7 +337,8 @@ def run(
                 done = "is finished" if start == cfg.iterations else "is further"
                 raise DistilsetError(f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
                                      f"it, resume with `iterations` above {start}")  # fmt: skip
-            print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
+            if writes:
+                print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
             _restore(distiller, state["distiller"], cfg.out)
     t0 = time.perf_counter()
     hint = type(identity.config).NONFINITE_HINT
@@ -358,7 +359,8 @@ def run(
             bar.update({k: v for k, v in row.items() if k in ("loss", "val_acc")})
             if cfg.out is not None and writes and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
                 _save(distiller, identity, cfg.out, it + 1, history)
-            if stop["signal"] and it + 1 < cfg.iterations:
+            if current().any(bool(stop["signal"])) and it + 1 < cfg.iterations:  # every rank stops together
+                stop["signal"] = stop["signal"] or "a signal to another rank"
                 if cfg.out is None:
                     raise Interrupted(f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved "
                                       "(no `out` directory)")  # fmt: skip

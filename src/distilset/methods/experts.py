@@ -134,7 +134,9 @@ def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfi
     if experts < 1:
         raise ConfigError(f"`experts` must be >= 1, got {experts}")
     check_seed(seed)
-    out = prepare_out(out, offers=())  # refuses a directory holding a distillation run or one that cannot be written
+    if ray and device.startswith("cuda"):
+        raise ConfigError("`ray` runs experts as CPU tasks; train them on CUDA without `ray`, or on the CPU")
+    out = prepare_out(out, offers=()).resolve()  # refuses a directory holding a run; absolute for Ray workers
     settings = _manifest_settings(data, cfg)
     manifest = {"format": "distilset.experts", "version": 2, **settings, "experts": {}}
     if (out / MANIFEST).exists():

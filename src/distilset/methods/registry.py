@@ -191,11 +191,12 @@ def distill(
     if checkpoint_every < 1:
         raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
     shards = current()
+    if shards.world > 1 and not m.data_parallel:
+        supported = ", ".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
+        raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
+                             f"run it in one process, or use one of {supported}")  # fmt: skip
     if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
-        if shards.writer:
-            out = prepare_out(out, resume=resume, overwrite=overwrite)
-        shards.barrier()
-        out = Path(out)
+        out = shards.on_writer(lambda: prepare_out(out, resume=resume, overwrite=overwrite))
     log = log if log and shards.writer else (lambda message: None)
     progress = progress and shards.writer
     log(f"distill {m.name} on {data.info.name}, {iterations} iterations, seed {seed}:")
@@ -208,10 +209,6 @@ def distill(
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
                   data_root=data_root, download=download)  # fmt: skip
-    if shards.world > 1 and not m.data_parallel:
-        supported = ", ".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
-        raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
-                             f"run it in one process, or use one of {supported}")  # fmt: skip
     distiller = m.build(data, cfg, ctx, **objects)
     run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip

@@ -56,7 +56,8 @@ class TeachConfig(Config):
     optimizer: Literal["adam", "sgd"] = "adam"
     """Optimiser of every training in the run (SGD uses momentum 0.9)."""
     lr: float = 1e-3
-    """Learning rate of every training (lowered x0.1 for the last half of each, as in DC's protocol)."""
+    """Learning rate of every training (omni, noisy: lowered x0.1 for the last half of each, as in DC's protocol;
+    fedmd: constant, as in its released code)."""
     batch_size: int = 64
     """Minibatch size."""
 

@@ -27,8 +27,13 @@ config's optimiser (the paper: Adam 1e-3) at a constant lr. The party/server exc
 ``Party`` methods ``scores``, ``digest`` and ``revisit`` only, so the parties can live elsewhere (e.g. Ray
 actors) without changing ``collaborate``.
 
+Deviation, named: every digest and revisit starts a fresh Adam (the released Keras code keeps each model's
+optimiser state across rounds).
+
 Outputs: ``models/party-I-NAME`` after the last round; ``labels.safetensors``: the last round's public indices
-(``public_index``) and ``consensus`` scores, and every party's private indices (``party_I_index``);
+(``public_index``: rows of the public training set, which for the default public set is the dataset's training
+images of the classes outside the private task, in their order) and ``consensus`` scores, and every party's
+private indices (``party_I_index``);
 ``teach.png``: each party's private accuracy by round, with the transfer-only and pooled means.
 """
 

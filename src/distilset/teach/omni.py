@@ -33,6 +33,7 @@ against the share kept for the ensemble and a single view.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,9 @@ def views(x: torch.Tensor, cfg: OmniConfig) -> list[torch.Tensor]:
 
 def pseudo_labels(teacher: Model, x: torch.Tensor, cfg: OmniConfig, multi: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, confidence) per image: the top class of the mean probabilities over the views (or the image)."""
-    probs = torch.stack([predict(teacher, v) for v in (views(x, cfg) if multi else [x])]).mean(0)
+    chunks = [x[i : i + 4096] for i in range(0, len(x), 4096)]  # the views of a few thousand images at a time
+    probs = torch.cat([torch.stack([predict(teacher, v) for v in (views(c, cfg) if multi else [c])]).mean(0)
+                       for c in chunks])  # fmt: skip
     confidence, label = probs.max(1)
     return label, confidence
 
@@ -188,6 +191,9 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
     if cfg.baselines:
         label1, conf1 = pseudo_labels(teacher, xb, cfg, multi=False)
         kept1, threshold1 = keep_rule(conf1, cfg.threshold)
+        if not bool(kept1.any()):
+            raise ConfigError(f"`threshold` {threshold1:g} keeps no single-view pseudo-label (top confidence "
+                              f"{float(conf1.max()):.3f})")  # fmt: skip
         cover["single view"] = coverage(label1, conf1, truth_b)
         models["student-single-view"], acc_single = student("student-single-view", label1, kept1, 2)
         soft = predict(teacher, xb)
@@ -223,7 +229,7 @@ def _picture(report: dict, dataset: str):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    styles = iter(["-", "--", ":", "-."])
+    styles = itertools.cycle(["-", "--", ":", "-."])
     for name, curve in report["curves"].items():
         steps, accs = zip(*curve, strict=True)
         left.plot(steps, [100 * a for a in accs], next(styles), color="black", marker="o", markersize=2, label=name)
