@@ -39,12 +39,24 @@ OUT = RESULTS / "scale.json"
 EXPERTS, EVAL_NETS = 4, ["mlp", "convnet", "convnet-bn", "resnet10"]
 
 
+def _ray(workers: int) -> bool | None:
+    """A local Ray cluster of exactly ``workers`` CPUs (None: the sequential path)."""
+    if workers == 1:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # fmt: skip
+    return True
+
+
 def _experts(workers: int) -> dict:
     data = ds.load_dataset("digits")
     cfg = ds.ExpertConfig(net="convnet", net_kwargs={"width": 32}, epochs=10)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        ds.train_experts(data, Path(tmp) / "e", EXPERTS, cfg, ray=True if workers > 1 else None)
+        ds.train_experts(data, Path(tmp) / "e", EXPERTS, cfg, ray=_ray(workers))
         seconds = time.perf_counter() - start
     return {"jobs": EXPERTS, "seconds": round(seconds, 2), "per_minute": round(60 * EXPERTS / seconds, 2)}
 
@@ -53,7 +65,7 @@ def _evaluate(workers: int) -> dict:
     data = ds.load_dataset("digits")
     syn = ds.baseline("random", data, ipc=10, seed=0)
     start = time.perf_counter()
-    results = ds.evaluate_nets(syn, data, EVAL_NETS, repeats=1, ray=True if workers > 1 else None)
+    results = ds.evaluate_nets(syn, data, EVAL_NETS, repeats=1, ray=_ray(workers))
     seconds = time.perf_counter() - start
     return {"jobs": len(EVAL_NETS), "seconds": round(seconds, 2), "per_minute": round(60 * len(EVAL_NETS) / seconds, 2),
             "accuracies": {r.net: r.accuracy_mean for r in results}}  # fmt: skip
