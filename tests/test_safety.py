@@ -21,6 +21,16 @@ from distilset.io import write_json
 from distilset.methods.base import CHECKPOINT
 from distilset.methods.dd import DatasetDistillation
 
+
+@pytest.fixture(autouse=True)
+def _interruptible():
+    """Tests here send themselves SIGINT: give it Python's handler even when pytest runs as a background job of a
+    non-interactive shell, which starts with SIGINT ignored (and distilset leaves an ignored SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 FAST = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256, "init": "random"}
 FAST_FLAGS = ["--net", "mlp", "--steps", "2", "--epochs", "2", "--real-batch", "256", "--init", "random"]
 
