@@ -157,9 +157,19 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True, default: s
 
 
 def _add_ray_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
-                   help=f"run on Ray: {what}; no ADDRESS: this machine's cluster or a new local one, else "
-                        "auto or HOST:PORT (needs distilset[ray])")  # fmt: skip
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help=f"run on Ray: {what}; this machine's cluster or a new local one (needs distilset[ray])",
+    )
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --ray: the cluster to join, auto or HOST:PORT")  # fmt: skip
+
+
+def _ray_of(args: argparse.Namespace) -> bool | str | None:
+    if args.ray_address and not args.ray:
+        raise UsageError("--ray-address needs --ray")
+    return (args.ray_address or True) if args.ray else None
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -213,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _load(args)
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
-    if args.ray is not None:
+    if _ray_of(args) is not None:
         raise UsageError("--ray runs the networks of --nets as Ray tasks; give --nets (or drop --ray)")
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
@@ -238,7 +248,7 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
         raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     results = evaluate_nets(syn, data, nets, protocol=args.protocol, repeats=args.repeats, seed=args.seed,
-                            device=args.device, progress=not args.json, ray=args.ray,
+                            device=args.device, progress=not args.json, ray=_ray_of(args),
                             **config_options(args, Standard))  # fmt: skip
     own = (syn.net or {}).get("name", "convnet")
     transfer = transfer_accuracy(results, own)
@@ -270,7 +280,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     cfg = ExpertConfig(**config_options(args, ExpertConfig))
     buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True,
-                        ray=args.ray)  # fmt: skip
+                        ray=_ray_of(args))  # fmt: skip
     accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
     print(f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
           f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
@@ -461,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distilset: {_render(e, flags)}", file=sys.stderr)
         return 130
     except DistilsetError as e:
-        print(f"distilset: error: {_render(e, flags)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"distilset: error: {_render(e, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distilset: interrupted", file=sys.stderr)

@@ -87,6 +87,8 @@ def prepare_out(
         raise ConfigError(f"`out` {out} holds {held} but no checkpoint, so there is nothing to resume; "
                           "choose a new output directory, or give `overwrite` to replace it")  # fmt: skip
     if held and not resume and not overwrite:
+        if _teach_run(out):  # nothing of a teach run can be resumed
+            offers = tuple(o for o in offers if o != "resume")
         ways = {"resume": "`resume` to continue it", "overwrite": "`overwrite` to replace it"}
         give = " or ".join(ways[o] for o in offers if o in ways)
         give = f"give {give}, or " if give else ""

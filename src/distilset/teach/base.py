@@ -81,19 +81,25 @@ class OneNet:
     """Options of the network, e.g. width=32."""
 
     def fill_net(self, data: Dataset, **more: tuple[Any, str]) -> tuple[Config, dict[str, str]]:
+        """``fill`` with the net for the input (Dataset Distillation's choice), then the net built once, so a net
+        that cannot take these inputs fails before any work."""
         name, why = classic_net_for(data.image_shape)
-        return self.fill(net=(name, why), **more)
+        cfg, notes = self.fill(net=(name, why), **more)
+        create_net(cfg.net, data.image_shape, data.num_classes, seed=0, **cfg.net_kwargs)
+        return cfg, notes
 
 
 @dataclass
 class Model:
-    """A trained network and what rebuilds it: net name, options, input shape, classes."""
+    """A trained network (``module``) and what rebuilds it: net name, options, input shape, classes, and the names
+    of its outputs when they are not the dataset's classes in order (FedMD: public, then private classes)."""
 
     net: str
     kwargs: dict
     in_shape: tuple[int, ...]
     num_classes: int
     module: nn.Module
+    outputs: tuple[str, ...] = ()
 
     @classmethod
     def fresh(cls, net: str, kwargs: dict, in_shape: tuple[int, ...], num_classes: int, seed: int,
@@ -102,12 +108,16 @@ class Model:
         return cls(net, dict(kwargs), tuple(in_shape), num_classes, module)
 
     def metadata(self) -> dict[str, str]:
-        return {"net": self.net, "net_kwargs": json.dumps(self.kwargs), "in_shape": json.dumps(list(self.in_shape)),
+        meta = {"net": self.net, "net_kwargs": json.dumps(self.kwargs), "in_shape": json.dumps(list(self.in_shape)),
                 "num_classes": str(self.num_classes)}  # fmt: skip
+        if self.outputs:
+            meta["outputs"] = json.dumps(list(self.outputs))
+        return meta
 
 
 def load_model(path: str | Path, device: str = "cpu") -> Model:
-    """The network saved by a teach run as ``path`` (``OUT/models/NAME.safetensors``), in eval mode."""
+    """The model saved by a teach run as ``path`` (``OUT/models/NAME.safetensors``): a ``Model`` whose ``module`` is
+    the network, in eval mode, and whose ``outputs`` name its outputs when the file says."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -120,6 +130,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
     except (OSError, KeyError, ValueError) as e:
         raise SynsetFormatError(f"{path} is not a model saved by `distilset teach` ({e})") from e
     model = Model.fresh(net, kwargs, in_shape, classes, seed=0, device=device)
+    model.outputs = tuple(json.loads(meta.get("outputs", "[]")))
     model.module.load_state_dict(state)
     model.module.eval()
     return model
@@ -285,4 +296,5 @@ def split_per_class(data: Dataset, share: float | int, generator: torch.Generato
 
 def claim(text: str, holds: bool, evidence: Mapping[str, float]) -> dict[str, Any]:
     """The report's entry for one claim of the paper: what it says, whether this run shows it, the numbers."""
-    return {"claim": text, "holds": bool(holds), **{k: round(float(v), 4) for k, v in evidence.items()}}
+    numbers = {k: v if isinstance(v, int) else round(float(v), 4) for k, v in evidence.items()}
+    return {"claim": text, "holds": bool(holds), **numbers}

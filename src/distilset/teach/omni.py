@@ -202,6 +202,7 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
         curves["teacher-long"] = train(long_teacher, xa, ya, cfg.recipe(cfg.student_steps), seed=ctx.seed + 4,
                                        test=data)  # fmt: skip
         acc_long = curves["teacher-long"][-1][1]
+        models["teacher-long"] = long_teacher
         ctx.log(f"  teacher-long: {100 * acc_long:.2f} % test accuracy")
         claims[0] = claim("the student beats its teacher, also one trained as long as the student",
                           acc_student > max(acc_teacher, acc_long),
@@ -229,10 +230,11 @@ def _picture(report: dict, dataset: str):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    styles = itertools.cycle(["-", "--", ":", "-."])
+    styles = itertools.cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "v"), ("-", "x")])
     for name, curve in report["curves"].items():
         steps, accs = zip(*curve, strict=True)
-        left.plot(steps, [100 * a for a in accs], next(styles), color="black", marker="o", markersize=2, label=name)
+        line, marker = next(styles)
+        left.plot(steps, [100 * a for a in accs], line, color="black", marker=marker, markersize=3, label=name)
     left.set(xlabel="minibatch step", ylabel="test accuracy (%)", title=f"teacher and students, {dataset}")
     left.legend(fontsize=8)
     for (name, points), style in zip(report["coverage"].items(), ["-", "--"], strict=False):
