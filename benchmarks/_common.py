@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from distilset.io import write_json
+from distilset.jobs import run_jobs
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,6 +68,30 @@ class ResultFile:
     def add(self, row: dict) -> None:
         self.data["rows"].append(row if "command" in row else {**row, "command": command_line()})
         write_json(self.path, self.data)
+
+
+def add_ray_args(p) -> None:
+    """``--ray [--ray-address ADDRESS]``: run the benchmark's rows as Ray tasks (``distilset.jobs``)."""
+    p.add_argument("--ray", action="store_true", help="run each row as a Ray task (one CPU, one thread)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS", help="with --ray: the cluster, auto or HOST:PORT")
+
+
+def ray_arg(args) -> bool | str | None:
+    if args.ray_address and not args.ray:
+        raise SystemExit("--ray-address needs --ray")
+    return (args.ray_address or True) if args.ray else None
+
+
+def rows_on_ray(fn, jobs: list[tuple], results: ResultFile, ray: bool | str | None) -> None:
+    """``fn(*job)`` for each job, one row each, added to ``results`` as each finishes: in this process one after
+    another, or as Ray tasks side by side (the benchmark scripts are sent to the workers by value, as they are
+    not an installed package)."""
+    if ray:
+        import ray as ray_mod
+
+        for name in {__name__, fn.__module__} - {"__main__"}:  # __main__ goes by value anyway
+            ray_mod.cloudpickle.register_pickle_by_value(sys.modules[name])
+    run_jobs(fn, jobs, ray=ray, on_done=lambda i, row: results.add(row))
 
 
 class HeapPeak:

@@ -22,7 +22,8 @@ seed 0) under the same evaluations:
 - ``adam``: the set's net trained with Adam (lr 1e-3, no weight decay), DC's epochs.
 
 Rows go to ``benchmarks/results/defaults.json`` as they finish; a rerun skips finished rows (``--redo`` runs the
-selected rows again and replaces them).
+selected rows again and replaces them). ``--ray [--ray-address ADDRESS]`` runs each row as a Ray task (one CPU,
+one thread: a row records its ``threads``), so a cluster works through the matrix side by side.
 
 ``--ablation`` runs each method with the setting a resolution rule replaced (DD on digits: LeNet and the decay
 period counted in epochs of this dataset; MTT on digits: experts at batch 256; labels on digits: no
@@ -37,12 +38,11 @@ import argparse
 import json
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ResultFile
+from _common import RESULTS, ResultFile, add_ray_args, command_line, ray_arg, rows_on_ray
 
 import distilset as ds
 from distilset.io import write_text
@@ -131,46 +131,54 @@ def run(args: argparse.Namespace) -> None:
     if args.ablation:
         jobs, path = [job for job in ABLATIONS if job[0] in args.datasets], ABLATION
     results = ResultFile(path, settings)
+    todo = []
     for name, method, options, what in jobs:
-        data = ds.load_dataset(name)
         key = {"dataset": name, "method": method, **({"ablation": what} if what else {})}
         if results.has(key) and not args.redo:
             continue
         results.drop(key)
-        out = WORK / f"{name}-{method}{'-ablation' if what else ''}"
-        shutil.rmtree(out, ignore_errors=True)
-        command = f"distilset distill {method} --dataset {name}{_flags(options)} --out {shlex.quote(str(out))}"
-        print(f"== {command}", flush=True)
-        t0 = time.perf_counter()
-        syn = ds.distill(method, data, out=out, log=print, **options)
-        distill_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        distilled = score(syn, data, args.repeats)
-        real = score(real_twin(syn, data), data, args.repeats)
-        if method == "labels":  # the same base images with one-hot labels, by the same recipe
-            classes = torch.tensor(syn.extra["base_classes"])
-            twin = ds.SyntheticSet(syn.images, classes, syn.class_names, syn.norm, recipe=syn.recipe, net=syn.net)
-            same = ds.evaluate(twin, data, repeats=args.repeats, seed=100)
-            real["one_hot_same_images"] = {"mean": same.accuracy_mean, "std": same.accuracy_std, "runs": same.runs}
-            real["one_hot_same_images_transfer"] = transfer(twin, data)
-        if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
-            distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
-        row = {
-            **key,
-            "command": command,
-            "benchmark_command": " ".join([Path(sys.executable).name, *map(shlex.quote, sys.argv)]),
-            "images": len(syn),
-            "iterations": syn.extra["iterations"],
-            "config": syn.config,
-            "resolved": syn.extra.get("resolved", {}),
-            "distill_s": round(distill_s, 1),
-            "eval_s": round(time.perf_counter() - t0, 1),
-            "distilled": distilled,
-            "random_real": real,
-        }
-        results.add(row)
-        d, r = distilled["recipe"], real["recipe"]
-        print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min)", flush=True)
+        todo.append((name, method, options, what, args.repeats, command_line()))
+    rows_on_ray(row, todo, results, ray_arg(args))
+
+
+def row(name: str, method: str, options: dict, what: str, repeats: int, benchmark_command: str) -> dict:
+    """One row of the matrix: distil with ``options`` only, then score the set and its random-real twin."""
+    data = ds.load_dataset(name)
+    key = {"dataset": name, "method": method, **({"ablation": what} if what else {})}
+    out = WORK / f"{name}-{method}{'-ablation' if what else ''}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = f"distilset distill {method} --dataset {name}{_flags(options)} --out {shlex.quote(str(out))}"
+    print(f"== {command}", flush=True)
+    t0 = time.perf_counter()
+    syn = ds.distill(method, data, out=out, log=print, **options)
+    distill_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    distilled = score(syn, data, repeats)
+    real = score(real_twin(syn, data), data, repeats)
+    if method == "labels":  # the same base images with one-hot labels, by the same recipe
+        classes = torch.tensor(syn.extra["base_classes"])
+        twin = ds.SyntheticSet(syn.images, classes, syn.class_names, syn.norm, recipe=syn.recipe, net=syn.net)
+        same = ds.evaluate(twin, data, repeats=repeats, seed=100)
+        real["one_hot_same_images"] = {"mean": same.accuracy_mean, "std": same.accuracy_std, "runs": same.runs}
+        real["one_hot_same_images_transfer"] = transfer(twin, data)
+    if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
+        distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
+    d, r = distilled["recipe"], real["recipe"]
+    print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min)", flush=True)
+    return {
+        **key,
+        "command": command,
+        "benchmark_command": benchmark_command,
+        "threads": torch.get_num_threads(),
+        "images": len(syn),
+        "iterations": syn.extra["iterations"],
+        "config": syn.config,
+        "resolved": syn.extra.get("resolved", {}),
+        "distill_s": round(distill_s, 1),
+        "eval_s": round(time.perf_counter() - t0, 1),
+        "distilled": distilled,
+        "random_real": real,
+    }
 
 
 def _cell(x: dict | None) -> str:
@@ -231,6 +239,7 @@ if __name__ == "__main__":
     p.add_argument("--ablation", action="store_true", help="the digits rows with an earlier default each")
     p.add_argument("--table", action="store_true", help="print the markdown table and exit")
     p.add_argument("--html", metavar="PATH", help="write the results as an HTML page (distilset report's style)")
+    add_ray_args(p)
     args = p.parse_args()
     if args.html:
         write_text(args.html, results_page(ABLATION if args.ablation else OUT))

@@ -1,6 +1,6 @@
-"""Scale-out throughput: Ray for independent jobs, torch.distributed for data-parallel DM, 1 and 2 workers.
+"""Scale-out throughput: Ray for independent jobs, torch.distributed for data-parallel distillation, 1 and 2 workers.
 
-    .venv/bin/python benchmarks/scale.py           # every row (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/scale.py           # every missing row (about 20 minutes on 2 cores)
     .venv/bin/python benchmarks/scale.py --table   # the README table
 
 Every worker has one thread (``OMP_NUM_THREADS=1``), so "2 workers" uses the 2 cores of this machine once each;
@@ -11,8 +11,14 @@ Every worker has one thread (``OMP_NUM_THREADS=1``), so "2 workers" uses the 2 c
   before the clock starts;
 - ``evaluate``: networks per minute of a cross-architecture sweep (mnist5k, 10 random images per class; MLP,
   LeNet, ConvNet, ConvNet-BN; 1 repeat of DC's 300 epochs each), sequential vs Ray;
-- ``dm``: DM outer iterations per second on mnist5k (ipc 10), one process vs 2 ranks under torchrun (gloo),
-  from the run's own ``history.json`` (the first 2 iterations left out as warm-up).
+- ``repeats``: repeats per minute of one evaluation (mnist5k, 10 random images per class, ConvNet width 32, 4
+  repeats of DC's protocol), sequential vs one Ray task per repeat;
+- ``fedmd``: whole FedMD runs per minute (``teach fedmd`` on digits, defaults: 10 parties, 20 rounds), sequential
+  vs parties set up as Ray tasks and run as Ray actors;
+- ``dm``, ``kip``, ``frepo``, ``mtt``: outer iterations per second on mnist5k with default flags (MTT: 2
+  trajectories per iteration over 2 experts of ConvNet-3 width 32, trained before the clock starts), one process
+  vs 2 ranks under torchrun (gloo), from the run's own ``history.json`` (the first 2 iterations left out as
+  warm-up).
 
 The parallel efficiency is (throughput with 2 workers) / (2 x throughput with 1). The ``estimate`` row puts the
 paper's expert buffer on this machine: 100 experts x 50 epochs of ConvNet-3 (width 128) on CIFAR-10's 50,000
@@ -38,7 +44,7 @@ import distilset as ds
 from distilset.jobs import run_jobs
 
 OUT = RESULTS / "scale.json"
-EXPERTS, EVAL_NETS = 4, ["mlp", "lenet", "convnet", "convnet-bn"]
+EXPERTS, EVAL_NETS, REPEATS = 4, ["mlp", "lenet", "convnet", "convnet-bn"], 4
 SETTINGS = {"benchmark": "scale", "threads_per_worker": 1, "version": 2}
 
 
@@ -82,16 +88,60 @@ def _evaluate(workers: int) -> dict:
             "accuracies": {r.net: r.accuracy_mean for r in results}}  # fmt: skip
 
 
-def _dm(workers: int) -> dict:
+def _repeats(workers: int) -> dict:
+    data = ds.load_dataset("mnist5k")
+    syn = ds.baseline("random", data, ipc=10, seed=0)
+    ray = _ray(workers)
+    start = time.perf_counter()
+    result = ds.evaluate(syn, data, net="convnet", net_kwargs={"width": 32}, repeats=REPEATS, ray=ray)
+    seconds = time.perf_counter() - start
+    return {"jobs": REPEATS, "seconds": round(seconds, 2), "per_minute": round(60 * REPEATS / seconds, 2),
+            "runs": result.runs}  # fmt: skip
+
+
+def _fedmd(workers: int) -> dict:
+    data = ds.load_dataset("digits")
+    ray = _ray(workers)
+    start = time.perf_counter()
+    report = ds.teach("fedmd", data, ray=ray).report
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "per_minute": round(60 / seconds, 3), "mean_final": report["mean_final"]}
+
+
+def _distill(method: str, workers: int, *options: str, iterations: int = 12) -> dict:
+    """``distill METHOD`` on mnist5k in one process or under torchrun; outer iterations per second from the run's
+    own history (the first 2 left out as warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"]
-        cmd = [*(launcher if workers > 1 else [sys.executable]), "-m", "distilset.cli", "distill", "dm",
-               "--dataset", "mnist5k", "--iterations", "12", "--out", f"{tmp}/dm"]  # fmt: skip
+        cmd = [*(launcher if workers > 1 else [sys.executable]), "-m", "distilset.cli", "distill", method,
+               "--dataset", "mnist5k", "--iterations", str(iterations), *options, "--out", f"{tmp}/run"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        history = json.loads(Path(f"{tmp}/dm/history.json").read_text())
+        history = json.loads(Path(f"{tmp}/run/history.json").read_text())
     seconds = history[-1]["time_s"] - history[1]["time_s"]
     n = len(history) - 2
-    return {"iterations": n, "seconds": round(seconds, 2), "per_second": round(n / seconds, 3)}
+    return {"iterations": n, "seconds": round(seconds, 2), "per_second": round(n / seconds, 3),
+            "options": list(options)}  # fmt: skip
+
+
+def _dm(workers: int) -> dict:
+    return _distill("dm", workers)
+
+
+def _kip(workers: int) -> dict:
+    return _distill("kip", workers, iterations=22)
+
+
+def _frepo(workers: int) -> dict:
+    return _distill("frepo", workers, iterations=22)
+
+
+def _mtt(workers: int) -> dict:
+    experts = Path(tempfile.gettempdir()) / "distilset-scale-experts"  # trained once, outside the clock
+    if not (experts / "manifest.json").exists():
+        cfg = ds.ExpertConfig(net="convnet", net_kwargs={"width": 32}, epochs=3)
+        ds.train_experts(ds.load_dataset("mnist5k"), experts, 2, cfg)
+    return _distill("mtt", workers, "--experts-dir", str(experts), "--trajectories", "2", "--expert-epochs", "2",
+                    "--max-start-epoch", "1", iterations=8)  # fmt: skip
 
 
 def _estimate() -> dict:
@@ -115,11 +165,25 @@ def _estimate() -> dict:
             "mb_per_expert": round(storage / 2**20, 1), "gb_100_experts": round(100 * storage / 2**30, 2)}  # fmt: skip
 
 
+ROWS = {"experts": _experts, "evaluate": _evaluate, "repeats": _repeats, "fedmd": _fedmd, "dm": _dm, "kip": _kip,
+        "frepo": _frepo, "mtt": _mtt}  # fmt: skip
+UNITS = {
+    "experts": ("expert trajectories / minute (Ray tasks)", "per_minute"),
+    "evaluate": ("networks of a sweep evaluated / minute (Ray tasks)", "per_minute"),
+    "repeats": ("repeats of one evaluation / minute (Ray tasks)", "per_minute"),
+    "fedmd": ("FedMD runs (digits, 10 parties, 20 rounds) / minute (Ray actors)", "per_minute"),
+    "dm": ("DM iterations / s (torchrun, gloo; classes sharded)", "per_second"),
+    "kip": ("KIP iterations / s (torchrun; target batch sharded)", "per_second"),
+    "frepo": ("FRePo iterations / s (torchrun; target batch sharded)", "per_second"),
+    "mtt": ("MTT iterations of 2 trajectories / s (torchrun; trajectories sharded)", "per_second"),
+}
+
+
 def run() -> None:
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     results = ResultFile(OUT, SETTINGS)
-    for name, fn in (("experts", _experts), ("evaluate", _evaluate), ("dm", _dm)):
+    for name, fn in ROWS.items():
         for workers in (1, 2):
             if not results.has({"row": name, "workers": workers}):
                 print(name, workers, "...", flush=True)
@@ -132,10 +196,7 @@ def table() -> None:
     rows = ResultFile(OUT, SETTINGS).data["rows"]
     print("| workload | unit | 1 worker | 2 workers | parallel efficiency |")
     print("|---|---|---|---|---|")
-    units = {"experts": ("expert trajectories / minute (Ray)", "per_minute"),
-             "evaluate": ("networks evaluated / minute (Ray)", "per_minute"),
-             "dm": ("DM iterations / s (torchrun, gloo)", "per_second")}  # fmt: skip
-    for name, (unit, key) in units.items():
+    for name, (unit, key) in UNITS.items():
         one = next((r for r in rows if r["row"] == name and r["workers"] == 1), None)
         two = next((r for r in rows if r["row"] == name and r["workers"] == 2), None)
         if one and two:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -20,6 +22,20 @@ def digits():
     return ds.load_dataset("digits")
 
 
+# `make test` runs two pytest workers (pytest-xdist), one per core: each trains with one thread, and so do the
+# subprocesses its tests start; a plain `pytest` uses both cores in one process.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, 2 // WORKERS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+
+def pytest_collection_modifyitems(items):
+    """The heavy tests (a method at its default budget, a run across processes) first, so that under two workers
+    the quick ones fill the gaps instead of one heavy test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)

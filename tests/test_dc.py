@@ -138,6 +138,7 @@ def test_bad_options_are_refused(digits):
         ds.distill("dc", digits, ipc=500, init="real")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("method", ["dc", "dsa"])
 def test_default_flags_beat_random_real_on_digits(method, digits):
     """`distill dc|dsa --dataset digits` with nothing else set but a tenth of its budget (100 of 1000

@@ -173,6 +173,7 @@ def random_real_100(digits):
     return ds.evaluate(ds.baseline("random", digits, ipc=10), digits, net="mlp", repeats=5).accuracy_mean
 
 
+@pytest.mark.heavy
 def test_default_flags_fixed_init_digits(digits, random_real_100):
     syn = ds.distill("dd", digits)
     assert syn.config["net"] == "mlp" and syn.extra["iterations"] == 400 and len(syn) == 100 and len(syn.lrs) == 30
@@ -180,6 +181,7 @@ def test_default_flags_fixed_init_digits(digits, random_real_100):
     assert acc >= 0.93 and acc > random_real_100, (acc, random_real_100)
 
 
+@pytest.mark.heavy
 def test_default_flags_random_init_digits(digits, random_real_100):
     syn = ds.distill("dd", digits, init="random")
     res = ds.evaluate(syn, digits, repeats=10, seed=1000)  # ten held-out inits

@@ -29,6 +29,7 @@ def test_without_a_process_group_this_is_rank_0_of_1():
     assert [Shards(1, 3).mine(c) for c in range(6)] == [False, True, False, False, True, False]
 
 
+@pytest.mark.heavy
 def test_two_processes_give_the_set_of_one_and_resume_with_one(tmp_path):
     args = ["dm", "--dataset", "digits", "--checkpoint-every", "1"]
     one = _distill(tmp_path / "one", *args, "--iterations", "4")
@@ -47,6 +48,7 @@ def test_two_processes_give_the_set_of_one_and_resume_with_one(tmp_path):
     assert (a - start).abs().max() > 1e-2  # the images did move from their real-image start
 
 
+@pytest.mark.heavy
 def test_dc_on_two_processes_gives_the_set_of_one(tmp_path):
     args = ["dc", "--ipc", "1", "--iterations", "2", "--dataset", "digits"]
     one, two = _distill(tmp_path / "one", *args), _distill(tmp_path / "two", *args, ranks=2)
@@ -60,8 +62,62 @@ def test_a_method_without_data_parallel_support_is_refused_before_touching_out(t
 
     (tmp_path / "synset.json").write_text("{}")  # an earlier run that --overwrite would delete
     monkeypatch.setattr(registry, "current", lambda: Shards(0, 2))
-    with pytest.raises(
-        ds.DistilsetError, match=r"`distill kip` does not run data-parallel \(2 processes\).*dc, dm, dsa"
-    ):
-        ds.distill("kip", digits, iterations=1, out=tmp_path, overwrite=True)
+    with pytest.raises(ds.DistilsetError, match=r"`distill ls` does not run data-parallel \(2 processes\).*kip, mtt"):
+        ds.distill("ls", digits, iterations=1, out=tmp_path, overwrite=True)
     assert (tmp_path / "synset.json").exists()
+
+
+# KIP and FRePo shard the target batch, MTT its trajectories: one torchrun launch distils all three on 2 ranks
+# (through the API, as a user's script would), the test process distils them in one; the sets must agree.
+SHARDED = {
+    "kip": {"ipc": 1, "target_batch": 100},
+    "frepo": {"ipc": 1, "target_batch": 101, "pool": 2},  # an odd batch: the ranks' shares differ in size
+    "mtt": {"ipc": 1, "syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 1, "trajectories": 2},
+}
+SCRIPT = """
+import sys, distilset as ds
+from distilset.distributed import init_from_env
+init_from_env("cpu")
+out, experts, settings = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+data = ds.load_dataset("digits")
+for method, options in settings.items():
+    extra = {"experts_dir": experts} if method == "mtt" else {}
+    ds.distill(method, data, iterations=3, out=f"{out}/{method}", **options, **extra)
+"""
+
+
+@pytest.mark.heavy
+def test_kip_frepo_and_mtt_on_two_processes_give_the_sets_of_one(tmp_path, digits):
+    experts = tmp_path / "experts"
+    ds.train_experts(digits, experts, 2, ds.ExpertConfig(epochs=2))
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*launcher, str(script), str(tmp_path / "two"), str(experts), repr(SHARDED)],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    for method, options in SHARDED.items():
+        extra = {"experts_dir": str(experts)} if method == "mtt" else {}
+        one = ds.distill(method, digits, iterations=3, **options, **extra)
+        other = ds.SyntheticSet.load(tmp_path / "two" / method)
+        start = digits.train_x[digits.sample_per_class(1, torch.Generator().manual_seed(0))]
+        assert (one.images - start).abs().max() > 1e-3, method  # the set did move
+        assert (one.images - other.images).abs().max() < 1e-5, method
+        assert (one.labels - other.labels).abs().max() < 1e-5, method
+        assert one.recipe == other.recipe, method  # MTT: the same learned lr
+
+
+def test_mtt_refuses_fewer_trajectories_than_processes_before_touching_out(tmp_path, monkeypatch, digits):
+    from distilset.methods import registry
+
+    (tmp_path / "synset.json").write_text("{}")
+    monkeypatch.setattr(registry, "current", lambda: Shards(0, 2))
+    with pytest.raises(ds.ConfigError, match=r"over the 2 processes, but .?trajectories.? is 1; give --trajectories 2"):
+        ds.distill("mtt", digits, iterations=1, out=tmp_path, overwrite=True)
+    assert (tmp_path / "synset.json").exists()
+
+
+def test_a_target_batch_is_shared_out_whole():
+    rows = [list(range(11))[Shards(r, 3).share(11)] for r in range(3)]
+    assert rows == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10]]

@@ -51,6 +51,7 @@ def test_bad_options_are_refused(digits):
         ds.distill("dm", digits, ipc=500)
 
 
+@pytest.mark.heavy
 def test_default_flags_beat_random_real_on_digits(digits):
     """`distill dm --dataset digits` with nothing else set but a fifth of its budget (200 of 1000 iterations),
     scored by the set's recipe (DC's protocol with DSA) beside random real images of the same count."""

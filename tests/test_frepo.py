@@ -52,6 +52,7 @@ def test_the_evaluation_recipe_is_frepos(digits):
     assert cosine_factor(750, 1000, 500) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi / 2)))
 
 
+@pytest.mark.heavy
 def test_default_flags_beat_random_real_on_digits(digits):
     """`distill frepo --dataset digits` with default flags but a tenth of its budget (100 of 1000 iterations),
     scored beside random real images of the same count by its recipe shortened to 300 steps (100 warm-up) on the

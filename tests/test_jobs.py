@@ -15,6 +15,7 @@ from distilset.io import write_text
 from distilset.jobs import run_jobs
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one worker starts the module's local cluster and runs its tests
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,37 @@ def test_evaluation_sweep_on_ray_matches_the_sequential_run(digits, cluster):
     assert [r.net for r in par] == [r.net for r in seq]
     for a, b in zip(seq, par, strict=True):
         assert a.runs == pytest.approx(b.runs, abs=1e-9)
+
+
+def test_evaluation_repeats_on_ray_match_the_sequential_run(digits, cluster):
+    torch.set_num_threads(1)
+    syn = ds.baseline("random", digits, ipc=5, seed=0)
+    seq = ds.evaluate(syn, digits, net="mlp", repeats=3, epochs=20, seed=4)
+    par = ds.evaluate(syn, digits, net="mlp", repeats=3, epochs=20, seed=4, ray=cluster)
+    assert par.seeds == seq.seeds == [4, 5, 6]
+    assert par.runs == pytest.approx(seq.runs, abs=1e-9)
+    assert len(set(seq.runs)) > 1  # three different networks, not one
+
+
+def test_fedmd_parties_on_ray_match_the_sequential_run(digits, cluster):
+    torch.set_num_threads(1)
+    options = {"nets": ("mlp", "convnet:width=8,depth=1"), "rounds": 2, "public_epochs": 1,
+               "private_epochs": 3, "public_subset": 200}  # fmt: skip
+    seq = ds.teach("fedmd", digits, **options)
+    par = ds.teach("fedmd", digits, ray=cluster, **options)
+    for key in ("public_test_accuracy", "pooled", "by_round", "revisit_only"):
+        assert torch.allclose(torch.tensor(par.report[key]), torch.tensor(seq.report[key]), atol=1e-9), key
+    assert seq.report["by_round"][2] != seq.report["by_round"][0]  # the rounds did train the parties
+    for name, model in seq.models.items():
+        other = par.models[name].module.state_dict()
+        for k, v in model.module.state_dict().items():
+            assert torch.allclose(v, other[k], atol=1e-6), (name, k)
+    assert torch.equal(seq.labels["consensus"], par.labels["consensus"])
+
+
+def test_ray_is_refused_by_a_system_that_does_not_use_it(digits):
+    with pytest.raises(ds.ConfigError, match=r"teach omni does not run on Ray \(systems that do: fedmd\)"):
+        ds.teach("omni", digits, ray=True)
 
 
 def _flaky(marker: str, out: str, i: int) -> int:

@@ -49,6 +49,7 @@ def test_ridge_labels_beat_one_hot_on_the_same_images(digits):
     assert a.accuracy_mean > b.accuracy_mean + 0.02, (a, b)
 
 
+@pytest.mark.heavy
 def test_default_flags_beat_one_hot_labels_with_20_base_examples(digits):
     """The issue's check: `distill labels --base 20` with nothing else set, scored by the set's recipe (the
     paper's retraining: Adam, its base batch, the estimated number of steps), and by other nets and optimisers."""

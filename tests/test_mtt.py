@@ -249,6 +249,7 @@ def test_resume_is_exact(digits, experts_dir, tmp_path):
     assert torch.equal(full.images, resumed.images) and full.recipe.lr == resumed.recipe.lr
 
 
+@pytest.mark.heavy
 def test_default_flags_ipc1_digits_beat_random_real_by_8_points(digits, tmp_path):
     """The issue's check: `distill mtt --ipc 1` on digits with nothing else set (experts trained first, about
     a minute and a half here) against one random real image per class under the same training recipe."""

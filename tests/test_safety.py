@@ -269,6 +269,7 @@ def _cli_process(*argv: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+@pytest.mark.heavy
 def test_sigkill_at_a_random_iteration_then_resume_is_bit_identical(tmp_path):
     args = ["distill", "dd", "--dataset", "digits", "--iterations", "30", *FAST_FLAGS, "--checkpoint-every", "1"]
     reference = _cli_process(*args, "--out", tmp_path / "full")

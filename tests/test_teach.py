@@ -70,6 +70,7 @@ def test_omni_keep_rule_keeps_the_expected_share():
     assert threshold == 0.9 and int(kept.sum()) == int((conf >= 0.9).sum())
 
 
+@pytest.mark.heavy
 def test_omni_with_defaults_student_beats_teacher_and_multi_beats_single(mnist5k):
     # mnist5k, 5 % labelled, LeNet: measured teacher 84.1 %, student 87.7 %, single-view student 85.3 %
     report = teach("omni", mnist5k).report
@@ -101,6 +102,7 @@ def test_confusion_graph_is_row_stochastic(digits):
     assert graph.shape == (10, 10) and torch.allclose(graph.sum(1), torch.ones(10)) and bool((graph > 0).all())
 
 
+@pytest.mark.heavy
 def test_noisy_with_defaults_an_interior_lambda_beats_both_ends(digits):
     # digits, 40 % symmetric noise, MLP: measured lambda 0 / 1: 88.6 / 90.3 %, interior (0.8) 93.9 %
     report = teach("noisy", digits).report
@@ -150,6 +152,7 @@ def test_fedmd_net_specs():
         parse_net("mlp:width")
 
 
+@pytest.mark.heavy
 def test_fedmd_with_defaults_gains_over_transfer_only_from_the_consensus(digits):
     # digits: private classes 0-5, public 6-9, 10 parties x 18 images; measured transfer only 78.1 %, after 20
     # rounds 90.1 %, the same revisits without consensus 88.1 %, pooled 96.0 %

@@ -223,11 +223,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _load(args)
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
-    if _ray_of(args) is not None:
-        raise UsageError("--ray runs the networks of --nets as Ray tasks; give --nets (or drop --ray)")
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
-        repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json,
+        repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json, ray=_ray_of(args),
         **config_options(args, Standard),
     )  # fmt: skip
     if args.save:
@@ -319,7 +317,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
     taught = teach(
         system.name, data, out=args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
         progress=True, log=print, data_root=args.data_root, download=args.download,
-        **config_options(args, system.config),
+        ray=_ray_of(args) if system.ray else None, **config_options(args, system.config),
     )  # fmt: skip
     for c in taught.report.get("claims", []):
         numbers = ", ".join(f"{k} {v:g}" for k, v in c.items() if k not in ("claim", "holds"))
@@ -398,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         shared.add_argument("--out", required=True, help="output directory (models/, labels, report.json, teach.png)")
         shared.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
         _add_run_args(shared)
+        if system.ray:
+            _add_ray_arg(shared, "its independent parts run as Ray tasks and actors")
         add_config_options(m, system.config, f"{system.name} options")
         m.set_defaults(func=cmd_teach, flags=_flags_of_parser(m))
 
@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the mean over the nets the set was not made with")  # fmt: skip
     p.add_argument("--net-arg", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="network option, e.g. width=32")  # fmt: skip
-    _add_ray_arg(p, "with --nets, each network is a Ray task")
+    _add_ray_arg(p, "each repeat (with --nets, each network) is a Ray task")
     p.add_argument("--repeats", type=int, default=5, help="fresh networks to train (default: 5)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="recipe: the set's own training recipe (default); standard: DC's protocol")  # fmt: skip

@@ -2,12 +2,19 @@
 
 Launched with ``torchrun --nproc_per_node N -m distilset.cli distill dm ...`` (gloo on CPU, nccl on CUDA), every
 process (rank) holds the same synthetic set, draws the same random numbers (the same networks, the same real
-batch indices, the same augmentation seeds) and computes the per-class loss for its share of the classes only:
-class c is rank ``c % world``'s. The image gradients are summed over the ranks (all-reduce), so every rank takes
-the same optimiser step as a single process with all classes would, up to the order of floating-point sums.
+batch indices, the same augmentation seeds) and computes its share of the loss only. The gradients of the learned
+tensors are summed over the ranks (all-reduce), so every rank takes the same optimiser step as a single process
+would, up to the order of floating-point sums. What each method shards:
+
+- DM, DC, DSA: the classes (class c is rank ``c % world``'s), since their losses are sums over classes;
+- KIP, FRePo: the real target batch (rank r takes the r-th contiguous share of the rows, ``Shards.share``);
+  the support kernel, its solve and FRePo's online networks are replicated, computed alike on every rank;
+- MTT: the expert trajectories matched per iteration (``--trajectories``, which must be at least the number of
+  ranks); trajectory j is rank ``j % world``'s, the gradients are averaged over all of them.
+
 Rank 0 alone writes the output directory (checkpoints, history, the set); every rank reads a checkpoint on
-``--resume``, which therefore works with any number of ranks. Methods whose distiller sets
-``data_parallel = True`` support it (DM, DC, DSA); the others refuse to start with more than one rank.
+``--resume``, which therefore works with any number of ranks. Methods registered with ``data_parallel=True``
+support it; the others (DD, labels, LS) refuse to start with more than one rank.
 
 Without a process group (a plain ``distilset`` or API call) ``current()`` is rank 0 of 1 and nothing here
 touches torch.distributed.
@@ -43,6 +50,18 @@ class Shards:
     def mine(self, c: int) -> bool:
         """Whether class ``c``'s loss is computed here."""
         return c % self.world == self.rank
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (a target batch): rows ``rank * n // world`` up to the next
+        rank's first row."""
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def sum_grads(self, tensors: list[torch.Tensor]) -> None:
+        """Sum each tensor's ``.grad`` over the ranks (a rank that computed nothing for one contributes zeros)."""
+        for t in tensors:
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+            self.sum_(t.grad)
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the ranks, in place (nothing to do with one rank)."""

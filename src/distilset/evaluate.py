@@ -205,6 +205,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = False,
     init_pool: list[dict[str, torch.Tensor]] | None = None,
+    ray: bool | str | None = None,
     **overrides,
 ) -> EvalResult:
     """Train ``repeats`` fresh nets on ``syn`` and test them on ``data``'s test split.
@@ -212,7 +213,8 @@ def evaluate(
     ``net``: defaults to the set's distillation net (with its options), else ``convnet``. ``protocol``:
     ``recipe`` (the set's own training recipe, the default) or ``standard`` (DC's protocol). ``overrides``:
     fields of ``recipes.Standard`` (``lr``, ``epochs``, ``steps``, ``optimizer``, ``batch_size``, ``dsa``, ...).
-    ``init_pool``: held-out pretrained weights for replaying a random-pretrained set.
+    ``init_pool``: held-out pretrained weights for replaying a random-pretrained set. ``ray``: each repeat is a
+    Ray task (``distilset.jobs``; CPU only), with the seed it has here, so the accuracies are the sequential ones.
     """
     protocol = protocol or "recipe"
     recipe = training_recipe(syn, protocol, **overrides)
@@ -243,27 +245,23 @@ def evaluate(
                 "replaying a random-pretrained set needs held-out pretrained nets: pass init_pool= "
                 "(distilset.methods.dd.pretrain_pool) or use --protocol standard"
             )
+    if ray and device.startswith("cuda"):
+        raise ConfigError("`ray` runs the evaluations as CPU tasks; evaluate on CUDA without `ray`, or on the CPU")
     test_x, test_y = align_test_data(syn, data)
-    test_x, test_y = test_x.to(device), test_y.to(device)
-    x, y = syn.images.to(device), syn.labels.to(device)
     seeds = [seed + r for r in range(repeats)]
-    runs = []
     start = time.perf_counter()
     bar = Progress(len(seeds), f"evaluate ({protocol})", progress)
     in_shape = data.image_shape if syn.images.ndim != 4 else tuple(test_x.shape[1:])  # texture crops: the test size
+    jobs = []
     for r, s in enumerate(seeds):
-        model = create_net(net, in_shape, syn.num_classes, seed=s, init=init, **net_kwargs).to(device)
+        theta0 = None
         if isinstance(recipe, Replay):
             theta0 = syn.init_params if recipe.init.startswith("fixed") else None
             if recipe.init == "random-pretrained":
                 theta0 = init_pool[r % len(init_pool)]
-            if theta0 is not None:
-                _load_init(model, theta0)
-            replay(model, x, y, syn.lrs, syn.step_order)
-        else:
-            fit(model, x, y, recipe, seed=s, progress=bar.bar is not None)  # a bar per net on a terminal only
-        runs.append(accuracy(model, test_x, test_y))
-        bar.update({"acc": runs[-1]})
+        net_spec = (net, in_shape, init, net_kwargs)
+        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, bar.bar is not None and not ray))
+    runs = run_jobs(_train_and_test, jobs, ray=ray, on_done=lambda i, acc: bar.update({"acc": acc}))
     bar.close()
     wall = time.perf_counter() - start
     mean = sum(runs) / len(runs)
@@ -282,6 +280,31 @@ def evaluate(
         wall_time_s=wall,
         settings={"device": device, "set_size": len(syn), "init": init, "recipe_text": recipe.describe()},
     )
+
+
+def _train_and_test(
+    syn: SyntheticSet,
+    recipe: Recipe,
+    net_spec: tuple,
+    theta0: dict[str, torch.Tensor] | None,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    seed: int,
+    device: str,
+    bar: bool,
+) -> float:
+    """One repeat of ``evaluate``: a fresh net of ``net_spec`` (name, input shape, init, options) with seed ``seed``
+    (started from ``theta0`` when given), trained on the set by its recipe, its test accuracy."""
+    net, in_shape, init, net_kwargs = net_spec
+    model = create_net(net, in_shape, syn.num_classes, seed=seed, init=init, **net_kwargs).to(device)
+    x, y = syn.images.to(device), syn.labels.to(device)
+    if isinstance(recipe, Replay):
+        if theta0 is not None:
+            _load_init(model, theta0)
+        replay(model, x, y, syn.lrs, syn.step_order)
+    else:
+        fit(model, x, y, recipe, seed=seed, progress=bar)  # a bar per net on a terminal only
+    return accuracy(model, test_x.to(device), test_y.to(device))
 
 
 def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, device: str) -> EvalResult:

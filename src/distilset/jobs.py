@@ -1,4 +1,5 @@
-"""Independent jobs, here or on a Ray cluster: ``run_jobs(fn, jobs, ray=...)``.
+"""Independent jobs, here or on a Ray cluster: ``run_jobs(fn, jobs, ray=...)``; stateful members that take
+calls side by side (Ray actors): ``Crowd(members, ray=...)``.
 
 Expert trajectories (``train_experts``) and cross-architecture evaluations (``evaluate_nets``) are lists of
 independent jobs, each with its own seed. Without ``ray`` they run one after another in this process and Ray is
@@ -81,4 +82,61 @@ def connect(ray: bool | str) -> Any:
     return ray_mod
 
 
-__all__ = ["RETRIES", "connect", "run_jobs"]
+class Crowd:
+    """Stateful members (e.g. FedMD's parties) whose method calls run side by side as Ray actors, or one after
+    another in this process without ``ray``.
+
+    ``map(method, args)`` calls ``getattr(member_i, method)(*args[i])`` on every member and returns the results in
+    the members' order; ``each(method, *args)`` gives every member the same arguments (sent to the object store
+    once). ``members()`` returns the members as they are now (from the actors: copies). An actor holds state that
+    a new worker could not rebuild, so a member whose worker dies fails the call instead of being retried. The
+    actors take Ray's actor default, a CPU to be placed and none while they live, spread over the nodes: they
+    wait for the driver between calls, and a crowd larger than the cluster must not leave some of them unplaced
+    (on a small cluster the members' calls then share its cores)."""
+
+    def __init__(self, members: Sequence[Any], ray: bool | str | None = None) -> None:
+        self._local = None if ray else list(members)
+        if ray:
+            self._ray = connect(ray)
+            actor = self._ray.remote(scheduling_strategy="SPREAD")(_Member)
+            self._actors = [actor.remote(m) for m in members]
+
+    def map(self, method: str, args: Sequence[tuple]) -> list[Any]:
+        if self._local is not None:
+            return [getattr(m, method)(*a) for m, a in zip(self._local, args, strict=True)]
+        stored: dict[int, Any] = {}
+
+        def ref(arg: Any) -> Any:
+            if arg is None or isinstance(arg, (str, int, float, bool)):
+                return arg
+            return stored.setdefault(id(arg), self._ray.put(arg))
+
+        calls = [a.call.remote(method, *map(ref, args_i)) for a, args_i in zip(self._actors, args, strict=True)]
+        return self._ray.get(calls)
+
+    def each(self, method: str, *args: Any) -> list[Any]:
+        return self.map(method, [args] * len(self))
+
+    def members(self) -> list[Any]:
+        if self._local is not None:
+            return list(self._local)
+        return self._ray.get([a.member.remote() for a in self._actors])
+
+    def __len__(self) -> int:
+        return len(self._local if self._local is not None else self._actors)
+
+
+class _Member:
+    """The actor around one member of a ``Crowd``."""
+
+    def __init__(self, member: Any) -> None:
+        self._member = member
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self._member, method)(*args)
+
+    def member(self) -> Any:
+        return self._member
+
+
+__all__ = ["RETRIES", "Crowd", "connect", "run_jobs"]

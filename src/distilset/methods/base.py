@@ -81,6 +81,10 @@ class MethodConfig(Config):
     def default_iterations(self, data: Any) -> int:
         return self.ITERATIONS
 
+    def check_ranks(self, world: int) -> None:
+        """Refuse settings that leave nothing to shard over ``world`` data-parallel processes (a method registered
+        with ``data_parallel=True`` whose share depends on an option overrides this)."""
+
     def fill_convnet(self, data: Any, why: str, **more: tuple[Any, str]) -> tuple[MethodConfig, dict[str, str]]:
         """``fill`` with ``net`` defaulting to the ConvNet (``why``) and ``more`` auto fields, then the ConvNet's
         depth fitted to the input (``nets.registry.fit_net_to_input``) unless ``net_kwargs`` gives one."""
@@ -137,6 +141,8 @@ class Context:
     log: Callable[[str], None] = field(default=lambda message: None)
     data_root: str | None = None
     download: bool = False
+    ray: bool | str | None = None
+    """Run independent parts as Ray tasks or actors (``distilset.jobs``), where the method or system offers it."""
 
 
 class Distiller(Protocol):

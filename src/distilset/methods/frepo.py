@@ -36,6 +36,7 @@ from pytorch_optimizer import Lamb
 
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
+from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.kernels import centred_one_hot, krr
 from distilset.losses import centred_mse
@@ -111,6 +112,7 @@ class FRePo:
         ctx = ctx or Context()
         self.data, self.cfg, self.device = data, cfg, ctx.device
         self.generator = torch.Generator().manual_seed(ctx.seed)
+        self.shards = current()
         k = data.num_classes
         picks = data.sample_per_class(cfg.ipc, self.generator)
         self.images = data.train_x[picks].to(ctx.device).clone().requires_grad_(True)
@@ -151,6 +153,8 @@ class FRePo:
         i = self._draw(cfg.pool)
         net = self.nets[i]
         pick = torch.randperm(len(self.data.train_x), generator=self.generator)[: cfg.target_batch]
+        n = len(pick)
+        pick = pick[self.shards.share(n)]  # data-parallel: this rank's share of the batch (all of it in one process)
         x_t = self.data.train_x[pick].to(self.device)
         y_t = centred_one_hot(self.data.train_y[pick], k).to(self.device) / math.sqrt(k / 10)
         net.eval()
@@ -161,18 +165,20 @@ class FRePo:
             pred = krr(f_s @ f_s.T, f_t @ f_s.T, self.labels.double(), reg=cfg.reg)
         except DistilsetError as e:
             raise NonFiniteError(f"FRePo's feature kernel broke down ({e})") from e
-        kernel_loss = 0.5 * (pred - y_t).pow(2).sum(1).mean()
-        loss = kernel_loss + label_margin(self.labels).mean()
+        kernel_loss = 0.5 * (pred - y_t).pow(2).sum() / n  # the mean over all n, once summed over the ranks
+        loss = kernel_loss + (label_margin(self.labels).mean() if self.shards.writer else 0.0)  # counted once
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
-        if not torch.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
-            raise NonFiniteError(f"FRePo's loss or support gradient is not finite (loss {loss.item():.4g})")
+        learned = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.shards.sum_grads(learned)
+        kernel_loss = float(self.shards.sum_(kernel_loss.detach().clone()))
+        if not math.isfinite(kernel_loss) or not all(torch.isfinite(p.grad).all() for p in learned):
+            raise NonFiniteError(f"FRePo's loss or support gradient is not finite (loss {kernel_loss:.4g})")
         self.optimizer.step()
         self.scheduler.step()
         self._online_update(i)
-        accuracy = (pred.argmax(1) == y_t.argmax(1)).double().mean().item()
-        return {"loss": kernel_loss.item(), "target_acc": accuracy}
+        right = self.shards.sum_((pred.argmax(1) == y_t.argmax(1)).sum().double())
+        return {"loss": kernel_loss, "target_acc": right.item() / n}
 
     def _online_update(self, i: int) -> None:
         """The chosen network trains one step on the support set, or is re-initialised past its age limit."""
@@ -231,4 +237,4 @@ def _build(data: Dataset, cfg: FRePoConfig, ctx: Context) -> FRePo:
     return FRePo(data, cfg, ctx)
 
 
-register_method("frepo", FRePoConfig, _build)
+register_method("frepo", FRePoConfig, _build, data_parallel=True)

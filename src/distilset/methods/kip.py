@@ -24,6 +24,7 @@ them. The target batch is 1000 images (the papers use larger ones on accelerator
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +32,7 @@ import torch
 
 from distilset.config import auto
 from distilset.data.dataset import Dataset
+from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
@@ -128,6 +130,7 @@ class KernelSupport:
         self.images = data.train_x[picks].to(ctx.device).double().clone()
         self.labels = centred_one_hot(torch.arange(k).repeat_interleave(cfg.ipc), k).to(ctx.device)
         self.solved = False
+        self.shards = current()
         self.optimizer = None
         if isinstance(cfg, KIPConfig):
             self.images.requires_grad_(True)
@@ -152,6 +155,9 @@ class KernelSupport:
 
     def _kip_step(self) -> dict[str, float]:
         x_t, y_t = self._targets(self.cfg.target_batch)
+        n = len(x_t)
+        rows = self.shards.share(n)  # data-parallel: this rank's share of the targets (all of them in one process)
+        x_t, y_t = x_t[rows], y_t[rows]
         kernel = self.cfg.kernel
         k_ss = self.net.kernel(self.images, self.images, get=kernel)
         k_ts = self.net.kernel(x_t, self.images, get=kernel)
@@ -159,15 +165,17 @@ class KernelSupport:
             pred = krr(k_ss, k_ts, self.labels, reg=self.cfg.reg)
         except DistilsetError as e:
             raise NonFiniteError(f"KIP's support kernel broke down ({e})") from e
-        loss = 0.5 * (pred - y_t).pow(2).sum(1).mean()
+        loss = 0.5 * (pred - y_t).pow(2).sum() / n  # the mean over all n targets, once summed over the ranks
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
-        if not torch.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
-            raise NonFiniteError(f"KIP's loss or support gradient is not finite (loss {loss.item():.4g})")
+        learned = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.shards.sum_grads(learned)
+        loss = float(self.shards.sum_(loss.detach().clone()))
+        if not math.isfinite(loss) or not all(torch.isfinite(p.grad).all() for p in learned):
+            raise NonFiniteError(f"KIP's loss or support gradient is not finite (loss {loss:.4g})")
         self.optimizer.step()
-        accuracy = (pred.argmax(1) == y_t.argmax(1)).double().mean().item()
-        return {"loss": loss.item(), "target_acc": accuracy}
+        right = self.shards.sum_((pred.argmax(1) == y_t.argmax(1)).sum().double())
+        return {"loss": loss, "target_acc": right.item() / n}
 
     def _solve_labels(self) -> dict[str, float]:
         cfg = self.cfg
@@ -219,5 +227,5 @@ def _build_ls(data: Dataset, cfg: LSConfig, ctx: Context) -> KernelSupport:
     return KernelSupport(data, cfg, ctx, method="ls")
 
 
-register_method("kip", KIPConfig, _build_kip)
+register_method("kip", KIPConfig, _build_kip, data_parallel=True)
 register_method("ls", LSConfig, _build_ls)

@@ -70,9 +70,7 @@ class PerClassImages:
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
-        if self.images.grad is None:  # this rank computed no class
-            self.images.grad = torch.zeros_like(self.images)
-        self.shards.sum_(self.images.grad)
+        self.shards.sum_grads([self.images])
         total = float(self.shards.sum_(loss.detach().clone()))
         if not math.isfinite(total) or not torch.isfinite(self.images.grad).all():
             raise NonFiniteError(f"{name}'s loss or image gradient is not finite (loss {total:.4g})")

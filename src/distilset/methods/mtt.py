@@ -42,6 +42,7 @@ import torch
 from distilset.augment import dsa, toroidal_crop
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
+from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.methods.base import (
     Context,
@@ -108,6 +109,9 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     """SGD learning rate of the experts trained here."""
     expert_batch: int | None = auto("256, or fewer on small training sets: about 50 steps per epoch")
     """Minibatch size of the experts trained here."""
+    trajectories: int = 1
+    """Expert trajectories matched per iteration, their losses and gradients averaged (the paper: 1); under
+    torchrun they are spread over the processes, so give at least as many as there are processes."""
     memory: Literal["plain", "checkpoint"] = "plain"
     """Gradient path: the plain unrolled graph, or segment checkpointing (same gradient, memory flat)."""
     segment: int = 5
@@ -125,7 +129,12 @@ class MTTConfig(MethodConfig, PixelStatsOption):
         self.require_positive("lr_img", "lr_lr", "lr_teacher", "lr_max_step", "expert_lr")
         self.require_at_least(0, "momentum")
         self.require_at_least(1, "ipc", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "num_experts",
-                              "expert_train_epochs", "expert_batch", "segment", "canvas")  # fmt: skip
+                              "expert_train_epochs", "trajectories", "expert_batch", "segment", "canvas")  # fmt: skip
+
+    def check_ranks(self, world: int) -> None:
+        if self.trajectories < world:
+            raise ConfigError(f"MTT spreads its expert trajectories over the {world} processes, but `trajectories` "
+                              f"is {self.trajectories}; give --trajectories {world} (or a multiple of it)")  # fmt: skip
 
     def expert_config(self) -> ExpertConfig:
         return ExpertConfig(net=self.net, net_kwargs=self.net_kwargs, epochs=self.expert_train_epochs,
@@ -210,6 +219,7 @@ class MTT:
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.model = create_net(cfg.net, data.image_shape, k, seed=0, **cfg.net_kwargs).to(device)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
+        self.shards = current()
 
     def _init_images(self, k: int, c: int, side: tuple[int, int]) -> torch.Tensor:
         cfg, g = self.cfg, self.generator
@@ -270,14 +280,22 @@ class MTT:
         return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
 
     def _step(self, iteration: int) -> dict[str, float]:
-        expert, start, order, seeds = self._plan()
-        loss, (g_img, g_lr) = self.matching_loss(expert, start, order, seeds)
+        plans = [self._plan() for _ in range(self.cfg.trajectories)]  # every rank draws every plan
+        loss = torch.zeros((), dtype=torch.float64)
+        g_img, g_lr = torch.zeros_like(self.images), torch.zeros_like(self.syn_lr)
+        for j, plan in enumerate(plans):
+            if self.shards.mine(j):  # data-parallel: trajectory j is rank j % world's
+                one, (gi, gl) = self.matching_loss(*plan)
+                loss, g_img, g_lr = loss + float(one), g_img + gi, g_lr + gl
+        for total in (loss, g_img, g_lr):  # summed over the ranks, then averaged over the trajectories
+            self.shards.sum_(total).div_(len(plans))
         if not math.isfinite(float(loss)) or not torch.isfinite(g_img).all() or not torch.isfinite(g_lr):
             raise NonFiniteError(f"trajectory-matching loss or gradient is not finite (loss {float(loss)})")
         self.images.grad = g_img
         self.opt_img.step()
         self.opt_img.zero_grad(set_to_none=True)
         self._update_lr(g_lr)
+        start = sum(plan[1] for plan in plans) / len(plans)
         return {"loss": float(loss), "syn_lr": self.syn_lr.item(), "start_epoch": float(start)}
 
     def _update_lr(self, grad: torch.Tensor) -> None:
@@ -325,7 +343,13 @@ class MTT:
 
 
 def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
-    """Use the experts in ``experts_dir`` (default OUT/experts), training them there first if there are none."""
+    """Use the experts in ``experts_dir`` (default OUT/experts), training them there first if there are none
+    (data-parallel: rank 0 trains them while the other ranks wait, then every rank reads them)."""
+    path = current().on_writer(lambda: _experts(data, cfg, ctx))
+    return MTT(data, ExpertBuffer(path), cfg, ctx)
+
+
+def _experts(data: Dataset, cfg: MTTConfig, ctx: Context) -> Path:
     if cfg.experts_dir is not None:
         path = Path(cfg.experts_dir)
     elif ctx.out is not None:
@@ -341,7 +365,7 @@ def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
         ctx.log(f"training {cfg.num_experts} experts x {cfg.expert_train_epochs} epochs into {path}")
         train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device,
                       progress=ctx.progress)  # fmt: skip
-    return MTT(data, ExpertBuffer(path), cfg, ctx)
+    return path
 
 
 # The paper's CIFAR-10 rows (run `distilset experts` with 100 experts x 50 epochs and ZCA first), and our
@@ -383,4 +407,5 @@ register_method(
         "mtt-mnist5k-ipc1": Preset("mnist5k", 1000, _GREY_1),
         "mtt-mnist5k-ipc10": Preset("mnist5k", 1000, _GREY_10),
     },
+    data_parallel=True,
 )  # fmt: skip

@@ -195,6 +195,7 @@ def distill(
         supported = ", ".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
         raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
                              f"run it in one process, or use one of {supported}")  # fmt: skip
+    cfg.check_ranks(shards.world)
     if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
         out = shards.on_writer(lambda: prepare_out(out, resume=resume, overwrite=overwrite))
     log = log if log and shards.writer else (lambda message: None)

@@ -152,6 +152,8 @@ class System:
     name: str
     config: type[TeachConfig]
     run: Callable[[Dataset, TeachConfig, Context], Taught]
+    ray: bool = False
+    """Its independent parts can run on Ray (``teach(..., ray=)``, ``--ray``)."""
 
     @property
     def summary(self) -> str:
@@ -159,14 +161,16 @@ class System:
 
 
 SYSTEMS: dict[str, System] = {}
-SHARED = ("dataset", "data_root", "data_path", "download", "out", "seed", "device", "overwrite", "progress", "log")
+SHARED = ("dataset", "data_root", "data_path", "download", "out", "seed", "device", "overwrite", "progress", "log",
+          "ray")  # fmt: skip
 
 
-def register_system(name: str, config: type[TeachConfig], run: Callable[..., Taught]) -> System:
+def register_system(name: str, config: type[TeachConfig], run: Callable[..., Taught], ray: bool = False) -> System:
+    """Register a system: ``run(data, cfg, ctx)`` returns its ``Taught``; ``ray``: it honours ``ctx.ray``."""
     clash = sorted({f.name for f in dataclasses.fields(config)} & set(SHARED))
     if clash:
         raise ValueError(f"{config.__name__} uses option name(s) {clash} that every teach system shares")
-    SYSTEMS[name] = System(name, config, run)
+    SYSTEMS[name] = System(name, config, run, ray)
     return SYSTEMS[name]
 
 
@@ -181,12 +185,14 @@ def teach(
     log: Callable[[str], None] | None = None,
     data_root: str | None = None,
     download: bool = False,
+    ray: bool | str | None = None,
     **options,
 ) -> Taught:
     """Run teacher-student ``system`` on ``data``; ``options`` are fields of its config.
 
     With ``out`` the models, labels, ``report.json`` and ``teach.png`` are written there (a directory holding
-    an earlier run is refused unless ``overwrite``)."""
+    an earlier run is refused unless ``overwrite``). ``ray`` (FedMD): the parties run on Ray (``distilset.jobs``);
+    the results are those of the sequential run for the same seed."""
     if system not in SYSTEMS:
         raise DistilsetError(f"unknown teach system {system!r}; available: {', '.join(sorted(SYSTEMS))}")
     s = SYSTEMS[system]
@@ -198,6 +204,11 @@ def teach(
     if data.token_embedding is not None or len(data.image_shape) != 3:
         raise DistilsetError(f"teach {system} trains image classifiers; {data.info.name} is not an image dataset")
     check_seed(seed)
+    if ray and not s.ray:
+        ray_systems = ", ".join(n for n in sorted(SYSTEMS) if SYSTEMS[n].ray)
+        raise ConfigError(f"teach {system} does not run on Ray (systems that do: {ray_systems}); drop `ray`")
+    if ray and device.startswith("cuda"):
+        raise ConfigError("`ray` runs the parties as CPU actors; run on CUDA without `ray`, or on the CPU")
     cfg, notes = s.config(**options).resolve(data)
     if out is not None:
         out = prepare_out(out, overwrite=overwrite, offers=("overwrite",))
@@ -206,7 +217,7 @@ def teach(
     for line in describe_config(cfg, notes):
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
-                  data_root=data_root, download=download)  # fmt: skip
+                  data_root=data_root, download=download, ray=ray)  # fmt: skip
     start = time.perf_counter()
     taught = s.run(data.to(device), cfg, ctx)
     taught.report = {

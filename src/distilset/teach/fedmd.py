@@ -24,8 +24,9 @@ Read beside the paper's algorithm 1 and its released code's EMNIST configuration
 Private-task accuracy is measured on the test images of the private classes, the prediction taken over the
 private outputs only (the public outputs stay in the network for the consensus). All trainings use the
 config's optimiser (the paper: Adam 1e-3) at a constant lr. The party/server exchange goes through the
-``Party`` methods ``scores``, ``digest`` and ``revisit`` only, so the parties can live elsewhere (e.g. Ray
-actors) without changing ``collaborate``.
+``Party`` methods ``scores``, ``digest``, ``revisit`` and ``accuracy`` only. With ``ray`` (``--ray``) every
+party's setup (public and private training, the pooled bound) is a Ray task, and in the rounds every party is a
+Ray actor, all of them scoring, digesting and revisiting side by side; the results equal the sequential run's.
 
 Deviation, named: every digest and revisit starts a fresh Adam (the released Keras code keeps each model's
 optimiser state across rounds).
@@ -42,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -52,6 +54,7 @@ from distilset.config import auto
 from distilset.data import load_dataset
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.jobs import Crowd, run_jobs
 from distilset.methods.base import Context
 from distilset.nets import NETS
 from distilset.teach.base import Model, Taught, TeachConfig, claim, register_system, train
@@ -143,7 +146,8 @@ def parse_net(spec: str) -> tuple[str, dict]:
 
 class Party:
     """One participant: its network, its private images and how it trains. ``collaborate`` only calls
-    ``scores``, ``digest`` and ``revisit``, whose arguments and results are plain tensors."""
+    ``scores``, ``digest``, ``revisit`` and ``accuracy``, whose arguments and results are plain tensors and
+    numbers, so a party can live in another process (a Ray actor, ``distilset.jobs.Crowd``)."""
 
     def __init__(self, index: int, model: Model, x: torch.Tensor, y: torch.Tensor, cfg: FedMDConfig,
                  seed: int) -> None:  # fmt: skip
@@ -172,20 +176,24 @@ class Party:
         steps = epochs * -(-len(self.x) // min(5, len(self.x)))
         train(self.model, self.x, self.y, self.cfg.recipe(steps, batch_size=5, schedule="constant"), seed=seed)
 
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, offset: int) -> float:
+        return private_accuracy(self.model, x, y, offset)
 
-def collaborate(parties: list[Party], public_x: torch.Tensor, cfg: FedMDConfig, seed: int,
+
+def collaborate(parties: Sequence[Party] | Crowd, public_x: torch.Tensor, cfg: FedMDConfig, seed: int,
                 after_round=None) -> torch.Tensor:  # fmt: skip
-    """The server: ``cfg.rounds`` of fresh public subset, consensus, digest, revisit. Returns the last
-    consensus (and calls ``after_round(r, subset_index, consensus)``)."""
+    """The server: ``cfg.rounds`` of fresh public subset, consensus, digest, revisit, party j seeded by its
+    position j. ``parties``: a list (called one after another here) or a ``Crowd`` (e.g. Ray actors, side by
+    side). Returns the last consensus (and calls ``after_round(r, subset_index, consensus)``)."""
+    crowd = parties if isinstance(parties, Crowd) else Crowd(parties)
     g = torch.Generator().manual_seed(seed)
     consensus = torch.empty(0)
     for r in range(1, cfg.rounds + 1):
         pick = torch.randperm(len(public_x), generator=g)[: cfg.public_subset].to(public_x.device)
         subset = public_x[pick]
-        consensus = torch.stack([p.scores(subset) for p in parties]).mean(0)
-        for p in parties:
-            p.digest(subset, consensus, seed=seed + 1000 * r + p.index)
-            p.revisit(cfg.revisit_epochs, seed=seed + 1000 * r + 500 + p.index)
+        consensus = torch.stack(crowd.each("scores", subset)).mean(0)
+        crowd.map("digest", [(subset, consensus, seed + 1000 * r + j) for j in range(len(crowd))])
+        crowd.map("revisit", [(cfg.revisit_epochs, seed + 1000 * r + 500 + j) for j in range(len(crowd))])
         if after_round is not None:
             after_round(r, pick, consensus)
     return consensus
@@ -235,64 +243,89 @@ def public_set(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Dataset:
     return Dataset(info, data.train_x[train], data.train_y[train] - k, data.test_x[test], data.test_y[test] - k)
 
 
+@dataclass
+class _Setting:
+    """What setting up any party needs (sent once to every setup job)."""
+
+    data: Dataset
+    public: Dataset
+    cfg: FedMDConfig
+    seed: int
+    device: str
+    pooled_idx: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def offset(self) -> int:
+        return self.public.num_classes
+
+
+def _set_up_party(s: _Setting, i: int, spec: str, idx: torch.Tensor) -> tuple[Party, float, float]:
+    """Party i's transfer learning (public, then its private images ``idx``), and beside it the pooled bound (the
+    same public training, then the private images of all parties); returns the party and the two accuracies."""
+    cfg, data, public, offset = s.cfg, s.data, s.public, s.offset
+    name, kwargs = parse_net(spec)
+    model = Model.fresh(name, kwargs, data.image_shape, offset + cfg.private_classes, seed=s.seed + i, device=s.device)
+    model.outputs = (*public.info.class_names, *data.info.class_names[: cfg.private_classes])
+    steps = cfg.public_epochs * -(-len(public.train_x) // cfg.batch_size)
+    train(model, public.train_x, public.train_y, cfg.recipe(steps, schedule="constant"), seed=s.seed + i)
+    public_acc = private_accuracy(model, public.test_x, public.test_y, 0) if offset else 0.0
+
+    def private_fit(m: Model, rows: torch.Tensor, seed: int) -> None:
+        steps = cfg.private_epochs * -(-len(rows) // min(5, len(rows)))
+        train(m, data.train_x[rows], data.train_y[rows] + offset,
+              cfg.recipe(steps, batch_size=5, schedule="constant"), seed=seed)  # fmt: skip
+
+    twin = Model.fresh(model.net, model.kwargs, model.in_shape, model.num_classes, seed=0, device=s.device)
+    twin.module.load_state_dict(model.module.state_dict())
+    private_fit(model, idx, seed=s.seed + 100 + i)
+    private_fit(twin, s.pooled_idx, seed=s.seed + 200 + i)
+    party = Party(i, model, data.train_x[idx], data.train_y[idx] + offset, cfg, s.seed + i)
+    return party, public_acc, private_accuracy(twin, s.test_x, s.test_y, offset)
+
+
 def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
+    """FedMD's run: parties set up (Ray tasks with ``ctx.ray``), rounds (the parties as Ray actors with
+    ``ctx.ray``), the revisits-only control, the report."""
     public = public_set(data, cfg, ctx).to(ctx.device)
     if public.image_shape != data.image_shape:
         raise ConfigError(f"`public` {cfg.public} has inputs {public.image_shape} but {data.info.name} has "
                           f"{data.image_shape}; pick a public set of the same shape")  # fmt: skip
-    offset, k = public.num_classes, public.num_classes + cfg.private_classes
+    offset = public.num_classes
     g = torch.Generator().manual_seed(ctx.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)  # the Dirichlet draws of the skewed split
         dealt = [i.to(data.train_x.device) for i in deal(data.train_y, len(cfg.nets), cfg, g)]
     test_mask = data.test_y < cfg.private_classes
     test_x, test_y = data.test_x[test_mask], data.test_y[test_mask] + offset
-    specs = [parse_net(s) for s in cfg.nets]
-
-    def pretrained(i: int) -> Model:
-        name, kwargs = specs[i]
-        model = Model.fresh(name, kwargs, data.image_shape, k, seed=ctx.seed + i, device=ctx.device)
-        model.outputs = (*public.info.class_names, *data.info.class_names[: cfg.private_classes])
-        steps = cfg.public_epochs * -(-len(public.train_x) // cfg.batch_size)
-        train(model, public.train_x, public.train_y, cfg.recipe(steps, schedule="constant"), seed=ctx.seed + i)
-        return model
-
-    def private_fit(model: Model, idx: torch.Tensor, seed: int) -> None:
-        steps = cfg.private_epochs * -(-len(idx) // min(5, len(idx)))
-        train(model, data.train_x[idx], data.train_y[idx] + offset,
-              cfg.recipe(steps, batch_size=5, schedule="constant"), seed=seed)  # fmt: skip
-
-    parties, pooled, public_acc = [], [], []
-    pooled_idx = torch.cat(dealt)
-    for i in range(len(specs)):
-        model = pretrained(i)
-        public_acc.append(private_accuracy(model, public.test_x, public.test_y, 0) if offset else 0.0)
-        twin = Model.fresh(model.net, model.kwargs, model.in_shape, k, seed=0, device=ctx.device)
-        twin.module.load_state_dict(model.module.state_dict())
-        private_fit(model, dealt[i], seed=ctx.seed + 100 + i)
-        private_fit(twin, pooled_idx, seed=ctx.seed + 200 + i)
-        parties.append(Party(i, model, data.train_x[dealt[i]], data.train_y[dealt[i]] + offset, cfg, ctx.seed + i))
-        pooled.append(private_accuracy(twin, test_x, test_y, offset))
-        ctx.log(f"  {parties[-1].name}: public test {100 * public_acc[-1]:.1f} %, private {len(dealt[i])} images")
-    by_round = [[private_accuracy(p.model, test_x, test_y, offset) for p in parties]]
+    setting = _Setting(data, public, cfg, ctx.seed, ctx.device, torch.cat(dealt), test_x, test_y)
+    set_up = run_jobs(_set_up_party, [(setting, i, spec, dealt[i]) for i, spec in enumerate(cfg.nets)], ray=ctx.ray)
+    parties = [p for p, _, _ in set_up]
+    public_acc, pooled = [a for _, a, _ in set_up], [b for _, _, b in set_up]
+    for p, acc in zip(parties, public_acc, strict=True):
+        ctx.log(f"  {p.name}: public test {100 * acc:.1f} %, private {len(p.x)} images")
+    by_round = [[p.accuracy(test_x, test_y, offset) for p in parties]]
     ctx.log(f"  transfer only: {100 * sum(by_round[0]) / len(parties):.2f} % mean private accuracy; pooled bound "
             f"{100 * sum(pooled) / len(parties):.2f} %")  # fmt: skip
     last: dict[str, torch.Tensor] = {}
+    alone = [copy.deepcopy(p) for p in parties] if cfg.control else None
+    crowd = Crowd(parties, ray=ctx.ray)
 
     def after_round(r: int, pick: torch.Tensor, consensus: torch.Tensor) -> None:
-        by_round.append([private_accuracy(p.model, test_x, test_y, offset) for p in parties])
+        by_round.append(crowd.each("accuracy", test_x, test_y, offset))
         last.update(public_index=pick, consensus=consensus)
         ctx.log(f"  round {r}: {100 * sum(by_round[-1]) / len(parties):.2f} % mean private accuracy")
 
-    alone = [copy.deepcopy(p) for p in parties] if cfg.control else []
-    collaborate(parties, public.train_x, cfg, seed=ctx.seed, after_round=after_round)
+    collaborate(crowd, public.train_x, cfg, seed=ctx.seed, after_round=after_round)
+    parties = crowd.members()
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     control = None
-    if alone:  # the same revisits, no consensus
+    if alone is not None:  # the same revisits, no consensus
+        alone = Crowd(alone, ray=ctx.ray)
         for r in range(1, cfg.rounds + 1):
-            for p in alone:
-                p.revisit(cfg.revisit_epochs, seed=ctx.seed + 1000 * r + 500 + p.index)
-        control = [private_accuracy(p.model, test_x, test_y, offset) for p in alone]
+            alone.map("revisit", [(cfg.revisit_epochs, ctx.seed + 1000 * r + 500 + j) for j in range(len(alone))])
+        control = alone.each("accuracy", test_x, test_y, offset)
         ctx.log(f"  control, revisits without consensus: {100 * mean(control):.2f} % mean private accuracy")
     report: dict[str, Any] = {
         "parties": [p.name for p in parties], "private_images": [len(i) for i in dealt],
@@ -343,5 +376,5 @@ def _picture(report: dict, cfg: FedMDConfig, dataset: str):
     return fig
 
 
-register_system("fedmd", FedMDConfig, run_fedmd)
+register_system("fedmd", FedMDConfig, run_fedmd, ray=True)
 __all__ = ["FedMDConfig", "Party", "collaborate", "run_fedmd"]
