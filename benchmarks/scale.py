@@ -13,9 +13,10 @@ Every worker has one thread (``OMP_NUM_THREADS=1``), so "2 workers" uses the 2 c
   LeNet, ConvNet, ConvNet-BN; 1 repeat of DC's 300 epochs each), sequential vs Ray;
 - ``repeats``: repeats per minute of one evaluation (mnist5k, 10 random images per class, ConvNet width 32, 4
   repeats of DC's protocol), sequential vs one Ray task per repeat;
-- ``fedmd``: whole FedMD runs per minute (``teach fedmd`` on digits, defaults: 10 parties, 20 rounds), sequential
-  vs parties set up as Ray tasks and run as Ray actors;
-- ``dm``, ``kip``, ``frepo``, ``mtt``: outer iterations per second on mnist5k with default flags (MTT: 2
+- ``fedmd``, ``fedmd-mnist5k``: whole FedMD runs per minute (``teach fedmd`` on digits or mnist5k, defaults: 10
+  parties, 20 rounds), sequential vs parties set up as Ray tasks and run on Ray actors (one per CPU);
+- ``dm``, ``kip``, ``frepo``, ``mtt``: outer iterations per second on mnist5k with default flags (``kip-conv``:
+  KIP with the convolutional kernel, 1 image per class, 200 targets; MTT: 2
   trajectories per iteration over 2 experts of ConvNet-3 width 32, trained before the clock starts), one process
   vs 2 ranks under torchrun (gloo), from the run's own ``history.json`` (the first 2 iterations left out as
   warm-up).
@@ -99,8 +100,8 @@ def _repeats(workers: int) -> dict:
             "runs": result.runs}  # fmt: skip
 
 
-def _fedmd(workers: int) -> dict:
-    data = ds.load_dataset("digits")
+def _fedmd(workers: int, dataset: str = "digits") -> dict:
+    data = ds.load_dataset(dataset)
     ray = _ray(workers)
     start = time.perf_counter()
     report = ds.teach("fedmd", data, ray=ray).report
@@ -129,6 +130,10 @@ def _dm(workers: int) -> dict:
 
 def _kip(workers: int) -> dict:
     return _distill("kip", workers, iterations=22)
+
+
+def _kip_conv(workers: int) -> dict:
+    return _distill("kip", workers, "--arch", "conv", "--ipc", "1", "--target-batch", "200", iterations=10)
 
 
 def _frepo(workers: int) -> dict:
@@ -165,24 +170,29 @@ def _estimate() -> dict:
             "mb_per_expert": round(storage / 2**20, 1), "gb_100_experts": round(100 * storage / 2**30, 2)}  # fmt: skip
 
 
-ROWS = {"experts": _experts, "evaluate": _evaluate, "repeats": _repeats, "fedmd": _fedmd, "dm": _dm, "kip": _kip,
+ROWS = {"experts": _experts, "evaluate": _evaluate, "repeats": _repeats, "fedmd": _fedmd,
+        "fedmd-mnist5k": lambda workers: _fedmd(workers, "mnist5k"), "dm": _dm, "kip": _kip, "kip-conv": _kip_conv,
         "frepo": _frepo, "mtt": _mtt}  # fmt: skip
 UNITS = {
     "experts": ("expert trajectories / minute (Ray tasks)", "per_minute"),
     "evaluate": ("networks of a sweep evaluated / minute (Ray tasks)", "per_minute"),
     "repeats": ("repeats of one evaluation / minute (Ray tasks)", "per_minute"),
     "fedmd": ("FedMD runs (digits, 10 parties, 20 rounds) / minute (Ray actors)", "per_minute"),
+    "fedmd-mnist5k": ("FedMD runs (mnist5k, 10 parties, 20 rounds) / minute (Ray actors)", "per_minute"),
     "dm": ("DM iterations / s (torchrun, gloo; classes sharded)", "per_second"),
     "kip": ("KIP iterations / s (torchrun; target batch sharded)", "per_second"),
+    "kip-conv": ("KIP iterations / s, conv kernel, ipc 1, 200 targets (torchrun)", "per_second"),
     "frepo": ("FRePo iterations / s (torchrun; target batch sharded)", "per_second"),
     "mtt": ("MTT iterations of 2 trajectories / s (torchrun; trajectories sharded)", "per_second"),
 }
 
 
-def run() -> None:
+def run(redo: list[str]) -> None:
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     results = ResultFile(OUT, SETTINGS)
+    for name in redo:
+        results.drop({"row": name})
     for name, fn in ROWS.items():
         for workers in (1, 2):
             if not results.has({"row": name, "workers": workers}):
@@ -214,8 +224,9 @@ def table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--redo", nargs="+", default=[], choices=list(ROWS), help="measure these rows again")
     args = parser.parse_args()
-    table() if args.table else run()
+    table() if args.table else run(args.redo)
 
 
 if __name__ == "__main__":

@@ -83,27 +83,35 @@ def connect(ray: bool | str) -> Any:
 
 
 class Crowd:
-    """Stateful members (e.g. FedMD's parties) whose method calls run side by side as Ray actors, or one after
+    """Stateful members (e.g. FedMD's parties) whose method calls run side by side on Ray actors, or one after
     another in this process without ``ray``.
 
     ``map(method, args)`` calls ``getattr(member_i, method)(*args[i])`` on every member and returns the results in
     the members' order; ``each(method, *args)`` gives every member the same arguments (sent to the object store
-    once). ``members()`` returns the members as they are now (from the actors: copies). An actor holds state that
-    a new worker could not rebuild, so a member whose worker dies fails the call instead of being retried. The
-    actors take Ray's actor default, a CPU to be placed and none while they live, spread over the nodes: they
-    wait for the driver between calls, and a crowd larger than the cluster must not leave some of them unplaced
-    (on a small cluster the members' calls then share its cores)."""
+    once). ``members()`` returns the members as they are now (from the actors: copies). The members are dealt to
+    ``actors`` actors (default: one per CPU of the cluster, at most one per member), member i to actor i mod
+    ``actors``, each actor taking its members' calls one after another: a crowd larger than the cluster costs no
+    more processes than it has cores, and one call of ``map`` is one round trip per actor. The actors take Ray's
+    actor default (a CPU to be placed, none while they live), spread over the nodes, so crowds alive side by side
+    are all placed. An actor's state cannot be rebuilt on a new worker, so a member whose worker dies fails the
+    call instead of being retried."""
 
-    def __init__(self, members: Sequence[Any], ray: bool | str | None = None) -> None:
-        self._local = None if ray else list(members)
-        if ray:
-            self._ray = connect(ray)
-            actor = self._ray.remote(scheduling_strategy="SPREAD")(_Member)
-            self._actors = [actor.remote(m) for m in members]
+    def __init__(self, members: Sequence[Any], ray: bool | str | None = None, actors: int | None = None) -> None:
+        self._members = list(members)
+        self._ray = connect(ray) if ray else None
+        if self._ray is not None:
+            cpus = int(self._ray.cluster_resources().get("CPU", 1))
+            n = max(1, min(len(self._members), actors or cpus))
+            self._groups = [list(range(a, len(self._members), n)) for a in range(n)]
+            actor = self._ray.remote(scheduling_strategy="SPREAD")(_Members)
+            self._actors = [actor.remote([self._members[i] for i in group]) for group in self._groups]
+            self._members = []  # they live in the actors now
 
     def map(self, method: str, args: Sequence[tuple]) -> list[Any]:
-        if self._local is not None:
-            return [getattr(m, method)(*a) for m, a in zip(self._local, args, strict=True)]
+        if len(args) != len(self):
+            raise ValueError(f"{len(args)} argument tuples for {len(self)} members")
+        if self._ray is None:
+            return [getattr(m, method)(*a) for m, a in zip(self._members, args, strict=True)]
         stored: dict[int, Any] = {}
 
         def ref(arg: Any) -> Any:
@@ -111,32 +119,45 @@ class Crowd:
                 return arg
             return stored.setdefault(id(arg), self._ray.put(arg))
 
-        calls = [a.call.remote(method, *map(ref, args_i)) for a, args_i in zip(self._actors, args, strict=True)]
-        return self._ray.get(calls)
+        calls = [actor.call.remote(method, [tuple(map(ref, args[i])) for i in group])
+                 for actor, group in zip(self._actors, self._groups, strict=True)]  # fmt: skip
+        results: list[Any] = [None] * len(self)
+        for group, done in zip(self._groups, self._ray.get(calls), strict=True):
+            for i, result in zip(group, done, strict=True):
+                results[i] = result
+        return results
 
     def each(self, method: str, *args: Any) -> list[Any]:
         return self.map(method, [args] * len(self))
 
     def members(self) -> list[Any]:
-        if self._local is not None:
-            return list(self._local)
-        return self._ray.get([a.member.remote() for a in self._actors])
+        if self._ray is None:
+            return list(self._members)
+        out: list[Any] = [None] * len(self)
+        for group, held in zip(self._groups, self._ray.get([a.members.remote() for a in self._actors]), strict=True):
+            for i, member in zip(group, held, strict=True):
+                out[i] = member
+        return out
 
     def __len__(self) -> int:
-        return len(self._local if self._local is not None else self._actors)
+        return len(self._members) if self._ray is None else sum(map(len, self._groups))
 
 
-class _Member:
-    """The actor around one member of a ``Crowd``."""
+class _Members:
+    """The actor holding some members of a ``Crowd``; it takes their calls one after another."""
 
-    def __init__(self, member: Any) -> None:
-        self._member = member
+    def __init__(self, members: list[Any]) -> None:
+        self._members = members
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self._member, method)(*args)
+    def call(self, method: str, args: list[tuple]) -> list[Any]:
+        # arguments that arrive as object references inside the tuples are fetched here
+        import ray
 
-    def member(self) -> Any:
-        return self._member
+        fetched = [tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in call) for call in args]
+        return [getattr(m, method)(*a) for m, a in zip(self._members, fetched, strict=True)]
+
+    def members(self) -> list[Any]:
+        return self._members
 
 
 __all__ = ["RETRIES", "Crowd", "connect", "run_jobs"]
