@@ -46,6 +46,7 @@ from _common import RESULTS, ResultFile, add_ray_args, command_line, ray_arg, ro
 
 import distilset as ds
 from distilset.io import write_text
+from distilset.recipes import KernelRidge
 from distilset.report import results_page
 
 WORK = Path("/tmp/distilset-defaults")
@@ -89,10 +90,10 @@ def transfer(syn: ds.SyntheticSet, data: ds.Dataset) -> dict:
 
 def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
     """Random real images of the set's size (class-balanced, seed 0), trained by the set's recipe if it is
-    plain training, else by DC's protocol."""
+    plain training or kernel regression (then with their one-hot labels), else (a replay) by DC's protocol."""
     real = ds.baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=0)
     real.net = syn.net  # the same network, initialised the same way
-    if isinstance(syn.recipe, ds.Standard):
+    if isinstance(syn.recipe, (ds.Standard, KernelRidge)):
         real.recipe = syn.recipe
     return real
 
@@ -189,6 +190,13 @@ def _cell(x: dict | None) -> str:
     return f"{100 * x['mean']:.1f}" if "nets" in x else f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
 
 
+def _net_of(config: dict) -> str:
+    """The distillation net of a row's config; kernel methods name their kernel instead."""
+    if "net" in config:
+        return config["net"]
+    return f"{config.get('kernel', 'ntk')} of {config.get('arch', 'fc')}"
+
+
 def table(path: Path = OUT) -> str:
     data = json.loads(path.read_text())
     m = data["machine"]
@@ -210,10 +218,10 @@ def table(path: Path = OUT) -> str:
         if "transfer" not in d and "other_net" in d:  # rows measured before the transfer column: one other net
             pair["transfer"] = f"{_cell(d['other_net'])} / {_cell(real['other_net'])} ({d['other_net']['net']} only)"
         lines.append(
-            f"| {r['dataset']} | {r['method']} ({r.get('ablation') or r['config']['net']}) | {r['images']} | "
+            f"| {r['dataset']} | {r['method']} ({r.get('ablation') or _net_of(r['config'])}) | {r['images']} | "
             f"{r['iterations']} | "
             f"{pair['recipe']} | {pair['standard']} | {pair['transfer']} | {pair['adam']} | "
-            f"{r['distill_s'] / 60:.1f} min |"
+            f"{r['distill_s'] / 60:.1f} min{' (1 thread)' if r.get('threads') == 1 else ''} |"
         )
     lines.append(
         f"\nTest accuracy (%), mean ± std over fresh nets ({data['settings']['repeats']} for the recipe and DC "
@@ -223,7 +231,8 @@ def table(path: Path = OUT) -> str:
         f"images with one-hot labels (same recipe, same nets), 'as learned:' a set's images before the map to the real "
         f"pixel statistics; "
         f"{m['cores']} CPU cores, torch "
-        f"{m['torch']}, {m['torch_threads']} thread(s), {m['date']}. Commands: the `command` of each row in "
+        f"{m['torch']}, {m['torch_threads']} thread(s) (rows marked '1 thread': a Ray task each, two side by side), "
+        f"{m['date']}. Commands: the `command` of each row in "
         f"`benchmarks/results/{path.name}`."
     )
     return "\n".join(lines)

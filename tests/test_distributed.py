@@ -108,13 +108,17 @@ def test_kip_frepo_and_mtt_on_two_processes_give_the_sets_of_one(tmp_path, digit
         assert one.recipe == other.recipe, method  # MTT: the same learned lr
 
 
-def test_mtt_refuses_fewer_trajectories_than_processes_before_touching_out(tmp_path, monkeypatch, digits):
+def test_settings_that_leave_a_rank_idle_are_refused_before_touching_out(tmp_path, monkeypatch, digits):
     from distilset.methods import registry
 
     (tmp_path / "synset.json").write_text("{}")
     monkeypatch.setattr(registry, "current", lambda: Shards(0, 2))
     with pytest.raises(ds.ConfigError, match=r"over the 2 processes, but .?trajectories.? is 1; give --trajectories 2"):
         ds.distill("mtt", digits, iterations=1, out=tmp_path, overwrite=True)
+    with pytest.raises(ds.ConfigError, match=r"under torchrun MTT reads trained experts"):
+        ds.distill("mtt", digits, iterations=1, out=tmp_path, overwrite=True, trajectories=2)
+    with pytest.raises(ds.ConfigError, match=r"target_batch.? 1 leaves some of the 2 processes no targets"):
+        ds.distill("kip", digits, iterations=1, out=tmp_path, overwrite=True, target_batch=1)
     assert (tmp_path / "synset.json").exists()
 
 

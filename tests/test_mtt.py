@@ -281,3 +281,14 @@ def test_expert_training_augments_each_image_on_its_own(digits, monkeypatch):
     # one transform per batch would leave 32 equal images; per image, even the coarsest op (a crop of +-1 pixel,
     # 9 shifts) gives several different ones
     assert all(len({tuple(img.flatten().tolist()) for img in b}) >= 3 for b in seen)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_is_at_its_default(tmp_path):
+    """A checkpoint written before `trajectories` existed holds no such key: it reads as the default (1)."""
+
+    cfg = MTTConfig()
+    stored = json.loads(Identity("mtt", 0, cfg).to_json())
+    del stored["config"]["trajectories"]
+    Identity("mtt", 0, cfg).check(json.dumps(stored), tmp_path)  # no error
+    with pytest.raises(ds.DistilsetError, match="made with .?syn_steps.? 20, this run has 7"):
+        Identity("mtt", 0, MTTConfig(syn_steps=7)).check(json.dumps(stored), tmp_path)

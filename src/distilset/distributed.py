@@ -116,7 +116,7 @@ def init_from_env(device: str) -> tuple[Shards, str]:
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU scalars travel by gloo
     return current(), device
 
 

@@ -49,7 +49,9 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], ray: bool | str | No
     def ref(arg: Any) -> Any:
         if arg is None or isinstance(arg, (str, int, float, bool, os.PathLike)):
             return arg
-        return stored.setdefault(id(arg), ray_mod.put(arg))
+        if id(arg) not in stored:
+            stored[id(arg)] = ray_mod.put(arg)
+        return stored[id(arg)]
 
     pending = {task.remote(*map(ref, job)): i for i, job in enumerate(jobs)}
     try:
@@ -117,7 +119,9 @@ class Crowd:
         def ref(arg: Any) -> Any:
             if arg is None or isinstance(arg, (str, int, float, bool)):
                 return arg
-            return stored.setdefault(id(arg), self._ray.put(arg))
+            if id(arg) not in stored:
+                stored[id(arg)] = self._ray.put(arg)
+            return stored[id(arg)]
 
         calls = [actor.call.remote(method, [tuple(map(ref, args[i])) for i in group])
                  for actor, group in zip(self._actors, self._groups, strict=True)]  # fmt: skip
@@ -129,6 +133,16 @@ class Crowd:
 
     def each(self, method: str, *args: Any) -> list[Any]:
         return self.map(method, [args] * len(self))
+
+    def get(self, name: str) -> list[Any]:
+        """Every member's attribute ``name``."""
+        if self._ray is None:
+            return [getattr(m, name) for m in self._members]
+        out: list[Any] = [None] * len(self)
+        for group, values in zip(self._groups, self._ray.get([a.get.remote(name) for a in self._actors]), strict=True):
+            for i, value in zip(group, values, strict=True):
+                out[i] = value
+        return out
 
     def members(self) -> list[Any]:
         if self._ray is None:
@@ -155,6 +169,9 @@ class _Members:
 
         fetched = [tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in call) for call in args]
         return [getattr(m, method)(*a) for m, a in zip(self._members, fetched, strict=True)]
+
+    def get(self, name: str) -> list[Any]:
+        return [getattr(m, name) for m in self._members]
 
     def members(self) -> list[Any]:
         return self._members

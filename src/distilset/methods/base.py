@@ -200,9 +200,10 @@ class Identity:
             raise DistilsetError(f"cannot resume {where}: it was made with `seed` {old.get('seed')}, not {self.seed}")
         mine = json.loads(json.dumps(self.config.to_json()))  # the stored form: compare like with like
         theirs = old.get("config") or {}
+        defaults = json.loads(json.dumps(type(self.config)().to_json()))  # a setting newer than the checkpoint
         resumable = type(self.config).RESUMABLE
         for key in mine:
-            if key not in resumable and mine[key] != theirs.get(key):
+            if key not in resumable and mine[key] != theirs.get(key, defaults.get(key)):
                 may = f" (only {', '.join(f'`{k}`' for k in resumable)} may change)" if resumable else ""
                 raise DistilsetError(
                     f"cannot resume {where}: it was made with `{key}` {theirs.get(key)!r}, this run has "

@@ -97,6 +97,11 @@ class FRePoConfig(MethodConfig):
         if not 0 <= self.reg < float("inf"):
             raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
 
+    def check_ranks(self, world: int) -> None:
+        if self.target_batch < world:
+            raise ConfigError(f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
+                              f"give at least {world}")  # fmt: skip
+
     def resolve(self, data: Dataset) -> tuple[FRePoConfig, dict[str, str]]:
         if len(data.image_shape) != 3:
             raise ConfigError(f"FRePo distils images (C, H, W); {data.info.name} has shape {data.image_shape}")

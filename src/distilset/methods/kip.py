@@ -101,6 +101,11 @@ class KIPConfig(KernelConfig):
         self.require_positive("lr")
         self.require_at_least(1, "target_batch")
 
+    def check_ranks(self, world: int) -> None:
+        if self.target_batch < world:
+            raise ConfigError(f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
+                              f"give at least {world}")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class LSConfig(KernelConfig):

@@ -122,7 +122,7 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     """Texture mode: canvas side in image sides."""
 
     ITERATIONS: ClassVar[int] = 300
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr", "pixel_stats")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr", "pixel_stats", "trajectories")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img` (or `lr_lr`), or resume to continue from the last good state"
 
     def check(self) -> None:
@@ -132,9 +132,15 @@ class MTTConfig(MethodConfig, PixelStatsOption):
                               "expert_train_epochs", "trajectories", "expert_batch", "segment", "canvas")  # fmt: skip
 
     def check_ranks(self, world: int) -> None:
+        if world == 1:
+            return
         if self.trajectories < world:
             raise ConfigError(f"MTT spreads its expert trajectories over the {world} processes, but `trajectories` "
                               f"is {self.trajectories}; give --trajectories {world} (or a multiple of it)")  # fmt: skip
+        if self.experts_dir is None or not (Path(self.experts_dir) / MANIFEST).exists():
+            raise ConfigError("under torchrun MTT reads trained experts (the other processes would wait out their "
+                              "timeout while one trains them): train them first with `distilset experts` (--ray "
+                              "spreads them) and give `experts_dir`")  # fmt: skip
 
     def expert_config(self) -> ExpertConfig:
         return ExpertConfig(net=self.net, net_kwargs=self.net_kwargs, epochs=self.expert_train_epochs,
@@ -344,12 +350,7 @@ class MTT:
 
 def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
     """Use the experts in ``experts_dir`` (default OUT/experts), training them there first if there are none
-    (data-parallel: rank 0 trains them while the other ranks wait, then every rank reads them)."""
-    path = current().on_writer(lambda: _experts(data, cfg, ctx))
-    return MTT(data, ExpertBuffer(path), cfg, ctx)
-
-
-def _experts(data: Dataset, cfg: MTTConfig, ctx: Context) -> Path:
+    (data-parallel runs are given trained experts: ``MTTConfig.check_ranks``)."""
     if cfg.experts_dir is not None:
         path = Path(cfg.experts_dir)
     elif ctx.out is not None:
@@ -365,7 +366,7 @@ def _experts(data: Dataset, cfg: MTTConfig, ctx: Context) -> Path:
         ctx.log(f"training {cfg.num_experts} experts x {cfg.expert_train_epochs} epochs into {path}")
         train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device,
                       progress=ctx.progress)  # fmt: skip
-    return path
+    return MTT(data, ExpertBuffer(path), cfg, ctx)
 
 
 # The paper's CIFAR-10 rows (run `distilset experts` with 100 experts x 50 epochs and ZCA first), and our

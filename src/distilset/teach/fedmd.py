@@ -25,8 +25,9 @@ Private-task accuracy is measured on the test images of the private classes, the
 private outputs only (the public outputs stay in the network for the consensus). All trainings use the
 config's optimiser (the paper: Adam 1e-3) at a constant lr. The party/server exchange goes through the
 ``Party`` methods ``scores``, ``digest``, ``revisit`` and ``accuracy`` only. With ``ray`` (``--ray``) every
-party's setup (public and private training, the pooled bound) is a Ray task, and in the rounds every party is a
-Ray actor, all of them scoring, digesting and revisiting side by side; the results equal the sequential run's.
+party's setup (public and private training, the pooled bound) is a Ray task, and in the rounds the parties live
+on Ray actors (one per CPU of the cluster, each holding its share of the parties), scoring, digesting and
+revisiting side by side; the results equal the sequential run's.
 
 Deviation, named: every digest and revisit starts a fresh Adam (the released Keras code keeps each model's
 optimiser state across rounds).
@@ -182,18 +183,19 @@ class Party:
 
 def collaborate(parties: Sequence[Party] | Crowd, public_x: torch.Tensor, cfg: FedMDConfig, seed: int,
                 after_round=None) -> torch.Tensor:  # fmt: skip
-    """The server: ``cfg.rounds`` of fresh public subset, consensus, digest, revisit, party j seeded by its
-    position j. ``parties``: a list (called one after another here) or a ``Crowd`` (e.g. Ray actors, side by
-    side). Returns the last consensus (and calls ``after_round(r, subset_index, consensus)``)."""
+    """The server: ``cfg.rounds`` of fresh public subset, consensus, digest, revisit, each party's training seeded
+    by its ``index``. ``parties``: a list (called one after another here) or a ``Crowd`` (e.g. on Ray actors, side
+    by side). Returns the last consensus (and calls ``after_round(r, subset_index, consensus)``)."""
     crowd = parties if isinstance(parties, Crowd) else Crowd(parties)
+    index = crowd.get("index")
     g = torch.Generator().manual_seed(seed)
     consensus = torch.empty(0)
     for r in range(1, cfg.rounds + 1):
         pick = torch.randperm(len(public_x), generator=g)[: cfg.public_subset].to(public_x.device)
         subset = public_x[pick]
         consensus = torch.stack(crowd.each("scores", subset)).mean(0)
-        crowd.map("digest", [(subset, consensus, seed + 1000 * r + j) for j in range(len(crowd))])
-        crowd.map("revisit", [(cfg.revisit_epochs, seed + 1000 * r + 500 + j) for j in range(len(crowd))])
+        crowd.map("digest", [(subset, consensus, seed + 1000 * r + i) for i in index])
+        crowd.map("revisit", [(cfg.revisit_epochs, seed + 1000 * r + 500 + i) for i in index])
         if after_round is not None:
             after_round(r, pick, consensus)
     return consensus
@@ -324,7 +326,7 @@ def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
     if alone is not None:  # the same revisits, no consensus
         alone = Crowd(alone, ray=ctx.ray)
         for r in range(1, cfg.rounds + 1):
-            alone.map("revisit", [(cfg.revisit_epochs, ctx.seed + 1000 * r + 500 + j) for j in range(len(alone))])
+            alone.map("revisit", [(cfg.revisit_epochs, ctx.seed + 1000 * r + 500 + i) for i in range(len(alone))])
         control = alone.each("accuracy", test_x, test_y, offset)
         ctx.log(f"  control, revisits without consensus: {100 * mean(control):.2f} % mean private accuracy")
     report: dict[str, Any] = {
