@@ -18,7 +18,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench-baselines: setup
 	$(PY) benchmarks/baselines.py

@@ -30,31 +30,18 @@ def test_without_a_process_group_this_is_rank_0_of_1():
 
 
 @pytest.mark.heavy
-def test_two_processes_give_the_set_of_one_and_resume_with_one(tmp_path):
+def test_a_run_on_two_processes_resumes_in_one_and_gives_the_set_of_one(tmp_path, digits):
     args = ["dm", "--dataset", "digits", "--checkpoint-every", "1"]
-    one = _distill(tmp_path / "one", *args, "--iterations", "4")
-    two = _distill(tmp_path / "two", *args, "--iterations", "4", ranks=2)
     first = _distill(tmp_path / "split", *args, "--iterations", "2", ranks=2)
     second = _distill(tmp_path / "split", *args, "--iterations", "4", "--resume")
-    for run in (one, two, first, second):
+    for run in (first, second):
         assert run.returncode == 0, run.stderr
-    assert two.stdout.count("wrote ") == 1  # rank 0 reports, once
+    assert first.stdout.count("wrote ") == 1  # rank 0 reports, once
     assert "resuming" in second.stderr + second.stdout
-    a = _images(tmp_path / "one")
-    assert (a - _images(tmp_path / "two")).abs().max() < 1e-5
-    assert (a - _images(tmp_path / "split")).abs().max() < 1e-5  # 2 iterations on 2 ranks, 2 on one
-    digits = ds.load_dataset("digits")
+    one = ds.distill("dm", digits, iterations=4).images
+    assert (one - _images(tmp_path / "split")).abs().max() < 1e-5  # 2 iterations on 2 ranks, 2 on one
     start = digits.train_x[digits.sample_per_class(10, torch.Generator().manual_seed(0))]
-    assert (a - start).abs().max() > 1e-2  # the images did move from their real-image start
-
-
-@pytest.mark.heavy
-def test_dc_on_two_processes_gives_the_set_of_one(tmp_path):
-    args = ["dc", "--ipc", "1", "--iterations", "2", "--dataset", "digits"]
-    one, two = _distill(tmp_path / "one", *args), _distill(tmp_path / "two", *args, ranks=2)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    assert (_images(tmp_path / "one") - _images(tmp_path / "two")).abs().max() < 1e-5
+    assert (one - start).abs().max() > 1e-2  # the images did move from their real-image start
 
 
 def test_a_method_without_data_parallel_support_is_refused_before_touching_out(tmp_path, monkeypatch, digits):
@@ -67,9 +54,13 @@ def test_a_method_without_data_parallel_support_is_refused_before_touching_out(t
     assert (tmp_path / "synset.json").exists()
 
 
-# KIP and FRePo shard the target batch, MTT its trajectories: one torchrun launch distils all three on 2 ranks
-# (through the API, as a user's script would), the test process distils them in one; the sets must agree.
+# DM, DC and DSA shard the classes, KIP and FRePo the target batch, MTT its trajectories: one torchrun launch distils
+# each on 2 ranks (through the API, as a user's script would), the test process distils them in one; the sets
+# must agree.
 SHARDED = {
+    "dm": {"ipc": 1},
+    "dc": {"ipc": 1},
+    "dsa": {"ipc": 1},
     "kip": {"ipc": 1, "target_batch": 100},
     "frepo": {"ipc": 1, "target_batch": 101, "pool": 2},  # an odd batch: the ranks' shares differ in size
     "mtt": {"ipc": 1, "syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 1, "trajectories": 2},
@@ -87,7 +78,7 @@ for method, options in settings.items():
 
 
 @pytest.mark.heavy
-def test_kip_frepo_and_mtt_on_two_processes_give_the_sets_of_one(tmp_path, digits):
+def test_every_data_parallel_method_on_two_processes_gives_the_set_of_one(tmp_path, digits):
     experts = tmp_path / "experts"
     ds.train_experts(digits, experts, 2, ds.ExpertConfig(epochs=2))
     script = tmp_path / "script.py"
