@@ -53,9 +53,10 @@ def test_bad_options_are_refused(digits):
 
 @pytest.mark.heavy
 def test_default_flags_beat_random_real_on_digits(digits):
-    """`distill dm --dataset digits` with nothing else set but a fifth of its budget (200 of 1000 iterations),
-    scored by the set's recipe (DC's protocol with DSA) beside random real images of the same count."""
-    syn = ds.distill("dm", digits, iterations=200)
+    """`distill dm --dataset digits` with nothing else set but a tenth of its budget (100 of 1000 iterations),
+    scored by the set's recipe (DC's protocol with DSA) beside random real images of the same count (measured:
+    97.2 vs 94.8 %)."""
+    syn = ds.distill("dm", digits, iterations=100)
     assert syn.config["ipc"] == 10 and syn.config["net_kwargs"] == {"depth": 2}
     real = ds.baseline("random", digits, ipc=10)
     real.recipe, real.net = syn.recipe, syn.net
