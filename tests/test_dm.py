@@ -54,12 +54,12 @@ def test_bad_options_are_refused(digits):
 @pytest.mark.heavy
 def test_default_flags_beat_random_real_on_digits(digits):
     """`distill dm --dataset digits` with nothing else set but a tenth of its budget (100 of 1000 iterations),
-    scored by the set's recipe (DC's protocol with DSA) beside random real images of the same count (measured:
-    97.2 vs 94.8 %)."""
+    scored by the set's recipe (DC's protocol with DSA, one fresh net of seed 100) beside random real images of
+    the same count (measured: 97.2 vs 95.0 %)."""
     syn = ds.distill("dm", digits, iterations=100)
     assert syn.config["ipc"] == 10 and syn.config["net_kwargs"] == {"depth": 2}
     real = ds.baseline("random", digits, ipc=10)
     real.recipe, real.net = syn.recipe, syn.net
-    distilled = ds.evaluate(syn, digits, repeats=2, seed=100)
-    random_real = ds.evaluate(real, digits, repeats=2, seed=100)
+    distilled = ds.evaluate(syn, digits, repeats=1, seed=100)
+    random_real = ds.evaluate(real, digits, repeats=1, seed=100)
     assert distilled.accuracy_mean > random_real.accuracy_mean + 0.01, (distilled, random_real)
