@@ -58,6 +58,23 @@ def test_checkpointed_segments_give_the_plain_gradient(segment):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("segment", "recomputed"), [(2, 4), (4, 4), (5, 5), (6, 0)])
+def test_the_checkpointed_path_computes_each_step_at_most_twice_and_the_last_segment_once(segment, recomputed):
+    """6 steps: every step once forward, then again for every segment but the last (its graph is kept)."""
+    net, p0, step_fn, outer, x, raw = _problem()
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return step_fn(t)
+
+    _, plain = unrolled_gradient(net, p0, step_fn, 6, outer, [x, raw])
+    _, grads = unrolled_gradient(net, p0, counted, 6, outer, [x, raw], segment=segment)
+    assert len(calls) == 6 + recomputed and sorted(set(calls)) == list(range(6))
+    for a, b in zip(plain, grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
 def test_float32_paths_agree_to_1e5():
     net = create_net("lenet", (1, 8, 8), 10, seed=1)
     p0 = net_params(net)

@@ -4,9 +4,9 @@
 so an outer loss of theta_T can be differentiated back to whatever built the batches and lrs (distilled
 images, learned labels, learned lrs). ``unrolled_gradient`` does that differentiation either on the plain
 graph (memory grows with T) or with segment checkpointing: only every ``segment``-th theta is kept during the
-forward pass, and each segment is recomputed with its graph during the backward pass. With segment ~ sqrt(T)
-peak memory grows as sqrt(T), for about one extra forward pass; the gradient is the same up to float
-rounding.
+forward pass, and each segment but the last (whose graph the forward pass keeps) is recomputed with its graph
+during the backward pass. With segment ~ sqrt(T) peak memory grows as sqrt(T), for about one extra forward pass
+over the first T - segment steps; the gradient is the same up to float rounding.
 """
 
 from __future__ import annotations
@@ -93,13 +93,19 @@ def unrolled_gradient(
 
     if segment < 1:
         raise ValueError(f"segment must be >= 1, got {segment}")
-    # Forward pass without graph, keeping theta at the start of every segment.
+    # Forward pass without graph, keeping theta at the start of every segment; the last segment keeps its graph
+    # (the backward pass would rebuild it first anyway), so it is never computed twice.
     bounds = list(range(0, steps, segment)) + [steps]
     saved: list[Params] = []
     params = {k: v.detach().requires_grad_(True) for k, v in params0.items()}
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    last = len(bounds) - 2
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         saved.append(params)
-        params = _detached_unroll(net, params, step_fn, a, b, loss_fn)
+        if i < last:
+            params = _detached_unroll(net, params, step_fn, a, b, loss_fn)
+        else:
+            kept = sgd_unroll(net, params, step_fn, a, b, loss_fn, create_graph=True)
+            params = kept
     final = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     keys = list(final)
     g_params = [torch.zeros_like(final[k]) for k in keys]
@@ -113,8 +119,11 @@ def unrolled_gradient(
         loss = loss + part.detach()
     # Backward pass: recompute each segment with its graph, pull the gradient through it.
     for i in reversed(range(len(saved))):
-        start = {k: v.detach().requires_grad_(True) for k, v in saved[i].items()}
-        end = sgd_unroll(net, start, step_fn, bounds[i], bounds[i + 1], loss_fn, create_graph=True)
+        if i == last:
+            start, end = saved[i], kept
+        else:
+            start = {k: v.detach().requires_grad_(True) for k, v in saved[i].items()}
+            end = sgd_unroll(net, start, step_fn, bounds[i], bounds[i + 1], loss_fn, create_graph=True)
         got = torch.autograd.grad(
             [end[k] for k in keys], [start[k] for k in keys] + leaves, grad_outputs=g_params, allow_unused=True
         )

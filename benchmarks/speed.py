@@ -1,0 +1,389 @@
+"""Seconds per outer iteration and peak memory of each method's main workload, beside the papers' released code.
+
+    .venv/bin/python benchmarks/speed.py               # every missing row (about 15 minutes on 2 cores)
+    .venv/bin/python benchmarks/speed.py --redo mtt-s40-checkpoint
+    .venv/bin/python benchmarks/speed.py --table       # the README tables
+
+Each row runs in a fresh process with ``--threads`` torch threads (default 2, the machine's cores): one warm-up
+iteration, then ``--iterations`` measured ones (the fastest is reported, with the mean), then one more under
+``torch.profiler`` for the row's per-operator table (self CPU time, top operators). ``peak_rss_mb`` is the
+process's peak resident set (VmHWM) (data, model, experts and all: how the reference figures below were taken);
+``iteration_mb`` the peak C-heap bytes in use during the measured iterations above the level before them (the
+tensors one iteration allocates; see ``_common.HeapPeak``). ``matmul`` measures what this CPU can do: float32
+GFLOP/s of a 2048 x 2048 matmul with the same threads, so a row's own rate can be read against it.
+
+Rows:
+
+- ``dd-T30``: DD, LeNet, mnist5k, fixed init, 10 distilled batches of 10 images x 3 epochs (T = 30), real batch
+  1024, plain path; ``dd-T100-plain`` / ``dd-T100-checkpoint``: 10 epochs (T = 100), both gradient paths.
+- ``mtt-s{10,20,40}-{plain,checkpoint}``: MTT, ConvNet-3 width 32, mnist5k, IPC 10 (every step trains on all 100
+  images), DSA, syn_steps 10 / 20 / 40, both paths; ``mtt-w128-s20-*``: width 128. The experts (1 trajectory, 3
+  epochs) are trained once before the rows, outside the clock; their content does not change the cost.
+- ``labels``, ``dc``, ``dsa``, ``dm``, ``kip``, ``frepo``, ``ls``: the method with default flags on mnist5k.
+- ``*-classic``: the same workload through the loop the papers' released code runs (DD: a module copy unrolled with
+  ``autograd.grad(create_graph=True)`` and ``backward``; MTT: one flat parameter vector per student step, as the
+  MTT code's reparametrised module does), written out in this file: the same data, net and draws as the row it
+  copies, in the same session, so the ratio does not depend on how fast the machine is that day.
+- ``TRIED``: variants of a row, each one thing tried to make it faster (NHWC activations, ATen's convolutions
+  instead of oneDNN's, one thread instead of two).
+- ``micro``: one layer of MTT's ConvNet at each of its sizes, forward + inner gradient (``create_graph``) + the
+  outer gradient back to the input, in milliseconds: the convolution by oneDNN, in NHWC, and as unfold + matmul;
+  the instance norm as ``group_norm`` and as composed mean/variance ops; ReLU + average pooling. It shows where
+  an MTT student step spends its time. ``compile``: whether ``torch.compile`` takes the double backward.
+
+The reference column holds the papers' released code as run on this machine kind (2 cores, 2 threads, the same
+data and settings) when the speed work was planned: DD (Wang et al.'s code) and MTT (Cazenavette et al.'s code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from _common import RESULTS, HeapPeak, ResultFile
+
+OUT = RESULTS / "speed.json"
+SETTINGS = {"benchmark": "speed", "version": 1}
+EXPERTS = Path(os.environ.get("DISTILSET_BENCH_WORK", "/tmp/distilset-speed"))
+MTT_BASE = {"ipc": 10, "expert_epochs": 1, "max_start_epoch": 1, "dsa": True}
+
+# name -> (method, options, reference {s_per_iter, peak_rss_mb} of the released code, or None)
+ROWS: dict[str, tuple[str, dict, dict | None]] = {
+    "dd-T30": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 3}, {"s": 0.35, "rss": 958}),
+    "dd-T100-plain": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10}, None),
+    "dd-T100-checkpoint": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10,
+                                  "memory": "checkpoint"}, None),  # fmt: skip
+    **{
+        f"mtt-s{s}-{path}": ("mtt", {**MTT_BASE, "syn_steps": s, "memory": path, "net_kwargs": {"width": 32}}, ref)
+        for s, ref in ((10, {"s": 1.23, "rss": 2300}), (20, {"s": 2.13, "rss": 3800}), (40, {"s": 4.29, "rss": 6750}))
+        for path in ("plain", "checkpoint")
+    },
+    **{
+        f"mtt-w128-s20-{path}": ("mtt", {**MTT_BASE, "syn_steps": 20, "memory": path, "net_kwargs": {"width": 128}},
+                                 None)  # fmt: skip
+        for path in ("plain", "checkpoint")
+    },
+    **{m: (m, {}, None) for m in ("labels", "dc", "dsa", "dm", "kip", "frepo", "ls")},
+}
+# The released code's loop, written out here from the algorithm (not the library's engine): same data, same net.
+CLASSIC = {"dd-T30-classic": "dd-T30", **{f"mtt-s{s}-classic": f"mtt-s{s}-plain" for s in (10, 20, 40)}}
+# Things tried to make the unrolled workloads faster, each measured as a variant of a row above.
+TRIED = {
+    "mtt-s10-plain-channels-last": ("mtt-s10-plain", "channels_last"),  # the ConvNet's activations NHWC
+    "dd-T30-no-mkldnn": ("dd-T30", "no_mkldnn"),  # torch.backends.mkldnn off: ATen's own convolutions
+    "mtt-s10-plain-no-mkldnn": ("mtt-s10-plain", "no_mkldnn"),
+    "mtt-s10-plain-1-thread": ("mtt-s10-plain", "one_thread"),
+    "dd-T30-1-thread": ("dd-T30", "one_thread"),
+}
+for _name, _of in {**CLASSIC, **{k: v[0] for k, v in TRIED.items()}}.items():
+    ROWS[_name] = ROWS[_of]
+
+
+def experts_dir(width: int) -> Path:
+    """One 3-epoch ConvNet-3 expert of this width on mnist5k, trained once (outside every row's clock)."""
+    import distilset as ds
+    from distilset.methods.experts import ExpertConfig, train_experts
+
+    out = EXPERTS / f"experts-mnist5k-w{width}"
+    if not (out / "manifest.json").exists():
+        cfg = ExpertConfig(net="convnet", net_kwargs={"width": width}, epochs=3, batch_size=256)
+        train_experts(ds.load_dataset("mnist5k"), out, 1, cfg)
+    return out
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return round(2 * n**3 / best / 1e9, 1)
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``, which keeps the parent's peak across
+    fork + exec and so would report the experts' training for every row after it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def one(name: str, iterations: int) -> dict:
+    """Measure one row in this process (``--one``)."""
+    import distilset as ds
+    from distilset.methods.base import Context
+    from distilset.methods.registry import get_method, make_config
+
+    method, options, _ = ROWS[name]
+    classic = name in CLASSIC
+    variant = TRIED.get(name, (None, None))[1]
+    if variant == "no_mkldnn":
+        torch.backends.mkldnn.enabled = False
+    elif variant == "one_thread":
+        torch.set_num_threads(1)
+    elif variant == "channels_last":
+        from distilset.nets.convnet import ConvNet
+
+        embed = ConvNet.embed
+        ConvNet.embed = lambda net, x: embed(net, x.contiguous(memory_format=torch.channels_last))
+    data = ds.load_dataset("mnist5k")
+    m = get_method(method)
+    if method == "mtt":
+        options = {**options, "experts_dir": str(experts_dir(options["net_kwargs"]["width"]))}
+    cfg, _ = make_config(m, options).resolve(data)
+    distiller = m.build(data, cfg, Context(seed=0))
+    step = distiller.step
+    if classic:
+        step = partial(classic_mtt_step if method == "mtt" else classic_dd_step, distiller)
+    step(0)
+    times = []
+    with HeapPeak() as heap:
+        for it in range(1, iterations + 1):
+            times.append(_timed(lambda it=it: step(it)))
+    peak_rss = _vm_hwm_mb()  # before the profiler's own records
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(iterations + 1)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    top = [[e.key, round(e.self_cpu_time_total / 1e3, 1), e.count, round(100 * e.self_cpu_time_total / total, 1)]
+           for e in ops[:12]]  # fmt: skip
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "s_per_iter": round(min(times), 4),
+        "s_per_iter_mean": round(sum(times) / len(times), 4),
+        "iteration_mb": round(heap.mb, 1),
+        "peak_rss_mb": round(peak_rss, 1),
+        "config": {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str | bool | None)},
+        "profile": {"columns": ["op", "self_ms", "calls", "percent"], "top": top},
+    }
+
+
+def classic_dd_step(dd, iteration: int) -> None:
+    from dd import _plain_iteration  # benchmarks/dd.py: the hand-written loop it times beside the engine
+
+    _plain_iteration(dd)
+
+
+def classic_mtt_step(mtt, iteration: int) -> None:
+    """One MTT iteration as the released code runs it: the student's parameters as one flat vector per step,
+    each step's gradient taken with ``create_graph``, the normalised distance to the expert's later epoch
+    back-propagated with ``backward`` through the whole list; then the image and lr updates."""
+    from torch.func import functional_call
+
+    from distilset.losses import soft_cross_entropy
+
+    expert, start, order, seeds = mtt._plan()
+    shapes = mtt.experts.param_shapes
+    start_flat, target = mtt.experts.flat(expert, start), mtt.experts.flat(expert, start + mtt.cfg.expert_epochs)
+
+    def unflat(v):
+        out, i = {}, 0
+        for k, shape in shapes:
+            n = math.prod(shape)
+            out[k] = v[i : i + n].view(shape)
+            i += n
+        return out
+
+    students = [start_flat.clone().requires_grad_(True)]
+    for t in range(mtt.cfg.syn_steps):
+        x, y = mtt.student_batch(order[t], seeds[t]), mtt.labels[order[t]]
+        ce = soft_cross_entropy(functional_call(mtt.model, unflat(students[-1]), (x,)), y)
+        grad = torch.autograd.grad(ce, students[-1], create_graph=True)[0]
+        students.append(students[-1] - mtt.syn_lr * grad)
+    loss = (students[-1] - target).pow(2).sum() / (start_flat - target).pow(2).sum()
+    mtt.opt_img.zero_grad(set_to_none=True)
+    mtt.syn_lr.grad = None
+    loss.backward()
+    mtt.opt_img.step()
+    mtt._update_lr(mtt.syn_lr.grad)
+
+
+def _layer_ms(fn, x: torch.Tensor, weights: list[torch.Tensor], reps: int = 7) -> float:
+    """Median ms of fn's forward, the gradient of a loss on it w.r.t. ``weights`` (create_graph), and the
+    gradient of that gradient's norm w.r.t. the input: the three passes an unrolled student step makes."""
+    mix = torch.linspace(-1, 1, fn(x).numel()).view_as(fn(x))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        grads = torch.autograd.grad((fn(x) * mix).sum(), weights, create_graph=True)
+        torch.autograd.grad(sum(g.pow(2).sum() for g in grads), [x])
+        times.append(time.perf_counter() - t0)
+    return round(1e3 * sorted(times)[reps // 2], 2)
+
+
+def micro() -> dict:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for c_in, side in ((1, 32), (32, 16), (32, 8)):  # MTT's ConvNet-3 width 32 on 28x28 (padded to 32) inputs
+        x = torch.randn(100, c_in, side, side, generator=g, requires_grad=True)
+        w = (0.1 * torch.randn(32, c_in, 3, 3, generator=g)).requires_grad_(True)
+        b = torch.zeros(32, requires_grad=True)
+
+        def unfold_conv(v, w=w, b=b, side=side):
+            return (w.view(32, -1) @ F.unfold(v, 3, padding=1) + b[:, None]).view(100, 32, side, side)
+
+        convs = {
+            "conv oneDNN": lambda v, w=w, b=b: F.conv2d(v, w, b, padding=1),
+            "conv NHWC": lambda v, w=w, b=b: F.conv2d(v.contiguous(memory_format=torch.channels_last), w, b, padding=1),
+            "conv unfold+matmul": unfold_conv,
+        }
+        for name, fn in convs.items():
+            rows.append({"layer": f"{c_in}->32 @ {side}x{side}", "op": name, "ms": _layer_ms(fn, x, [w, b])})
+        h = torch.randn(100, 32, side, side, generator=g, requires_grad=True)
+        gamma, beta = torch.ones(32, requires_grad=True), torch.zeros(32, requires_grad=True)
+
+        def composed(v):
+            centred = v - v.mean((2, 3), keepdim=True)
+            scale = torch.rsqrt(centred.square().mean((2, 3), keepdim=True) + 1e-5)
+            return centred * scale * gamma[:, None, None] + beta[:, None, None]
+
+        others = {
+            "instance norm (group_norm)": (lambda v: F.group_norm(v, 32, gamma, beta), [gamma, beta]),
+            "instance norm (composed ops)": (composed, [gamma, beta]),
+            "relu + avg pool": (lambda v: F.avg_pool2d(F.relu(v * gamma[:, None, None]), 2), [gamma]),
+        }
+        for name, (fn, ws) in others.items():
+            rows.append({"layer": f"32 @ {side}x{side}", "op": name, "ms": _layer_ms(fn, h, ws)})
+    return {"rows": rows}
+
+
+def compile_check() -> dict:
+    """Does torch.compile take an unrolled step's double backward?"""
+    import torch.nn.functional as F
+
+    step = torch.compile(lambda v, w: F.relu(F.conv2d(v, w, padding=1)).mean())
+    x, w = torch.randn(4, 1, 8, 8, requires_grad=True), torch.randn(4, 1, 3, 3, requires_grad=True)
+    try:
+        (gw,) = torch.autograd.grad(step(x, w), [w], create_graph=True)
+        torch.autograd.grad(gw.pow(2).sum(), [x])
+        return {"double_backward": True}
+    except RuntimeError as e:
+        return {"double_backward": False, "error": str(e).splitlines()[0][:200]}
+
+
+def run(names: list[str], redo: list[str], threads: int, iterations: int) -> None:
+    results = ResultFile(OUT, SETTINGS)
+    for name in redo:
+        results.drop({"row": name})
+    if not results.has({"row": "matmul", "threads": threads}):
+        torch.set_num_threads(threads)
+        results.add({"row": "matmul", "threads": threads, "gflops": matmul_gflops()})
+    for extra, fn in (("micro", micro), ("compile", compile_check)):
+        if not results.has({"row": extra, "threads": threads}):
+            torch.set_num_threads(threads)
+            results.add({"row": extra, "threads": threads, **fn()})
+    for name in names:
+        if results.has({"row": name, "threads": threads}):
+            continue
+        if name.startswith("mtt"):  # experts first, outside the row's process and clock
+            experts_dir(ROWS[name][1]["net_kwargs"]["width"])
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, __file__, "--one", name, "--threads", str(threads), "--iterations", str(iterations)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
+        if out.returncode:
+            sys.exit(f"row {name} failed:\n{out.stderr[-3000:]}")
+        row = {"row": name, "threads": threads, "iterations": iterations, **json.loads(out.stdout.splitlines()[-1])}
+        ref = ROWS[name][2]
+        if ref:
+            row["reference"] = {"s_per_iter": ref["s"], "peak_rss_mb": ref["rss"]}
+        results.add(row)
+        print(name, row["s_per_iter"], "s/iter", row["peak_rss_mb"], "MB", flush=True)
+
+
+def table(threads: int = 2) -> None:
+    data = ResultFile(OUT, SETTINGS).data
+    rows = {r["row"]: r for r in data["rows"] if r.get("threads") == threads}
+    classic_of = {v: k for k, v in CLASSIC.items()}
+    print("| workload | s/iteration | peak RSS (MB) | iteration heap (MB) | classic loop, same session: s/iteration "
+          "(ours / it) | released code, measured earlier: s/iteration, peak RSS (MB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name in ROWS:
+        r = rows.get(name)
+        if r is None or name in CLASSIC or name in TRIED:
+            continue
+        ref = r.get("reference")
+        refs = f"{ref['s_per_iter']:g}, {ref['peak_rss_mb']:g}" if ref else "—"
+        c = rows.get(classic_of.get(name, ""))
+        classic = f"{c['s_per_iter']:.3f} ({r['s_per_iter'] / c['s_per_iter']:.2f})" if c else "—"
+        print(f"| {name} | {r['s_per_iter']:.3f} | {r['peak_rss_mb']:.0f} | {r['iteration_mb']:.0f} | {classic} | "
+              f"{refs} |")  # fmt: skip
+    print("\n| unroll | plain s/it | checkpoint s/it | checkpoint time cost | heap MB plain / checkpoint |")
+    print("|---|---|---|---|---|")
+    for plain_name in [n for n in ROWS if n.endswith("-plain") and n not in TRIED]:
+        a, b = rows.get(plain_name), rows.get(plain_name[: -len("plain")] + "checkpoint")
+        if a and b:
+            print(f"| {plain_name[: -len('-plain')]} | {a['s_per_iter']:.3f} | {b['s_per_iter']:.3f} | "
+                  f"{100 * (b['s_per_iter'] / a['s_per_iter'] - 1):+.0f} % | "
+                  f"{a['iteration_mb']:.0f} / {b['iteration_mb']:.0f} |")  # fmt: skip
+    print("\n| tried | s/iteration | the row it varies | its s/iteration |")
+    print("|---|---|---|---|")
+    for name, (of, _) in TRIED.items():
+        r, base = rows.get(name), rows.get(of)
+        if r and base:
+            print(f"| {name} | {r['s_per_iter']:.3f} | {of} | {base['s_per_iter']:.3f} |")
+    if "micro" in rows:
+        print("\n| one layer of MTT's student step (100 images) | operation | ms |")
+        print("|---|---|---|")
+        for m in rows["micro"]["rows"]:
+            print(f"| {m['layer']} | {m['op']} | {m['ms']:g} |")
+    comp = rows.get("compile")
+    mm = rows.get("matmul", {}).get("gflops")
+    m = data["machine"]
+    print(f"\n{m['cores']} CPU cores ({m['cpu']}), {threads} torch threads, torch {m['torch']}, {m['date']}; this CPU's "
+          f"float32 matmul (2048 x 2048): {mm} GFLOP/s."
+          + (f" torch.compile on an unrolled step: {comp.get('error', 'works')}." if comp else "")
+          + " Command: `.venv/bin/python benchmarks/speed.py`.")  # fmt: skip
+
+
+def profile_table(name: str, threads: int = 2, top: int = 8) -> None:
+    rows = {r["row"]: r for r in ResultFile(OUT, SETTINGS).data["rows"] if r.get("threads") == threads}
+    r = rows.get(name)
+    if r is None:
+        return
+    print(f"\n`{name}`, one iteration under torch.profiler (self CPU time):\n")
+    print("| operator | self ms | calls | % |")
+    print("|---|---|---|---|")
+    for op, ms, calls, pct in r["profile"]["top"][:top]:
+        print(f"| `{op}` | {ms:g} | {calls} | {pct:g} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--redo", nargs="+", default=[], choices=list(ROWS), help="measure these rows again")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--profiles", nargs="*", help="with --table: per-operator tables of these rows")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(one(args.one, args.iterations)))
+    elif args.table:
+        table(args.threads)
+        for name in args.profiles or []:
+            profile_table(name, args.threads)
+    else:
+        run(args.rows, args.redo, args.threads, args.iterations)
+
+
+if __name__ == "__main__":
+    main()
