@@ -59,16 +59,22 @@ MTT_BASE = {"ipc": 10, "expert_epochs": 1, "max_start_epoch": 1, "dsa": True}
 ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "dd-T30": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 3}, {"s": 0.35, "rss": 958}),
     "dd-T100-plain": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10}, None),
-    "dd-T100-checkpoint": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10,
-                                  "memory": "checkpoint"}, None),  # fmt: skip
+    "dd-T100-checkpoint": (
+        "dd",
+        {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10, "memory": "checkpoint"},
+        None,
+    ),  # fmt: skip
     **{
         f"mtt-s{s}-{path}": ("mtt", {**MTT_BASE, "syn_steps": s, "memory": path, "net_kwargs": {"width": 32}}, ref)
         for s, ref in ((10, {"s": 1.23, "rss": 2300}), (20, {"s": 2.13, "rss": 3800}), (40, {"s": 4.29, "rss": 6750}))
         for path in ("plain", "checkpoint")
     },
     **{
-        f"mtt-w128-s20-{path}": ("mtt", {**MTT_BASE, "syn_steps": 20, "memory": path, "net_kwargs": {"width": 128}},
-                                 None)  # fmt: skip
+        f"mtt-w128-s20-{path}": (
+            "mtt",
+            {**MTT_BASE, "syn_steps": 20, "memory": path, "net_kwargs": {"width": 128}},
+            None,
+        )  # fmt: skip
         for path in ("plain", "checkpoint")
     },
     **{m: (m, {}, None) for m in ("labels", "dc", "dsa", "dm", "kip", "frepo", "ls")},
@@ -249,15 +255,18 @@ def micro() -> dict:
         h = torch.randn(100, 32, side, side, generator=g, requires_grad=True)
         gamma, beta = torch.ones(32, requires_grad=True), torch.zeros(32, requires_grad=True)
 
-        def composed(v):
+        def composed(v, gamma=gamma, beta=beta):
             centred = v - v.mean((2, 3), keepdim=True)
             scale = torch.rsqrt(centred.square().mean((2, 3), keepdim=True) + 1e-5)
             return centred * scale * gamma[:, None, None] + beta[:, None, None]
 
         others = {
-            "instance norm (group_norm)": (lambda v: F.group_norm(v, 32, gamma, beta), [gamma, beta]),
+            "instance norm (group_norm)": (
+                partial(F.group_norm, num_groups=32, weight=gamma, bias=beta),
+                [gamma, beta],
+            ),
             "instance norm (composed ops)": (composed, [gamma, beta]),
-            "relu + avg pool": (lambda v: F.avg_pool2d(F.relu(v * gamma[:, None, None]), 2), [gamma]),
+            "relu + avg pool": (lambda v, gamma=gamma: F.avg_pool2d(F.relu(v * gamma[:, None, None]), 2), [gamma]),
         }
         for name, (fn, ws) in others.items():
             rows.append({"layer": f"32 @ {side}x{side}", "op": name, "ms": _layer_ms(fn, h, ws)})
@@ -346,8 +355,8 @@ def table(threads: int = 2) -> None:
     comp = rows.get("compile")
     mm = rows.get("matmul", {}).get("gflops")
     m = data["machine"]
-    print(f"\n{m['cores']} CPU cores ({m['cpu']}), {threads} torch threads, torch {m['torch']}, {m['date']}; this CPU's "
-          f"float32 matmul (2048 x 2048): {mm} GFLOP/s."
+    print(f"\n{m['cores']} CPU cores ({m['cpu']}), {threads} torch threads, torch {m['torch']}, {m['date']}; "
+          f"this CPU's float32 matmul (2048 x 2048): {mm} GFLOP/s."
           + (f" torch.compile on an unrolled step: {comp.get('error', 'works')}." if comp else "")
           + " Command: `.venv/bin/python benchmarks/speed.py`.")  # fmt: skip
 
