@@ -23,9 +23,12 @@ Rows:
 - ``*-classic``: the same workload through the loop the papers' released code runs (DD: a module copy unrolled with
   ``autograd.grad(create_graph=True)`` and ``backward``; MTT: one flat parameter vector per student step, as the
   MTT code's reparametrised module does), written out in this file: the same data, net and draws as the row it
-  copies, in the same session, so the ratio does not depend on how fast the machine is that day.
+  copies. The ratio of a classic row to its own, and of a checkpointed row to the plain one, is measured with
+  the two alternating iteration by iteration in one process (``paired`` in the row), so the machine's drift
+  between runs (tens of percent on this VM) does not enter it.
 - ``TRIED``: variants of a row, each one thing tried to make it faster (NHWC activations, ATen's convolutions
-  instead of oneDNN's, one thread instead of two).
+  instead of oneDNN's, one thread instead of two); ``dd-T30-real-batch-16`` is no remedy but a decomposition:
+  DD with 16 real images per outer step instead of 1024, i.e. what the 30 unrolled steps cost alone.
 - ``micro``: one layer of MTT's ConvNet at each of its sizes, forward + inner gradient (``create_graph``) + the
   outer gradient back to the input, in milliseconds: the convolution by oneDNN, in NHWC, and as unfold + matmul;
   the instance norm as ``group_norm`` and as composed mean/variance ops; ReLU + average pooling. It shows where
@@ -88,7 +91,11 @@ TRIED = {
     "mtt-s10-plain-no-mkldnn": ("mtt-s10-plain", "no_mkldnn"),
     "mtt-s10-plain-1-thread": ("mtt-s10-plain", "one_thread"),
     "dd-T30-1-thread": ("dd-T30", "one_thread"),
+    "dd-T30-real-batch-16": ("dd-T30", "real_batch_16"),  # not a remedy: what the 30 inner steps cost alone
 }
+# Rows whose time is compared with another's: measured again with the two alternating in one process.
+PAIRS = {**{k: v for k, v in CLASSIC.items()},
+         **{f"{u}-checkpoint": f"{u}-plain" for u in ("dd-T100", "mtt-s10", "mtt-s20", "mtt-s40", "mtt-w128-s20")}}  # fmt: skip
 for _name, _of in {**CLASSIC, **{k: v[0] for k, v in TRIED.items()}}.items():
     ROWS[_name] = ROWS[_of]
 
@@ -127,14 +134,40 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def one(name: str, iterations: int) -> dict:
-    """Measure one row in this process (``--one``)."""
-    import distilset as ds
+def _stepper(name: str, data) -> tuple:
+    """The row's one-iteration callable: its distiller's ``step``, or the classic loop over that distiller."""
     from distilset.methods.base import Context
     from distilset.methods.registry import get_method, make_config
 
     method, options, _ = ROWS[name]
-    classic = name in CLASSIC
+    m = get_method(method)
+    if TRIED.get(name, (None, None))[1] == "real_batch_16":
+        options = {**options, "real_batch": 16}
+    if method == "mtt":
+        options = {**options, "experts_dir": str(experts_dir(options["net_kwargs"]["width"]))}
+    cfg, _ = make_config(m, options).resolve(data)
+    distiller = m.build(data, cfg, Context(seed=0))
+    if name in CLASSIC:
+        return partial(classic_mtt_step if method == "mtt" else classic_dd_step, distiller), cfg
+    return distiller.step, cfg
+
+
+def _paired(name: str, partner: str, data, iterations: int) -> dict:
+    """Seconds per iteration of this row and its partner, their iterations alternating in this one process,
+    so that the machine's drift between runs does not enter the ratio."""
+    (mine, _), (theirs, _) = _stepper(name, data), _stepper(partner, data)
+    mine(0), theirs(0)
+    a, b = [], []
+    for it in range(1, iterations + 1):
+        a.append(_timed(lambda it=it: mine(it)))
+        b.append(_timed(lambda it=it: theirs(it)))
+    return {"partner": partner, "s_per_iter": round(min(a), 4), "partner_s_per_iter": round(min(b), 4)}
+
+
+def one(name: str, iterations: int) -> dict:
+    """Measure one row in this process (``--one``)."""
+    import distilset as ds
+
     variant = TRIED.get(name, (None, None))[1]
     if variant == "no_mkldnn":
         torch.backends.mkldnn.enabled = False
@@ -146,14 +179,7 @@ def one(name: str, iterations: int) -> dict:
         embed = ConvNet.embed
         ConvNet.embed = lambda net, x: embed(net, x.contiguous(memory_format=torch.channels_last))
     data = ds.load_dataset("mnist5k")
-    m = get_method(method)
-    if method == "mtt":
-        options = {**options, "experts_dir": str(experts_dir(options["net_kwargs"]["width"]))}
-    cfg, _ = make_config(m, options).resolve(data)
-    distiller = m.build(data, cfg, Context(seed=0))
-    step = distiller.step
-    if classic:
-        step = partial(classic_mtt_step if method == "mtt" else classic_dd_step, distiller)
+    step, cfg = _stepper(name, data)
     step(0)
     times = []
     with HeapPeak() as heap:
@@ -164,6 +190,7 @@ def one(name: str, iterations: int) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(iterations + 1)
+    paired = _paired(name, PAIRS[name], data, iterations) if name in PAIRS else None
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     top = [[e.key, round(e.self_cpu_time_total / 1e3, 1), e.count, round(100 * e.self_cpu_time_total / total, 1)]
@@ -176,6 +203,7 @@ def one(name: str, iterations: int) -> dict:
         "peak_rss_mb": round(peak_rss, 1),
         "config": {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str | bool | None)},
         "profile": {"columns": ["op", "self_ms", "calls", "percent"], "top": top},
+        **({"paired": paired} if paired else {}),
     }
 
 
@@ -329,8 +357,8 @@ def table(threads: int = 2) -> None:
             continue
         ref = r.get("reference")
         refs = f"{ref['s_per_iter']:g}, {ref['peak_rss_mb']:g}" if ref else "—"
-        c = rows.get(classic_of.get(name, ""))
-        classic = f"{c['s_per_iter']:.3f} ({r['s_per_iter'] / c['s_per_iter']:.2f})" if c else "—"
+        c = rows.get(classic_of.get(name, ""), {}).get("paired")  # classic and ours alternating in one process
+        classic = f"{c['s_per_iter']:.3f} ({c['partner_s_per_iter'] / c['s_per_iter']:.2f})" if c else "—"
         print(f"| {name} | {r['s_per_iter']:.3f} | {r['peak_rss_mb']:.0f} | {r['iteration_mb']:.0f} | {classic} | "
               f"{refs} |")  # fmt: skip
     print("\n| unroll | plain s/it | checkpoint s/it | checkpoint time cost | heap MB plain / checkpoint |")
@@ -338,9 +366,15 @@ def table(threads: int = 2) -> None:
     for plain_name in [n for n in ROWS if n.endswith("-plain") and n not in TRIED]:
         a, b = rows.get(plain_name), rows.get(plain_name[: -len("plain")] + "checkpoint")
         if a and b:
-            print(f"| {plain_name[: -len('-plain')]} | {a['s_per_iter']:.3f} | {b['s_per_iter']:.3f} | "
-                  f"{100 * (b['s_per_iter'] / a['s_per_iter'] - 1):+.0f} % | "
-                  f"{a['iteration_mb']:.0f} / {b['iteration_mb']:.0f} |")  # fmt: skip
+            pair = b.get("paired")  # alternating in one process where measured so; else the two rows' own runs
+            t_plain, t_ckpt = (
+                (pair["partner_s_per_iter"], pair["s_per_iter"]) if pair else (a["s_per_iter"], b["s_per_iter"])
+            )
+            how = "" if pair else " (separate runs)"
+            print(
+                f"| {plain_name[: -len('-plain')]} | {t_plain:.3f} | {t_ckpt:.3f} | "
+                f"{100 * (t_ckpt / t_plain - 1):+.0f} %{how} | {a['iteration_mb']:.0f} / {b['iteration_mb']:.0f} |"
+            )
     print("\n| tried | s/iteration | the row it varies | its s/iteration |")
     print("|---|---|---|---|")
     for name, (of, _) in TRIED.items():
