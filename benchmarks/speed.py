@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -94,8 +93,8 @@ TRIED = {
     "dd-T30-real-batch-16": ("dd-T30", "real_batch_16"),  # not a remedy: what the 30 inner steps cost alone
 }
 # Rows whose time is compared with another's: measured again with the two alternating in one process.
-PAIRS = {**{k: v for k, v in CLASSIC.items()},
-         **{f"{u}-checkpoint": f"{u}-plain" for u in ("dd-T100", "mtt-s10", "mtt-s20", "mtt-s40", "mtt-w128-s20")}}  # fmt: skip
+UNROLLS = ("dd-T100", "mtt-s10", "mtt-s20", "mtt-s40", "mtt-w128-s20")
+PAIRS = {**CLASSIC, **{f"{u}-checkpoint": f"{u}-plain" for u in UNROLLS}}
 for _name, _of in {**CLASSIC, **{k: v[0] for k, v in TRIED.items()}}.items():
     ROWS[_name] = ROWS[_of]
 
@@ -220,23 +219,16 @@ def classic_mtt_step(mtt, iteration: int) -> None:
     from torch.func import functional_call
 
     from distilset.losses import soft_cross_entropy
+    from distilset.methods.experts import unflatten
 
     expert, start, order, seeds = mtt._plan()
     shapes = mtt.experts.param_shapes
     start_flat, target = mtt.experts.flat(expert, start), mtt.experts.flat(expert, start + mtt.cfg.expert_epochs)
 
-    def unflat(v):
-        out, i = {}, 0
-        for k, shape in shapes:
-            n = math.prod(shape)
-            out[k] = v[i : i + n].view(shape)
-            i += n
-        return out
-
     students = [start_flat.clone().requires_grad_(True)]
     for t in range(mtt.cfg.syn_steps):
         x, y = mtt.student_batch(order[t], seeds[t]), mtt.labels[order[t]]
-        ce = soft_cross_entropy(functional_call(mtt.model, unflat(students[-1]), (x,)), y)
+        ce = soft_cross_entropy(functional_call(mtt.model, unflatten(students[-1], shapes), (x,)), y)
         grad = torch.autograd.grad(ce, students[-1], create_graph=True)[0]
         students.append(students[-1] - mtt.syn_lr * grad)
     loss = (students[-1] - target).pow(2).sum() / (start_flat - target).pow(2).sum()

@@ -45,7 +45,13 @@ PARTS = {
         "nets": {"textcnn": {"net": "textcnn"}, "lstm": {"net": "lstm"}},
         "options": {"iterations": 400},
         # (net, steps, init, soft labels)
-        "jobs": [("textcnn", 10, "fixed", False)],
+        "jobs": [
+            ("textcnn", 10, "fixed", False),
+            ("textcnn", 10, "random", False),
+            ("lstm", 10, "fixed", False),
+            ("textcnn", 1, "fixed", False),
+            ("textcnn", 5, "fixed", False),
+        ],
         "repeats": 2,
         "full_epochs": 5,
     },
