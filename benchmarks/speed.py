@@ -1,16 +1,17 @@
 """Seconds per outer iteration and peak memory of each method's main workload, beside the papers' released code.
 
-    .venv/bin/python benchmarks/speed.py               # every missing row (about 15 minutes on 2 cores)
+    .venv/bin/python benchmarks/speed.py               # every missing row (about 40 minutes on 2 cores)
     .venv/bin/python benchmarks/speed.py --redo mtt-s40-checkpoint
     .venv/bin/python benchmarks/speed.py --table       # the README tables
 
 Each row runs in a fresh process with ``--threads`` torch threads (default 2, the machine's cores): one warm-up
-iteration, then ``--iterations`` measured ones (the fastest is reported, with the mean), then one more under
-``torch.profiler`` for the row's per-operator table (self CPU time, top operators). ``peak_rss_mb`` is the
-process's peak resident set (VmHWM) (data, model, experts and all: how the reference figures below were taken);
-``iteration_mb`` the peak C-heap bytes in use during the measured iterations above the level before them (the
-tensors one iteration allocates; see ``_common.HeapPeak``). ``matmul`` measures what this CPU can do: float32
-GFLOP/s of a 2048 x 2048 matmul with the same threads, so a row's own rate can be read against it.
+iteration, then ``--iterations`` timed ones (the fastest is reported, with the mean), one more for the heap
+(whose polling thread would slow timed ones), one more under ``torch.profiler`` for the row's per-operator
+table (self CPU time, top operators). ``peak_rss_mb`` is the process's peak resident set (VmHWM: data, model,
+experts and all, as the reference figures below were taken); ``iteration_mb`` the peak C-heap bytes in use during
+the heap iteration above the level before it (the tensors one iteration allocates; see ``_common.HeapPeak``).
+``matmul`` measures what this CPU can do: float32 GFLOP/s of a 2048 x 2048 matmul with the same threads, so a
+row's own rate can be read against it.
 
 Rows:
 
@@ -23,9 +24,10 @@ Rows:
 - ``*-classic``: the same workload through the loop the papers' released code runs (DD: a module copy unrolled with
   ``autograd.grad(create_graph=True)`` and ``backward``; MTT: one flat parameter vector per student step, as the
   MTT code's reparametrised module does), written out in this file: the same data, net and draws as the row it
-  copies. The ratio of a classic row to its own, and of a checkpointed row to the plain one, is measured with
-  the two alternating iteration by iteration in one process (``paired`` in the row), so the machine's drift
-  between runs (tens of percent on this VM) does not enter it.
+  copies.
+- ``paired`` (classic rows, checkpointed rows, ``TRIED`` rows): the row and the one it is compared with, built side
+  by side in one process, their iterations alternating A B, B A, ... (4 each), so that the machine's drift
+  between runs does not enter their ratio.
 - ``TRIED``: variants of a row, each one thing tried to make it faster (NHWC activations, ATen's convolutions
   instead of oneDNN's, one thread instead of two); ``dd-T30-real-batch-16`` is no remedy but a decomposition:
   DD with 16 real images per outer step instead of 1024, i.e. what the 30 unrolled steps cost alone.
@@ -46,6 +48,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -57,6 +60,11 @@ SETTINGS = {"benchmark": "speed", "version": 1}
 EXPERTS = Path(os.environ.get("DISTILSET_BENCH_WORK", "/tmp/distilset-speed"))
 MTT_BASE = {"ipc": 10, "expert_epochs": 1, "max_start_epoch": 1, "dsa": True}
 
+REFERENCE_SOURCE = (
+    "the papers' released code (DD: Wang et al.; MTT: Cazenavette et al.) run on this machine kind (2 cores, "
+    "2 threads, same data and settings) when the speed work was planned, as reported in the project's speed "
+    "issue; not rerun by this script"
+)
 # name -> (method, options, reference {s_per_iter, peak_rss_mb} of the released code, or None)
 ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "dd-T30": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 3}, {"s": 0.35, "rss": 958}),
@@ -95,8 +103,9 @@ TRIED = {
 # Rows whose time is compared with another's: measured again with the two alternating in one process.
 UNROLLS = ("dd-T100", "mtt-s10", "mtt-s20", "mtt-s40", "mtt-w128-s20")
 PAIRS = {**CLASSIC, **{f"{u}-checkpoint": f"{u}-plain" for u in UNROLLS}}
+PAIRS.update({name: of for name, (of, _) in TRIED.items()})
 for _name, _of in {**CLASSIC, **{k: v[0] for k, v in TRIED.items()}}.items():
-    ROWS[_name] = ROWS[_of]
+    ROWS[_name] = (*ROWS[_of][:2], None)  # the released code's figures describe the base row only
 
 
 def experts_dir(width: int) -> Path:
@@ -155,47 +164,74 @@ def _paired(name: str, partner: str, data, iterations: int) -> dict:
     """Seconds per iteration of this row and its partner, their iterations alternating in this one process,
     so that the machine's drift between runs does not enter the ratio."""
     (mine, _), (theirs, _) = _stepper(name, data), _stepper(partner, data)
-    mine(0), theirs(0)
+
+    def timed(which: str, it: int) -> float:
+        if which == "mine":
+            with _variant(name):
+                return _timed(lambda: mine(it))
+        return _timed(lambda: theirs(it))
+
+    timed("mine", 0), timed("theirs", 0)
     a, b = [], []
-    for it in range(1, iterations + 1):
-        a.append(_timed(lambda it=it: mine(it)))
-        b.append(_timed(lambda it=it: theirs(it)))
+    for it in range(1, max(iterations, 4) + 1):  # A B, B A, A B, ...: neither always runs first
+        for which in ("mine", "theirs") if it % 2 else ("theirs", "mine"):
+            (a if which == "mine" else b).append(timed(which, it))
     return {"partner": partner, "s_per_iter": round(min(a), 4), "partner_s_per_iter": round(min(b), 4)}
 
 
-def one(name: str, iterations: int) -> dict:
-    """Measure one row in this process (``--one``)."""
-    import distilset as ds
-
+@contextmanager
+def _variant(name: str):
+    """The global setting a ``TRIED`` row changes, in force only inside this block (so that a variant and its
+    base row can alternate in one process)."""
     variant = TRIED.get(name, (None, None))[1]
     if variant == "no_mkldnn":
-        torch.backends.mkldnn.enabled = False
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
     elif variant == "one_thread":
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
     elif variant == "channels_last":
         from distilset.nets.convnet import ConvNet
 
         embed = ConvNet.embed
         ConvNet.embed = lambda net, x: embed(net, x.contiguous(memory_format=torch.channels_last))
+        try:
+            yield
+        finally:
+            ConvNet.embed = embed
+    else:
+        yield
+
+
+def one(name: str, iterations: int) -> dict:
+    """Measure one row in this process (``--one``): its own iterations timed alone, one more for the heap, one
+    under the profiler, then (rows in ``PAIRS``) the paired comparison."""
+    import distilset as ds
+
     data = ds.load_dataset("mnist5k")
     step, cfg = _stepper(name, data)
-    step(0)
-    times = []
-    with HeapPeak() as heap:
-        for it in range(1, iterations + 1):
-            times.append(_timed(lambda it=it: step(it)))
-    peak_rss = _vm_hwm_mb()  # before the profiler's own records
-    from torch.profiler import ProfilerActivity, profile
+    with _variant(name):
+        step(0)
+        threads = torch.get_num_threads()
+        times = [_timed(lambda it=it: step(it)) for it in range(1, iterations + 1)]
+        with HeapPeak() as heap:  # its polling thread would slow the timed iterations: a separate one
+            step(iterations + 1)
+        peak_rss = _vm_hwm_mb()  # before the profiler's own records
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(iterations + 1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(iterations + 2)
     paired = _paired(name, PAIRS[name], data, iterations) if name in PAIRS else None
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     top = [[e.key, round(e.self_cpu_time_total / 1e3, 1), e.count, round(100 * e.self_cpu_time_total / total, 1)]
            for e in ops[:12]]  # fmt: skip
     return {
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "s_per_iter": round(min(times), 4),
         "s_per_iter_mean": round(sum(times) / len(times), 4),
         "iteration_mb": round(heap.mb, 1),
@@ -331,7 +367,7 @@ def run(names: list[str], redo: list[str], threads: int, iterations: int) -> Non
         row = {"row": name, "threads": threads, "iterations": iterations, **json.loads(out.stdout.splitlines()[-1])}
         ref = ROWS[name][2]
         if ref:
-            row["reference"] = {"s_per_iter": ref["s"], "peak_rss_mb": ref["rss"]}
+            row["reference"] = {"s_per_iter": ref["s"], "peak_rss_mb": ref["rss"], "source": REFERENCE_SOURCE}
         results.add(row)
         print(name, row["s_per_iter"], "s/iter", row["peak_rss_mb"], "MB", flush=True)
 
@@ -340,8 +376,8 @@ def table(threads: int = 2) -> None:
     data = ResultFile(OUT, SETTINGS).data
     rows = {r["row"]: r for r in data["rows"] if r.get("threads") == threads}
     classic_of = {v: k for k, v in CLASSIC.items()}
-    print("| workload | s/iteration | peak RSS (MB) | iteration heap (MB) | classic loop, same session: s/iteration "
-          "(ours / it) | released code, measured earlier: s/iteration, peak RSS (MB) |")  # fmt: skip
+    print("| workload | s/iteration | peak RSS (MB) | iteration heap (MB) | paired with the classic loop: ours / "
+          "classic s/iteration (ratio) | released code, measured earlier: s/iteration, peak RSS (MB) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for name in ROWS:
         r = rows.get(name)
@@ -350,7 +386,11 @@ def table(threads: int = 2) -> None:
         ref = r.get("reference")
         refs = f"{ref['s_per_iter']:g}, {ref['peak_rss_mb']:g}" if ref else "—"
         c = rows.get(classic_of.get(name, ""), {}).get("paired")  # classic and ours alternating in one process
-        classic = f"{c['s_per_iter']:.3f} ({c['partner_s_per_iter'] / c['s_per_iter']:.2f})" if c else "—"
+        classic = (
+            f"{c['partner_s_per_iter']:.3f} / {c['s_per_iter']:.3f} ({c['partner_s_per_iter'] / c['s_per_iter']:.2f})"
+            if c
+            else "—"
+        )
         print(f"| {name} | {r['s_per_iter']:.3f} | {r['peak_rss_mb']:.0f} | {r['iteration_mb']:.0f} | {classic} | "
               f"{refs} |")  # fmt: skip
     print("\n| unroll | plain s/it | checkpoint s/it | checkpoint time cost | heap MB plain / checkpoint |")
@@ -367,12 +407,13 @@ def table(threads: int = 2) -> None:
                 f"| {plain_name[: -len('-plain')]} | {t_plain:.3f} | {t_ckpt:.3f} | "
                 f"{100 * (t_ckpt / t_plain - 1):+.0f} %{how} | {a['iteration_mb']:.0f} / {b['iteration_mb']:.0f} |"
             )
-    print("\n| tried | s/iteration | the row it varies | its s/iteration |")
-    print("|---|---|---|---|")
+    print("\n| tried | s/iteration | the row it varies | its s/iteration | ratio |")
+    print("|---|---|---|---|---|")
     for name, (of, _) in TRIED.items():
-        r, base = rows.get(name), rows.get(of)
-        if r and base:
-            print(f"| {name} | {r['s_per_iter']:.3f} | {of} | {base['s_per_iter']:.3f} |")
+        pair = rows.get(name, {}).get("paired")  # the variant and its base alternating in one process
+        if pair:
+            mine, base = pair["s_per_iter"], pair["partner_s_per_iter"]
+            print(f"| {name} | {mine:.3f} | {of} | {base:.3f} | {mine / base:.2f} |")
     if "micro" in rows:
         print("\n| one layer of MTT's student step (100 images) | operation | ms |")
         print("|---|---|---|")

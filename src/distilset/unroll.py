@@ -5,8 +5,8 @@ so an outer loss of theta_T can be differentiated back to whatever built the bat
 images, learned labels, learned lrs). ``unrolled_gradient`` does that differentiation either on the plain
 graph (memory grows with T) or with segment checkpointing: only every ``segment``-th theta is kept during the
 forward pass, and each segment but the last (whose graph the forward pass keeps) is recomputed with its graph
-during the backward pass. With segment ~ sqrt(T) peak memory grows as sqrt(T), for about one extra forward pass
-over the first T - segment steps; the gradient is the same up to float rounding.
+during the backward pass. With segment ~ sqrt(T) peak memory grows as sqrt(T), for one extra forward pass and
+first-order gradient over the first T - segment steps; the gradient is the same up to float rounding.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def unrolled_gradient(
     """Outer loss after ``steps`` unrolled SGD steps, and its gradient w.r.t. ``leaves``.
 
     ``segment=None``: the plain unrolled graph. ``segment=k``: checkpoint every k steps and recompute each
-    segment during the backward pass (sub-linear memory). Returns ``(loss, grads)`` with a zero tensor for a
+    segment but the last (whose graph the forward pass keeps) during the backward pass (sub-linear memory; the
+    kept graph is alive while the outer loss is differentiated, so a large outer loss adds its chunk to the
+    peak). Returns ``(loss, grads)`` with a zero tensor for a
     leaf the loss does not depend on.
     """
     leaves = list(leaves)
