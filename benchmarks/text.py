@@ -8,8 +8,8 @@ Data: 12,752 critics' snippets, fresh / rotten, 10,201 train / 2,551 test (``dis
 
 - ``tokens`` (``rotten-tomatoes``): each snippet is 48 all-MiniLM-L6-v2 token ids over the model's frozen token
   embeddings; a distilled item is a (48, 384) block of embedding rows. Nets: Kim's TextCNN (DD's default here)
-  and an LSTM (the transfer net of TextCNN sets, and the distillation net of one row). DD's defaults on token rows: 400 iterations, a real batch of 256, initial lr
-  0.005, the TextCNN without dropout.
+  and an LSTM (the transfer net of TextCNN sets, and the distillation net of one row). DD's defaults on token
+  rows: 400 iterations, a real batch of 256, initial lr 0.005, the TextCNN without dropout.
 - ``sentences`` (``rotten-tomatoes-sentences``): each snippet is its 384-d sentence embedding; an MLP (two hidden
   layers of 128), DD's default budget (400 iterations).
 
