@@ -440,14 +440,22 @@ def profile_table(name: str, threads: int = 2, top: int = 8) -> None:
         print(f"| `{op}` | {ms:g} | {calls} | {pct:g} |")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--redo", nargs="+", default=[], choices=list(ROWS), help="measure these rows again")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--threads", type=_positive, default=2)
+    parser.add_argument("--iterations", type=_positive, default=3)
     parser.add_argument("--table", action="store_true")
-    parser.add_argument("--profiles", nargs="*", help="with --table: per-operator tables of these rows")
+    parser.add_argument(
+        "--profiles", nargs="*", choices=list(ROWS), help="with --table: per-operator tables of these rows"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

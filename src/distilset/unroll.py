@@ -119,7 +119,7 @@ def unrolled_gradient(
         g_params = [a if g is None else a + g for a, g in zip(g_params, out[: len(keys)], strict=True)]
         g_leaves = [a if g is None else a + g for a, g in zip(g_leaves, out[len(keys) :], strict=True)]
         loss = loss + part.detach()
-    # Backward pass: recompute each segment with its graph, pull the gradient through it.
+    # Backward pass: recompute each segment (but the kept last one) with its graph, pull the gradient through it.
     for i in reversed(range(len(saved))):
         if i == last:
             start, end = saved[i], kept
