@@ -231,7 +231,8 @@ def table(path: Path = OUT) -> str:
         f"images with one-hot labels (same recipe, same nets), 'as learned:' a set's images before the map to the real "
         f"pixel statistics; "
         f"{m['cores']} CPU cores, torch "
-        f"{m['torch']}, {m['torch_threads']} thread(s) (rows marked '1 thread': a Ray task each, two side by side), "
+        f"{m['torch']}, 2 threads unless a row is marked '1 thread' (a Ray task each, two side by side, or "
+        f"`--threads 1` beside another job), "
         f"{m['date']}. Commands: the `command` of each row in "
         f"`benchmarks/results/{path.name}`."
     )

@@ -7,14 +7,16 @@
 Data: 12,752 critics' snippets, fresh / rotten, 10,201 train / 2,551 test (``distilset.data.text``).
 
 - ``tokens`` (``rotten-tomatoes``): each snippet is 48 all-MiniLM-L6-v2 token ids over the model's frozen token
-  embeddings; a distilled item is a (48, 384) block of embedding rows. Nets: Kim's TextCNN (DD's default here)
-  and an LSTM (the transfer net of TextCNN sets, and the distillation net of one row). DD's defaults on token
-  rows: 400 iterations, a real batch of 256, initial lr 0.005, the TextCNN without dropout.
+  embeddings; a distilled item is a (48, 384) block of embedding rows. Nets: an LSTM (DD's default here) and
+  Kim's TextCNN, each the transfer net of the other's sets. DD's defaults on token rows: the LSTM, the text
+  paper's IMDB layout (1 step x 10 per class x 5 epochs: 20 items), 400 iterations, a real batch of 256, initial
+  lr 0.005 (a TextCNN without dropout).
 - ``sentences`` (``rotten-tomatoes-sentences``): each snippet is its 384-d sentence embedding; an MLP (two hidden
   layers of 128), DD's default budget (400 iterations).
 
-Each row runs ``distilset distill dd`` with ``--steps S`` (one item per class per step: 2 x S items), fixed or
-random init, hard or learned soft labels; every other setting is DD's default (3 epochs over the steps). Each set
+Each row runs ``distilset distill dd`` with a layout ``--steps S --ipc P --epochs E`` (2 x S x P items), fixed or
+random init, hard or learned soft labels; every other setting is DD's default. (Token rows made before the
+token-row defaults changed used 1 item per class per step and 3 epochs; their commands carry that layout.) Each set
 is scored by
 - ``recipe``: its own recipe, the replay of its learned steps (fixed init: the stored init, one deterministic
   run; random init: 3 fresh inits);
@@ -42,15 +44,20 @@ OUT = RESULTS / "text.json"
 PARTS = {
     "tokens": {
         "dataset": "rotten-tomatoes",
-        "nets": {"textcnn": {"net": "textcnn"}, "lstm": {"net": "lstm"}},
+        "nets": {"lstm": {"net": "lstm"}, "textcnn": {"net": "textcnn"}},
         "options": {"iterations": 400},
-        # (net, steps, init, soft labels)
+        # (net, (steps, ipc, epochs), init, soft labels)
         "jobs": [
-            ("textcnn", 10, "fixed", False),
-            ("textcnn", 10, "random", False),
-            ("lstm", 10, "fixed", False),
-            ("textcnn", 1, "fixed", False),
-            ("textcnn", 5, "fixed", False),
+            ("lstm", (1, 10, 5), "fixed", False),  # DD's defaults on token rows
+            ("lstm", (1, 1, 5), "fixed", False),
+            ("lstm", (1, 5, 5), "fixed", False),
+            ("lstm", (1, 10, 5), "random", False),  # the text paper's IMDB run (it also learns the labels)
+            ("lstm", (1, 10, 5), "fixed", True),
+            ("textcnn", (10, 1, 3), "fixed", False),  # the image paper's layout
+            ("textcnn", (10, 1, 3), "random", False),
+            ("lstm", (10, 1, 3), "fixed", False),
+            ("textcnn", (1, 1, 3), "fixed", False),
+            ("textcnn", (5, 1, 3), "fixed", False),
         ],
         "repeats": 2,
         "full_epochs": 5,
@@ -63,7 +70,9 @@ PARTS = {
             "mlp-256": {"net": "mlp", "net_kwargs": {"depth": 1, "width": 256}},
         },  # fmt: skip
         "options": {"iterations": 400},
-        "jobs": [("mlp", s, init, soft) for s in (1, 5, 10) for init in ("fixed", "random") for soft in (False, True)],
+        "jobs": [
+            ("mlp", (s, 1, 3), init, soft) for s in (1, 5, 10) for init in ("fixed", "random") for soft in (False, True)
+        ],  # fmt: skip
         "repeats": 3,
         "full_epochs": 50,
     },
@@ -106,19 +115,26 @@ def run_part(results: ResultFile, name: str) -> None:
             r = _evaluate(full, data, **spec, protocol="standard", epochs=part["full_epochs"], seed=100, repeats=1)
             results.add({**key, "items": len(full), "epochs": part["full_epochs"], "accuracy": r,
                          "eval_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
-    for own, steps, init, soft in part["jobs"]:
-        key = {"part": name, "kind": "random", "net": own, "items": 2 * steps}
+    for own, (steps, ipc, epochs), init, soft in part["jobs"]:
+        items = data.num_classes * steps * ipc
+        key = {"part": name, "kind": "random", "net": own, "items": items}
         if not results.has(key):
-            real = ds.baseline("random", data, ipc=steps, seed=0)
+            real = ds.baseline("random", data, ipc=items // data.num_classes, seed=0)
             real.net = {"name": part["nets"][own]["net"], "kwargs": part["nets"][own].get("net_kwargs", {}),
                         "init": "default"}  # fmt: skip
-            command = f"distilset baseline random --dataset {part['dataset']} --ipc {steps} --seed 0"
+            command = (
+                f"distilset baseline random --dataset {part['dataset']} --ipc {items // data.num_classes} --seed 0"
+            )
             results.add({**key, "command": command, "scores": score(real, data, part, own, own_recipe=False)})
-        key = {"part": name, "kind": "dd", "net": own, "items": 2 * steps, "init": init, "soft_labels": soft}
-        if results.has(key):
+        key = {"part": name, "kind": "dd", "net": own, "items": items, "init": init, "soft_labels": soft}
+        if any(
+            _layout(r) == (steps, ipc, epochs)
+            for r in results.data["rows"]
+            if all(r.get(k) == v for k, v in key.items())
+        ):
             continue
-        options = {"net": part["nets"][own]["net"], "steps": steps, "init": init, "soft_labels": soft,
-                   **part["options"]}  # fmt: skip
+        options = {"net": part["nets"][own]["net"], "steps": steps, "ipc": ipc, "epochs": epochs, "init": init,
+                   "soft_labels": soft, **part["options"]}  # fmt: skip
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if not isinstance(v, bool))
         command = (
             f"distilset distill dd --dataset {part['dataset']} {flags}{' --soft-labels' if soft else ''} --out DIR"
@@ -130,6 +146,12 @@ def run_part(results: ResultFile, name: str) -> None:
         distill_s = time.perf_counter() - t0
         results.add({**key, "command": command, "distill_s": round(distill_s, 1), "config": syn.config,
                      "scores": score(syn, data, part, own, own_recipe=True)})  # fmt: skip
+
+
+def _layout(row: dict) -> tuple[int, int, int]:
+    """A DD row's (steps, items per class per step, epochs), from the config it ran with."""
+    c = row["config"]
+    return c["steps"], c["ipc"], c["epochs"]
 
 
 def _cell(x: dict | None) -> str:
@@ -153,21 +175,29 @@ def table() -> str:
             f"\n**{name}** (`{part['dataset']}`; distillation: "
             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in part["options"].items())
             + ")\n",
-            "| net | items | set | own recipe | own net, DC's protocol | other nets, DC's protocol (mean) "
-            "| distill time |",
-            "|---|---|---|---|---|---|---|",
+            "| net | items | set | layout (steps x per class x epochs) | own recipe | own net, DC's protocol "
+            "| other nets, DC's protocol (mean) | distill time |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted((r for r in these if r["kind"] != "full"), key=lambda r: (r["net"], r["items"], r["kind"])):
+        order = {net: i for i, net in enumerate(part["nets"])}
+
+        def sort_key(r: dict, order: dict = order) -> tuple:
+            return order[r["net"]], r["items"], r["kind"], r.get("config", {}).get("epochs", 0)
+
+        for r in sorted((r for r in these if r["kind"] != "full"), key=sort_key):
             s = r["scores"]
             if r["kind"] == "random":
-                label = "random real snippets"
+                label, layout = "random real snippets", "—"
             else:
                 label = f"dd, {r['init']} init, {'soft' if r['soft_labels'] else 'hard'} labels"
+                layout = " x ".join(map(str, _layout(r)))
             minutes = f"{r['distill_s'] / 60:.1f} min" if "distill_s" in r else "—"
-            lines.append(f"| {r['net']} | {r['items']} | {label} | {_cell(s.get('recipe'))} | {_cell(s['standard'])} "
-                         f"| {_cell(s['transfer'])} ({others[r['net']]}) | {minutes} |")  # fmt: skip
+            scores = f"{_cell(s.get('recipe'))} | {_cell(s['standard'])} | {_cell(s['transfer'])}"
+            lines.append(
+                f"| {r['net']} | {r['items']} | {label} | {layout} | {scores} ({others[r['net']]}) | {minutes} |"
+            )
         for r in (r for r in these if r["kind"] == "full"):
-            lines.append(f"| {r['net']} | {r['items']} | full training set ({r['epochs']} epochs) | — | "
+            lines.append(f"| {r['net']} | {r['items']} | full training set ({r['epochs']} epochs) | — | — | "
                          f"{_cell(r['accuracy'])} | — | — |")  # fmt: skip
     lines.append(
         f"\nTest accuracy (%) on the 2,551 test snippets (58 % fresh), mean ± std over fresh nets; {m['cores']} CPU "

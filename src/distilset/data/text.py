@@ -218,15 +218,16 @@ def token_ids(texts: list[str] | tuple[str, ...], length: int = MAX_LEN) -> torc
     return out
 
 
-def token_dataset(name: str, train_texts, train_y, test_texts, test_y) -> Dataset:
-    """A token-id dataset over the shared frozen embeddings (module docstring)."""
+def token_dataset(name: str, train_texts, train_y, test_texts, test_y, length: int = MAX_LEN) -> Dataset:
+    """A token-id dataset over the shared frozen embeddings (module docstring): each text's first ``length``
+    tokens."""
     matrix, norm = token_embeddings()
     info = DatasetInfo(
-        name=name, class_names=CLASS_NAMES, image_shape=(MAX_LEN, EMBED_DIM), norm=norm, dsa_strategy="",
-        description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids (first {MAX_LEN}, frozen token "
+        name=name, class_names=CLASS_NAMES, image_shape=(length, EMBED_DIM), norm=norm, dsa_strategy="",
+        description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids (first {length}, frozen token "
         f"embeddings), {len(train_texts)} train / {len(test_texts)} test (stratified, seed 0)",
     )  # fmt: skip
-    return Dataset(info, token_ids(train_texts), torch.as_tensor(train_y), token_ids(test_texts),
+    return Dataset(info, token_ids(train_texts, length), torch.as_tensor(train_y), token_ids(test_texts, length),
                    torch.as_tensor(test_y), token_embedding=matrix)  # fmt: skip
 
 
