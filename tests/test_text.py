@@ -137,7 +137,6 @@ def test_dd_default_flags_beat_random_real_snippets_on_token_rows():
     real = ds.baseline("random", data, ipc=10, seed=0)
     real.net = syn.net
     random_real = ds.evaluate(real, data, repeats=3, seed=100).accuracy_mean
-    print(f"token rows: distilled {distilled:.3f}, random real {random_real:.3f}")
     assert distilled > max(random_real, 0.5) + 0.05, (distilled, random_real)
 
 

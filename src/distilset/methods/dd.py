@@ -148,8 +148,8 @@ class DDConfig(MethodConfig):
             ipc=(10, text_run) if tokens else (1, "the paper's"),
             init_lr=(0.005, "token rows: at 0.02 the distilled steps drove a TextCNN far above chance loss")
             if tokens else (0.02, "the paper's"),
-            real_batch=(256, "token rows: every real snippet is a 48 x 384 block through the net") if tokens
-            else (1024, "the paper's"),
+            real_batch=(256, f"token rows: every real snippet is a {' x '.join(map(str, data.image_shape))} block "
+                             "through the net") if tokens else (1024, "the paper's"),
         )  # fmt: skip
         n = len(data.train_x)
         cfg, more = cfg.fill(
