@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from distilset import Dataset, DistilsetError, SyntheticSet, evaluate
 from distilset.io import write_json
 from distilset.jobs import run_jobs
 
@@ -92,6 +93,34 @@ def rows_on_ray(fn, jobs: list[tuple], results: ResultFile, ray: bool | str | No
         for name in {__name__, fn.__module__} - {"__main__"}:  # __main__ goes by value anyway
             ray_mod.cloudpickle.register_pickle_by_value(sys.modules[name])
     run_jobs(fn, jobs, ray=ray, on_done=lambda i, row: results.add(row))
+
+
+# The other nets of every benchmark's transfer column (LeNet, an MLP, ConvNet-3 with instance and with batch
+# norm; the ConvNets at width 32 to fit the CPU).
+TRANSFER_NETS = {"lenet": {}, "mlp": {}, "convnet": {"width": 32}, "convnet-bn": {"width": 32}}
+
+
+def transfer(syn: SyntheticSet, data: Dataset, device: str = "cpu") -> dict:
+    """DC's protocol on each net of ``TRANSFER_NETS`` other than the set's own (2 fresh nets each, seed 100):
+    per-net results and the mean of their means (the papers' cross-architecture test); a net whose training
+    fails or diverges is recorded with its error, and then there is no mean."""
+    per_net = {}
+    for net, kwargs in TRANSFER_NETS.items():
+        if net == syn.net["name"]:
+            continue
+        try:
+            r = evaluate(syn, data, net=net, net_kwargs=kwargs, protocol="standard", repeats=2, seed=100, device=device)
+        except DistilsetError as e:
+            per_net[net] = {"error": str(e)}
+            continue
+        per_net[net] = {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs, "net_kwargs": r.net_kwargs}
+    scored = [v["mean"] for v in per_net.values() if "mean" in v]
+    mean = sum(scored) / len(scored) if len(scored) == len(per_net) else None
+    return (
+        {"nets": per_net, "mean": mean, "std": 0.0, "recipe": "standard"}
+        if mean is not None
+        else {"nets": per_net, "error": "a transfer net failed"}
+    )
 
 
 class HeapPeak:

@@ -28,7 +28,9 @@ one thread: a row records its ``threads``), so a cluster works through the matri
 ``--ablation`` runs each method with the setting a resolution rule replaced (DD on digits: LeNet and the decay
 period counted in epochs of this dataset; MTT on digits: experts at batch 256; labels on digits: no
 validation-based selection and a base batch of 50, or the ridge variant; labels on mnist5k and Fashion-MNIST:
-the second-order variant; labels on mnist5k: the paper's uniform start), scored the same way, into
+the second-order variant; labels on mnist5k: the paper's uniform start, and labels learned with the MLP or
+ConvNet-3 instead of LeNet, which tells whether their gain on the other nets is limited by the net that learned
+them), scored the same way, into
 ``benchmarks/results/defaults-ablation.json``: the measured reason for each rule.
 """
 
@@ -42,7 +44,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ResultFile, add_ray_args, command_line, ray_arg, rows_on_ray
+from _common import RESULTS, TRANSFER_NETS, ResultFile, add_ray_args, command_line, ray_arg, rows_on_ray, transfer
 
 import distilset as ds
 from distilset.io import write_text
@@ -60,32 +62,10 @@ ABLATIONS = (
     ("digits", "labels", {"variant": "ridge"}, "the ridge variant"),
     ("mnist5k", "labels", {"variant": "second-order"}, "the second-order variant"),
     ("mnist5k", "labels", {"label_init": "uniform"}, "the paper's uniform start"),
+    ("mnist5k", "labels", {"net": "mlp"}, "learned with the MLP"),
+    ("mnist5k", "labels", {"net": "convnet", "net_kwargs": {"width": 32}}, "learned with ConvNet-3 width 32"),
     ("fashion-mnist", "labels", {"variant": "second-order"}, "the second-order variant"),
 )
-
-
-TRANSFER_NETS = {"lenet": {}, "mlp": {}, "convnet": {"width": 32}, "convnet-bn": {"width": 32}}
-
-
-def transfer(syn: ds.SyntheticSet, data: ds.Dataset) -> dict:
-    """DC's protocol on each transfer net other than the set's own: per-net results and their mean."""
-    per_net = {}
-    for net, kwargs in TRANSFER_NETS.items():
-        if net == syn.net["name"]:
-            continue
-        try:
-            r = ds.evaluate(syn, data, net=net, net_kwargs=kwargs, protocol="standard", repeats=2, seed=100)
-        except ds.DistilsetError as e:
-            per_net[net] = {"error": str(e)}
-            continue
-        per_net[net] = {"mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs, "net_kwargs": r.net_kwargs}
-    scored = [v["mean"] for v in per_net.values() if "mean" in v]
-    mean = sum(scored) / len(scored) if len(scored) == len(per_net) else None
-    return (
-        {"nets": per_net, "mean": mean, "std": 0.0, "recipe": "standard"}
-        if mean is not None
-        else {"nets": per_net, "error": "a transfer net failed"}
-    )
 
 
 def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
@@ -121,7 +101,14 @@ def score(syn: ds.SyntheticSet, data: ds.Dataset, repeats: int) -> dict:
 
 
 def _flags(options: dict) -> str:
-    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())
+    """The command-line flags of ``options`` (``net_kwargs`` as repeated ``--net-arg KEY=VALUE``)."""
+    flags = []
+    for k, v in options.items():
+        if k == "net_kwargs":
+            flags += [f" --net-arg {key}={value}" for key, value in v.items()]
+        else:
+            flags.append(f" --{k.replace('_', '-')} {v}")
+    return "".join(flags)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -9,11 +9,14 @@ Parts (``--parts``, run in this order): ``fashion`` (experts, MTT IPC 10 and 1, 
 protocol), ``memory`` (peak memory and seconds per iteration for syn_steps 10 / 20 / 40, plain and
 checkpointed, one process), ``texture`` (Fashion-MNIST IPC 1 texture mode, tiles picture), ``mnist5k``.
 Rows go to ``benchmarks/results/mtt-<profile>.json`` as they finish (each with its command line);
-rerunning skips finished rows. Experts and texture sets are kept under ``$DISTILSET_BENCH_WORK`` (default
+rerunning skips finished rows (``--redo`` replaces the rows of the ``--ipc`` selected). Experts and texture
+sets are kept under ``$DISTILSET_BENCH_WORK`` (default
 /tmp/distilset-mtt). Distillation takes the presets' options (``get_method("mtt").presets``) explicitly.
 Evaluation: the set's own recipe, SGD with its learned lr and DSA (SGD momentum 0.9, lr x0.1 at half), for
 the profile's epochs, 5 fresh nets, final test accuracy; random real subsets get the same protocol with
-lr 0.01 (their own recipe with the dataset's DSA strategy).
+lr 0.01 (their own recipe with the dataset's DSA strategy). Transfer (rows run since it was added): DC's
+protocol with the set's DSA (1000 epochs) on LeNet, the MLP and ConvNet-3 BN (width 32), 2 fresh nets each, for
+the set and for the random real images; the table shows the mean over those nets.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, HeapPeak, ResultFile
+from _common import RESULTS, HeapPeak, ResultFile, transfer
 
 import distilset as ds
 from distilset.methods.base import Context
@@ -92,16 +95,17 @@ def distill_row(data, experts: Path, options: dict, iterations: int, prof: dict,
                  "options": {k: v for k, v in options.items() if k != "net_kwargs"}}  # fmt: skip
 
 
-def dataset_part(name: str, results: ResultFile, prof: dict, device: str) -> None:
+def dataset_part(name: str, results: ResultFile, prof: dict, device: str, ipcs=(10, 1), redo=False) -> None:
     data = ds.load_dataset(name).to(device)
     experts, expert_s = experts_for(data, prof, device)
     manifest = json.loads((experts / "manifest.json").read_text())
     expert_acc = [e["test_accuracy"] for e in manifest["experts"].values()]
     short = "fashion" if name == "fashion-mnist" else name
-    for ipc in (10, 1):
+    for ipc in ipcs:
         key = {"part": "distill", "dataset": name, "ipc": ipc}
-        if results.has(key):
+        if results.has(key) and not redo:
             continue
+        results.drop(key)
         options = dict(PRESETS[f"mtt-{short}-ipc{ipc}"].options)
         # shorter experts than the preset assumes: keep every target epoch inside them
         options["max_start_epoch"] = min(options["max_start_epoch"], prof["epochs"] - options["expert_epochs"] + 1)
@@ -109,6 +113,9 @@ def dataset_part(name: str, results: ResultFile, prof: dict, device: str) -> Non
         row["mtt"] = evaluate(syn, data, prof, device)
         real = ds.baseline("random", data.to("cpu"), ipc=ipc, seed=0)  # evaluate() gives it the dataset's DSA
         row["random_real"] = evaluate(real, data, prof, device)
+        row["transfer"] = transfer(syn, data, device)  # DC's protocol with the set's DSA on the other nets
+        real.recipe, real.net = syn.recipe, syn.net  # the same protocol (DSA included) for the real images
+        row["random_real_transfer"] = transfer(real, data, device)
         row["experts"] = {"n": prof["experts"], "epochs": prof["epochs"], "train_s": round(expert_s, 1),
                           "test_accuracy_mean": sum(expert_acc) / len(expert_acc)}  # fmt: skip
         row["paper"] = PAPER[name][ipc]
@@ -177,6 +184,12 @@ def _acc(res: dict | None) -> str:
     return f"{100 * res['mean']:.1f} ± {100 * res['std']:.1f}" if res else "-"
 
 
+def _transfer(r: dict) -> str:
+    """The mean over the other nets, the set's and the random real images', or '-' for rows run before it."""
+    cells = [r.get(k) for k in ("transfer", "random_real_transfer")]
+    return " / ".join("-" if c is None else "diverged" if "error" in c else f"{100 * c['mean']:.1f}" for c in cells)
+
+
 def _experts(e: dict | None) -> str:
     return f"{e['n']} x {e['epochs']} epochs ({100 * e['test_accuracy_mean']:.1f} %)" if e else "as above"
 
@@ -190,12 +203,12 @@ def table(results: Path = RESULTS) -> str:
         lines.append(f"\n**{path.stem}** ({where}, torch {m['torch']})\n")
         rows = [r for r in data["rows"] if r["part"] in ("distill", "texture")]
         if rows:
-            lines += ["| dataset | IPC | mode | MTT | random real | learned lr | experts | iterations | "
-                      "distill time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += ["| dataset | IPC | mode | MTT | random real | other nets: MTT / random real | learned lr | "
+                      "experts | iterations | distill time |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
             for r in rows:
                 lines.append(
                     f"| {r['dataset']} | {r['ipc']} | {'texture' if r['part'] == 'texture' else 'images'} | "
-                    f"{_acc(r['mtt'])} | {_acc(r.get('random_real'))} | "
+                    f"{_acc(r['mtt'])} | {_acc(r.get('random_real'))} | {_transfer(r)} | "
                     f"{r['learned_lr']:.4f} | {_experts(r.get('experts'))} | {r['iterations']} | "
                     f"{r['distill_s'] / 60:.1f} min |"
                 )
@@ -219,6 +232,8 @@ if __name__ == "__main__":
     p.add_argument("--parts", default="fashion,memory,texture,mnist5k")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--results", default=None, help="results directory (default benchmarks/results)")
+    p.add_argument("--ipc", type=int, nargs="+", default=[10, 1], help="the fashion and mnist5k parts' IPCs")
+    p.add_argument("--redo", action="store_true", help="run the selected IPC rows again, replacing their results")
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
     if args.table:
@@ -233,7 +248,8 @@ if __name__ == "__main__":
         for part in args.parts.split(","):
             t0 = time.perf_counter()
             if part in ("fashion", "mnist5k"):
-                dataset_part("fashion-mnist" if part == "fashion" else "mnist5k", results, prof, args.device)
+                name = "fashion-mnist" if part == "fashion" else "mnist5k"
+                dataset_part(name, results, prof, args.device, args.ipc, args.redo)
             elif part == "memory":
                 memory_part(results, prof, args.device)
             elif part == "texture":
