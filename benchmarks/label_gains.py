@@ -1,7 +1,8 @@
 """Which networks gain from learned labels? Gains over one-hot labels of the same 100 base images, per net.
 
     .venv/bin/python benchmarks/label_gains.py            # the teacher rows (about 20 min on 2 CPU cores)
-    .venv/bin/python benchmarks/label_gains.py --table    # the README table
+    .venv/bin/python benchmarks/label_gains.py --trajectory   # labels along one default run (about 8 min)
+    .venv/bin/python benchmarks/label_gains.py --table    # the README tables
 
 Label distillation (Bohdal et al. 2020) claims labels that help networks and optimisers they were not learned
 with. On mnist5k (100 base examples) the defaults matrix finds labels learned with LeNet far ahead of one-hot
@@ -15,6 +16,9 @@ net that learned the labels, and the net that is trained on them.
   on all training images labels the same base images with ``softmax(logits / T)`` (knowledge distillation's
   soft targets, Hinton et al. 2015).
 - The one-hot row (run here) is the base images with their classes: the reference of every gain.
+- Trajectory rows (``--trajectory``) follow one run with default flags (LeNet) and score its labels as they were
+  at a few iterations on every net, beside the validation accuracy the method's model selection saw there: does
+  transfer fall as the labels move away from one-hot, and which labels does the selection keep?
 
 Every cell is DC's protocol (SGD 0.01, momentum 0.9, 300 epochs, ConvNets at width 32) with fresh nets from seed
 100: 2 per net, except a learned row on its own net (the matrix's "DC protocol, own net" column: 5).
@@ -31,7 +35,8 @@ import torch
 from _common import RESULTS, TRANSFER_NETS, ResultFile, command_line
 
 import distilset as ds
-from distilset.methods.labels import LabelConfig, select_base, split_validation
+from distilset.methods.base import Context
+from distilset.methods.labels import LabelConfig, LabelDistillation, select_base, split_validation
 from distilset.nets import create_net
 from distilset.recipes import Standard
 from distilset.train import accuracy, fit
@@ -88,6 +93,38 @@ def run(args: argparse.Namespace) -> None:
                      "eval_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
 
 
+def trajectory(args: argparse.Namespace) -> None:
+    """Score the labels of one default run (LeNet, model selection on) at ``args.at`` iterations on every net."""
+    torch.set_num_threads(args.threads)
+    data = ds.load_dataset(args.dataset)
+    results = ResultFile(OUT, {"repeats": args.repeats, "teacher": "convnet width 32, " + repr(TEACHER)})
+    run = LabelDistillation(data, LabelConfig(base=args.base), Context(seed=0))
+    assert torch.equal(run.base_x, base_images(data, args.base)[0])  # the images of every other row
+    snapshots, checks, t0 = {}, [], time.perf_counter()
+    for i in range(max(args.at)):
+        metrics = run.step(i)
+        if "val_acc" in metrics:
+            checks.append({"iteration": i + 1, "val_acc": metrics["val_acc"]})
+        if i + 1 in args.at:
+            snapshots[i + 1] = (run.labels.detach().clone(), metrics.get("val_acc"))
+    distill_s = time.perf_counter() - t0
+    selected = run.synthetic_set().extra
+    print(f"distilled {max(args.at)} iterations in {distill_s:.0f} s; selection keeps iteration "
+          f"{selected['chosen_iteration']} (val {100 * selected['val_acc']:.1f} %)", flush=True)  # fmt: skip
+    for it, (y, val_acc) in snapshots.items():
+        key = {"dataset": args.dataset, "base": args.base, "labels": f"LeNet run, iteration {it}"}
+        if results.has(key):
+            continue
+        t0 = time.perf_counter()
+        nets = per_net(ds.SyntheticSet(run.base_x, y, data.info.class_names, data.info.norm), data, args.repeats)
+        print(key["labels"], {n: round(100 * v["mean"], 1) for n, v in nets.items()}, flush=True)
+        results.add({**key, "command": command_line(), "threads": torch.get_num_threads(), "iteration": it,
+                     "val_acc": val_acc, "chosen_iteration": selected["chosen_iteration"],
+                     "chosen_val_acc": selected["val_acc"], "checks": checks, "distill_s": round(distill_s, 1),
+                     "mean_top_label": y.max(1).values.mean().item(), "nets": nets,
+                     "eval_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
+
+
 def learned_rows(dataset: str) -> list[tuple[str, dict, str]]:
     """(learning net, accuracy per evaluating net, command) of the defaults matrix's labels rows on ``dataset``
     that were learned with one of the transfer nets: the own net from "DC protocol, own net", the rest from
@@ -125,7 +162,7 @@ def table(dataset: str = "mnist5k") -> str:
     for net, acc, _ in learned_rows(dataset):
         lines.append(f"| learned with {NAMES[net]} | {cells(acc, net)}")
     for r in mine:
-        if r["labels"] != "one-hot":
+        if r["labels"] != "one-hot" and "iteration" not in r:
             lines.append(f"| {r['labels']} (mean top entry {r['mean_top_label']:.2f}) | {cells(r['nets'], None)}")
     teacher = mine[0]["teacher_test_acc"]
     lines.append(
@@ -134,6 +171,37 @@ def table(dataset: str = "mnist5k") -> str:
         f"ConvNets at width 32. Teacher: ConvNet-3 width 32, Adam 1e-3, 15 epochs of all training images, "
         f"{100 * teacher:.1f} % test. Commands: `benchmarks/results/{OUT.name}` (teacher and one-hot rows), "
         f"`defaults.json` and `defaults-ablation.json` (learned rows)."
+    )
+    runs = [r for r in mine if "iteration" in r]
+    if runs:
+        lines += ["", trajectory_table(runs, one_hot, nets)]
+    return "\n".join(lines)
+
+
+def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str]) -> str:
+    """The labels of one default (LeNet) run at a few iterations, scored on every net."""
+    lines = [
+        "| iteration | validation accuracy (selection) | mean top entry | "
+        + " | ".join(NAMES[n] for n in nets)
+        + " | mean gain, nets other than LeNet |",
+        "|---|---|---|" + "---|" * len(nets) + "---|",
+    ]
+    for r in sorted(runs, key=lambda r: r["iteration"]):
+        acc = r["nets"]
+        gains = {n: 100 * (acc[n]["mean"] - one_hot[n]["mean"]) for n in nets}
+        others = [g for n, g in gains.items() if n != "lenet"]
+        chosen = " (kept)" if r["iteration"] == r["chosen_iteration"] else ""
+        cells = " | ".join(f"{100 * acc[n]['mean']:.1f} ({gains[n]:+.1f})" for n in nets)
+        lines.append(f"| {r['iteration']}{chosen} | {100 * r['val_acc']:.1f} | {r['mean_top_label']:.2f} | {cells} | "
+                     f"{sum(others) / len(others):+.1f} |")  # fmt: skip
+    r = runs[0]
+    best, last = max(r["checks"], key=lambda c: c["val_acc"]), r["checks"][-1]["iteration"]
+    lines.append(
+        f"\nOne run of `distilset distill labels --dataset mnist5k` (default flags, LeNet, {last} "
+        f"iterations, a validation check every {r['checks'][0]['iteration']}): its labels at each iteration, on the "
+        f"same 100 base images, DC's protocol, 2 fresh nets per cell, gain over one-hot labels in brackets. "
+        f"The selection keeps iteration {r['chosen_iteration']} ({100 * r['chosen_val_acc']:.1f} % validation; "
+        f"best check: iteration {best['iteration']}). Command: `benchmarks/results/{OUT.name}`."
     )
     return "\n".join(lines)
 
@@ -145,6 +213,11 @@ if __name__ == "__main__":
     p.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--table", action="store_true", help="print the markdown table and exit")
+    p.add_argument("--trajectory", action="store_true", help="score one default run's labels at --at iterations")
+    p.add_argument("--at", type=int, nargs="+", default=[100, 300, 1000, 3000], help="iterations (--trajectory)")
+    p.add_argument("--table", action="store_true", help="print the markdown tables and exit")
     args = p.parse_args()
-    print(table(args.dataset)) if args.table else run(args)
+    if args.table:
+        print(table(args.dataset))
+    else:
+        trajectory(args) if args.trajectory else run(args)
