@@ -1,7 +1,7 @@
 """Which networks gain from learned labels? Gains over one-hot labels of the same 100 base images, per net.
 
     .venv/bin/python benchmarks/label_gains.py            # the teacher rows (about 20 min on 2 CPU cores)
-    .venv/bin/python benchmarks/label_gains.py --trajectory   # labels along one default run (about 8 min)
+    .venv/bin/python benchmarks/label_gains.py --trajectory   # labels along one default run (about 11 min)
     .venv/bin/python benchmarks/label_gains.py --table    # the README tables
 
 Label distillation (Bohdal et al. 2020) claims labels that help networks and optimisers they were not learned
@@ -100,27 +100,34 @@ def trajectory(args: argparse.Namespace) -> None:
     results = ResultFile(OUT, {"repeats": args.repeats, "teacher": "convnet width 32, " + repr(TEACHER)})
     run = LabelDistillation(data, LabelConfig(base=args.base), Context(seed=0))
     assert torch.equal(run.base_x, base_images(data, args.base)[0])  # the images of every other row
+    net, every, total = run.cfg.net, run.cfg.val_every, max(args.at)
+    if any(it % every for it in args.at):
+        raise SystemExit(f"--at: every iteration must be a multiple of the validation interval ({every})")
+    keys = {it: {"dataset": args.dataset, "base": args.base, "labels": f"{NAMES[net]} run, iteration {it}"}
+            for it in args.at}  # fmt: skip
+    if all(results.has(key) for key in keys.values()):
+        return
     snapshots, checks, t0 = {}, [], time.perf_counter()
-    for i in range(max(args.at)):
+    for i in range(total):
         metrics = run.step(i)
         if "val_acc" in metrics:
             checks.append({"iteration": i + 1, "val_acc": metrics["val_acc"]})
         if i + 1 in args.at:
-            snapshots[i + 1] = (run.labels.detach().clone(), metrics.get("val_acc"))
+            snapshots[i + 1] = (run.labels.detach().clone(), metrics["val_acc"])
     distill_s = time.perf_counter() - t0
     selected = run.synthetic_set().extra
-    print(f"distilled {max(args.at)} iterations in {distill_s:.0f} s; selection keeps iteration "
+    print(f"distilled {total} iterations in {distill_s:.0f} s; selection keeps iteration "
           f"{selected['chosen_iteration']} (val {100 * selected['val_acc']:.1f} %)", flush=True)  # fmt: skip
     for it, (y, val_acc) in snapshots.items():
-        key = {"dataset": args.dataset, "base": args.base, "labels": f"LeNet run, iteration {it}"}
-        if results.has(key):
+        if results.has(keys[it]):
             continue
         t0 = time.perf_counter()
         nets = per_net(ds.SyntheticSet(run.base_x, y, data.info.class_names, data.info.norm), data, args.repeats)
-        print(key["labels"], {n: round(100 * v["mean"], 1) for n, v in nets.items()}, flush=True)
-        results.add({**key, "command": command_line(), "threads": torch.get_num_threads(), "iteration": it,
-                     "val_acc": val_acc, "chosen_iteration": selected["chosen_iteration"],
-                     "chosen_val_acc": selected["val_acc"], "checks": checks, "distill_s": round(distill_s, 1),
+        print(keys[it]["labels"], {n: round(100 * v["mean"], 1) for n, v in nets.items()}, flush=True)
+        results.add({**keys[it], "command": command_line(), "threads": torch.get_num_threads(), "iteration": it,
+                     "net": net, "iterations": total, "val_every": every, "val_acc": val_acc,
+                     "chosen_iteration": selected["chosen_iteration"], "chosen_val_acc": selected["val_acc"],
+                     "checks": checks, "distill_s": round(distill_s, 1),
                      "mean_top_label": y.max(1).values.mean().item(), "nets": nets,
                      "eval_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
 
@@ -142,66 +149,70 @@ def learned_rows(dataset: str) -> list[tuple[str, dict, str]]:
     return rows
 
 
+def _gains(acc: dict, one_hot: dict, nets: list[str], own: str | None, lenet_column: bool = True) -> str:
+    """Cells "accuracy (gain)" per net, then the mean gain over the nets but ``own`` and over the nets but LeNet."""
+    gains = {n: 100 * (acc[n]["mean"] - one_hot[n]["mean"]) for n in nets}
+    cells = " | ".join(f"{100 * acc[n]['mean']:.1f} ({gains[n]:+.1f})" + (" own" if n == own else "") for n in nets)
+    others = [g for n, g in gains.items() if n != own]
+    not_lenet = [g for n, g in gains.items() if n != "lenet"]
+    row = f"{cells} | {sum(others) / len(others):+.1f} |"
+    return row + f" {sum(not_lenet) / len(not_lenet):+.1f} |" if lenet_column else row
+
+
 def table(dataset: str = "mnist5k") -> str:
     data = json.loads(OUT.read_text())
     mine = [r for r in data["rows"] if r["dataset"] == dataset]
     one_hot = next(r for r in mine if r["labels"] == "one-hot")["nets"]
     nets = list(TRANSFER_NETS)
+    means = " | mean gain, nets other than the learning net | mean gain, nets other than LeNet |"
     lines = [
-        "| labels | " + " | ".join(NAMES[n] for n in nets) + " | mean gain, nets other than the learning net |",
-        "|---|" + "---|" * len(nets) + "---|",
-        "| one-hot (reference) | " + " | ".join(f"{100 * one_hot[n]['mean']:.1f}" for n in nets) + " | |",
+        "| labels | " + " | ".join(NAMES[n] for n in nets) + means,
+        "|---|" + "---|" * len(nets) + "---|---|",
+        "| one-hot (reference) | " + " | ".join(f"{100 * one_hot[n]['mean']:.1f}" for n in nets) + " | | |",
     ]
-
-    def cells(acc: dict, own: str | None) -> str:
-        gains = {n: 100 * (acc[n]["mean"] - one_hot[n]["mean"]) for n in nets}
-        others = [g for n, g in gains.items() if n != own]
-        row = " | ".join(f"{100 * acc[n]['mean']:.1f} ({gains[n]:+.1f})" + (" own" if n == own else "") for n in nets)
-        return f"{row} | {sum(others) / len(others):+.1f} |"
-
     for net, acc, _ in learned_rows(dataset):
-        lines.append(f"| learned with {NAMES[net]} | {cells(acc, net)}")
-    for r in mine:
-        if r["labels"] != "one-hot" and "iteration" not in r:
-            lines.append(f"| {r['labels']} (mean top entry {r['mean_top_label']:.2f}) | {cells(r['nets'], None)}")
-    teacher = mine[0]["teacher_test_acc"]
+        lines.append(f"| learned with {NAMES[net]} | {_gains(acc, one_hot, nets, net)}")
+    teachers = [r for r in mine if "teacher_test_acc" in r and r["labels"] != "one-hot"]
+    for r in teachers:  # the teacher is a ConvNet-3: its own net
+        lines.append(f"| {r['labels']} (mean top entry {r['mean_top_label']:.2f}) | "
+                     f"{_gains(r['nets'], one_hot, nets, 'convnet')}")  # fmt: skip
+    teacher = teachers[0]["teacher_test_acc"] if teachers else float("nan")
     lines.append(
         f"\nTest accuracy (%) on {dataset} and, in brackets, the gain over the same 100 base images with one-hot "
         f"labels; DC's protocol, 2 fresh nets per cell (5 for a learned row on its own net, marked 'own'), "
-        f"ConvNets at width 32. Teacher: ConvNet-3 width 32, Adam 1e-3, 15 epochs of all training images, "
-        f"{100 * teacher:.1f} % test. Commands: `benchmarks/results/{OUT.name}` (teacher and one-hot rows), "
+        f"ConvNets at width 32. Teacher: ConvNet-3 width 32 (its own net), Adam 1e-3, 15 epochs of all training "
+        f"images, {100 * teacher:.1f} % test. Commands: `benchmarks/results/{OUT.name}` (teacher and one-hot rows), "
         f"`defaults.json` and `defaults-ablation.json` (learned rows)."
     )
     runs = [r for r in mine if "iteration" in r]
     if runs:
-        lines += ["", trajectory_table(runs, one_hot, nets)]
+        lines += ["", trajectory_table(runs, one_hot, nets, dataset)]
     return "\n".join(lines)
 
 
-def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str]) -> str:
-    """The labels of one default (LeNet) run at a few iterations, scored on every net."""
+def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str], dataset: str) -> str:
+    """The labels of one default run at a few iterations, scored on every net."""
+    r = runs[0]
     lines = [
         "| iteration | validation accuracy (selection) | mean top entry | "
         + " | ".join(NAMES[n] for n in nets)
-        + " | mean gain, nets other than LeNet |",
+        + f" | mean gain, nets other than {NAMES[r['net']]} |",
         "|---|---|---|" + "---|" * len(nets) + "---|",
     ]
-    for r in sorted(runs, key=lambda r: r["iteration"]):
-        acc = r["nets"]
-        gains = {n: 100 * (acc[n]["mean"] - one_hot[n]["mean"]) for n in nets}
-        others = [g for n, g in gains.items() if n != "lenet"]
-        chosen = " (kept)" if r["iteration"] == r["chosen_iteration"] else ""
-        cells = " | ".join(f"{100 * acc[n]['mean']:.1f} ({gains[n]:+.1f})" for n in nets)
-        lines.append(f"| {r['iteration']}{chosen} | {100 * r['val_acc']:.1f} | {r['mean_top_label']:.2f} | {cells} | "
-                     f"{sum(others) / len(others):+.1f} |")  # fmt: skip
-    r = runs[0]
-    best, last = max(r["checks"], key=lambda c: c["val_acc"]), r["checks"][-1]["iteration"]
+    for t in sorted(runs, key=lambda t: t["iteration"]):
+        kept = " (kept)" if t["iteration"] == t["chosen_iteration"] else ""
+        lines.append(f"| {t['iteration']}{kept} | {100 * t['val_acc']:.1f} | {t['mean_top_label']:.2f} | "
+                     f"{_gains(t['nets'], one_hot, nets, t['net'], lenet_column=False)}")  # fmt: skip
+    best = max(r["checks"], key=lambda c: c["val_acc"])
     lines.append(
-        f"\nOne run of `distilset distill labels --dataset mnist5k` (default flags, LeNet, {last} "
-        f"iterations, a validation check every {r['checks'][0]['iteration']}): its labels at each iteration, on the "
-        f"same 100 base images, DC's protocol, 2 fresh nets per cell, gain over one-hot labels in brackets. "
-        f"The selection keeps iteration {r['chosen_iteration']} ({100 * r['chosen_val_acc']:.1f} % validation; "
-        f"best check: iteration {best['iteration']}). Command: `benchmarks/results/{OUT.name}`."
+        f"\nOne run of `distilset distill labels --dataset {dataset}` (default flags, {NAMES[r['net']]}, "
+        f"{r['iterations']} iterations, a validation check every {r['val_every']}): its labels at each iteration, "
+        f"on the same 100 base images, DC's protocol, 2 fresh nets per cell, gain over one-hot labels in brackets. "
+        f"Validation accuracy: the method's own check (one fresh net, its retraining, the held-out training "
+        f"images). The selection keeps iteration {r['chosen_iteration']} ({100 * r['chosen_val_acc']:.1f} % "
+        f"validation; best of {len(r['checks'])} checks: iteration {best['iteration']}); the row of the kept "
+        f"iteration holds the same labels as the 'learned with' row of that net above (scored there with 5 nets "
+        f"on its own net). Command: `benchmarks/results/{OUT.name}`."
     )
     return "\n".join(lines)
 
