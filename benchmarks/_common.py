@@ -97,6 +97,18 @@ def rows_on_ray(fn, jobs: list[tuple], results: ResultFile, ray: bool | str | No
 
 # The other nets of every benchmark's transfer column (LeNet, an MLP, ConvNet-3 with instance and with batch
 # norm; the ConvNets at width 32 to fit the CPU).
+def cli_flags(options: dict) -> str:
+    """The ``distilset distill`` flags of a method's ``options``, each with a leading space (``net_kwargs`` as
+    repeated ``--net-arg KEY=VALUE``): how a benchmark row writes down the command it stands for."""
+    flags = []
+    for k, v in options.items():
+        if k == "net_kwargs":
+            flags += [f" --net-arg {key}={value}" for key, value in v.items()]
+        else:
+            flags.append(f" --{k.replace('_', '-')} {v}")
+    return "".join(flags)
+
+
 TRANSFER_NETS = {"lenet": {}, "mlp": {}, "convnet": {"width": 32}, "convnet-bn": {"width": 32}}
 
 

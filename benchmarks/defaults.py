@@ -44,7 +44,17 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, TRANSFER_NETS, ResultFile, add_ray_args, command_line, ray_arg, rows_on_ray, transfer
+from _common import (
+    RESULTS,
+    TRANSFER_NETS,
+    ResultFile,
+    add_ray_args,
+    cli_flags,
+    command_line,
+    ray_arg,
+    rows_on_ray,
+    transfer,
+)
 
 import distilset as ds
 from distilset.io import write_text
@@ -100,17 +110,6 @@ def score(syn: ds.SyntheticSet, data: ds.Dataset, repeats: int) -> dict:
     return out
 
 
-def _flags(options: dict) -> str:
-    """The command-line flags of ``options`` (``net_kwargs`` as repeated ``--net-arg KEY=VALUE``)."""
-    flags = []
-    for k, v in options.items():
-        if k == "net_kwargs":
-            flags += [f" --net-arg {key}={value}" for key, value in v.items()]
-        else:
-            flags.append(f" --{k.replace('_', '-')} {v}")
-    return "".join(flags)
-
-
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     settings = {"repeats": args.repeats, "protocol": "default flags only; see benchmarks/defaults.py"}
@@ -135,7 +134,7 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
     key = {"dataset": name, "method": method, **({"ablation": what} if what else {})}
     out = WORK / f"{name}-{method}{'-ablation' if what else ''}"
     shutil.rmtree(out, ignore_errors=True)
-    command = f"distilset distill {method} --dataset {name}{_flags(options)} --out {shlex.quote(str(out))}"
+    command = f"distilset distill {method} --dataset {name}{cli_flags(options)} --out {shlex.quote(str(out))}"
     print(f"== {command}", flush=True)
     t0 = time.perf_counter()
     syn = ds.distill(method, data, out=out, log=print, **options)

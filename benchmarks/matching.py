@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ResultFile, command_line, machine
+from _common import RESULTS, ResultFile, cli_flags, command_line, machine
 
 import distilset as ds
 
@@ -136,16 +136,6 @@ def rescore(args: argparse.Namespace) -> None:
         results.save()
 
 
-def _flags(options: dict) -> str:
-    parts = []
-    for k, v in options.items():
-        if k == "net_kwargs":
-            parts += [f"--net-arg {a}={b}" for a, b in v.items()]
-        else:
-            parts.append(f"--{k.replace('_', '-')} {v}")
-    return "".join(" " + p for p in parts)
-
-
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     settings = {"repeats": args.repeats, "protocol": "see benchmarks/matching.py"}
@@ -164,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
             command = f"distilset baseline random --dataset {name} --ipc {options['ipc']} --seed 0"
         else:
             shutil.rmtree(out, ignore_errors=True)
-            command = (f"distilset distill {method} --dataset {name} --iterations {iterations}{_flags(options)} "
+            command = (f"distilset distill {method} --dataset {name} --iterations {iterations}{cli_flags(options)} "
                        f"--out {shlex.quote(str(out))}")  # fmt: skip
             print(f"== {command}", flush=True)
             syn = ds.distill(method, data, iterations=iterations, out=out, **options)
