@@ -95,20 +95,23 @@ def rows_on_ray(fn, jobs: list[tuple], results: ResultFile, ray: bool | str | No
     run_jobs(fn, jobs, ray=ray, on_done=lambda i, row: results.add(row))
 
 
-# The other nets of every benchmark's transfer column (LeNet, an MLP, ConvNet-3 with instance and with batch
-# norm; the ConvNets at width 32 to fit the CPU).
 def cli_flags(options: dict) -> str:
     """The ``distilset distill`` flags of a method's ``options``, each with a leading space (``net_kwargs`` as
     repeated ``--net-arg KEY=VALUE``): how a benchmark row writes down the command it stands for."""
     flags = []
     for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
         if k == "net_kwargs":
-            flags += [f" --net-arg {key}={value}" for key, value in v.items()]
+            flags += [f" --net-arg {shlex.quote(f'{key}={value}')}" for key, value in v.items()]
+        elif isinstance(v, bool):  # the CLI's booleans are --flag / --no-flag
+            flags.append(f" {flag}" if v else f" --no-{flag[2:]}")
         else:
-            flags.append(f" --{k.replace('_', '-')} {v}")
+            flags.append(f" {flag} {shlex.quote(str(v))}")
     return "".join(flags)
 
 
+# The other nets of every benchmark's transfer column (LeNet, an MLP, ConvNet-3 with instance and with batch
+# norm; the ConvNets at width 32 to fit the CPU).
 TRANSFER_NETS = {"lenet": {}, "mlp": {}, "convnet": {"width": 32}, "convnet-bn": {"width": 32}}
 
 

@@ -38,8 +38,8 @@ from distilset.train import accuracy, replay
 
 PRESETS = ds.get_method("dd").presets
 
-# Full MNIST: Wang et al. 2018 (Figure 1) for fixed10 / random100; Sucholutsky & Schonlau 2021 (abstract: "over
-# 96 %" with 10 images, "almost 92 %" with 5) for the soft-label rows, shown as such in the table.
+# Full MNIST: Wang et al. 2018 (the authors' project page) for fixed10 / random100; Sucholutsky & Schonlau 2021
+# (abstract: "over 96 %" with 10 images, "almost 92 %" with 5) for the soft-label rows, shown as such.
 PAPER = {"fixed10": 93.8, "random100": 79.5, "soft10": 96.0, "soft5": 92.0}
 PAPER_SHOWN = {"soft10": "over 96", "soft5": "almost 92"}
 SHORT = {"mnist5k": "mnist5k", "fashion-mnist": "fashion"}  # datasets with dd-<short>-fixed/-random presets

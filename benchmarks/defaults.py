@@ -219,7 +219,7 @@ def table(path: Path = OUT) -> str:
         f"{m['cores']} CPU cores, torch "
         f"{m['torch']}, 2 threads unless a row is marked '1 thread' (a Ray task each, two side by side, or "
         f"`--threads 1` beside another job), "
-        f"{m['date']}. Commands: the `command` of each row in "
+        f"file last written {m['date']} (rows run on several days up to then). Commands: the `command` of each row in "
         f"`benchmarks/results/{path.name}`."
     )
     return "\n".join(lines)

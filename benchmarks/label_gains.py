@@ -98,9 +98,12 @@ def trajectory(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = ds.load_dataset(args.dataset)
     results = ResultFile(OUT, {"repeats": args.repeats, "teacher": "convnet width 32, " + repr(TEACHER)})
-    run = LabelDistillation(data, LabelConfig(base=args.base), Context(seed=0))
-    assert torch.equal(run.base_x, base_images(data, args.base)[0])  # the images of every other row
-    net, every, total = run.cfg.net, run.cfg.val_every, max(args.at)
+    distiller = LabelDistillation(data, LabelConfig(base=args.base), Context(seed=0))
+    if not torch.equal(distiller.base_x, base_images(data, args.base)[0]):
+        raise SystemExit("the run's base images differ from the other rows': the rows would not compare")
+    net, every, total = distiller.cfg.net, distiller.cfg.val_every, max(args.at)
+    if total > distiller.cfg.default_iterations(data):
+        raise SystemExit(f"--at: at most the default budget ({distiller.cfg.default_iterations(data)} iterations)")
     if any(it % every for it in args.at):
         raise SystemExit(f"--at: every iteration must be a multiple of the validation interval ({every})")
     keys = {it: {"dataset": args.dataset, "base": args.base, "labels": f"{NAMES[net]} run, iteration {it}"}
@@ -109,20 +112,20 @@ def trajectory(args: argparse.Namespace) -> None:
         return
     snapshots, checks, t0 = {}, [], time.perf_counter()
     for i in range(total):
-        metrics = run.step(i)
+        metrics = distiller.step(i)
         if "val_acc" in metrics:
             checks.append({"iteration": i + 1, "val_acc": metrics["val_acc"]})
         if i + 1 in args.at:
-            snapshots[i + 1] = (run.labels.detach().clone(), metrics["val_acc"])
+            snapshots[i + 1] = (distiller.labels.detach().clone(), metrics["val_acc"])
     distill_s = time.perf_counter() - t0
-    selected = run.synthetic_set().extra
+    selected = distiller.synthetic_set().extra
     print(f"distilled {total} iterations in {distill_s:.0f} s; selection keeps iteration "
           f"{selected['chosen_iteration']} (val {100 * selected['val_acc']:.1f} %)", flush=True)  # fmt: skip
     for it, (y, val_acc) in snapshots.items():
         if results.has(keys[it]):
             continue
         t0 = time.perf_counter()
-        nets = per_net(ds.SyntheticSet(run.base_x, y, data.info.class_names, data.info.norm), data, args.repeats)
+        nets = per_net(ds.SyntheticSet(distiller.base_x, y, data.info.class_names, data.info.norm), data, args.repeats)
         print(keys[it]["labels"], {n: round(100 * v["mean"], 1) for n, v in nets.items()}, flush=True)
         results.add({**keys[it], "command": command_line(), "threads": torch.get_num_threads(), "iteration": it,
                      "net": net, "iterations": total, "val_every": every, "val_acc": val_acc,
@@ -162,15 +165,18 @@ def _gains(acc: dict, one_hot: dict, nets: list[str], own: str | None, lenet_col
 def table(dataset: str = "mnist5k") -> str:
     data = json.loads(OUT.read_text())
     mine = [r for r in data["rows"] if r["dataset"] == dataset]
-    one_hot = next(r for r in mine if r["labels"] == "one-hot")["nets"]
-    nets = list(TRANSFER_NETS)
+    found = [r for r in mine if r["labels"] == "one-hot"]
+    if not found:
+        raise SystemExit(f"no one-hot row for {dataset}: run `benchmarks/label_gains.py --dataset {dataset}` first")
+    one_hot, nets = found[0]["nets"], list(TRANSFER_NETS)
     means = " | mean gain, nets other than the learning net | mean gain, nets other than LeNet |"
     lines = [
         "| labels | " + " | ".join(NAMES[n] for n in nets) + means,
         "|---|" + "---|" * len(nets) + "---|---|",
         "| one-hot (reference) | " + " | ".join(f"{100 * one_hot[n]['mean']:.1f}" for n in nets) + " | | |",
     ]
-    for net, acc, _ in learned_rows(dataset):
+    learned = learned_rows(dataset)
+    for net, acc, _ in learned:
         lines.append(f"| learned with {NAMES[net]} | {_gains(acc, one_hot, nets, net)}")
     teachers = [r for r in mine if "teacher_test_acc" in r and r["labels"] != "one-hot"]
     for r in teachers:  # the teacher is a ConvNet-3: its own net
@@ -186,13 +192,18 @@ def table(dataset: str = "mnist5k") -> str:
     )
     runs = [r for r in mine if "iteration" in r]
     if runs:
-        lines += ["", trajectory_table(runs, one_hot, nets, dataset)]
+        lines += ["", trajectory_table(runs, one_hot, nets, dataset, learned)]
     return "\n".join(lines)
 
 
-def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str], dataset: str) -> str:
+def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str], dataset: str, learned: list) -> str:
     """The labels of one default run at a few iterations, scored on every net."""
     r = runs[0]
+    kept = next((t for t in runs if t["iteration"] == r["chosen_iteration"]), None)
+    same = kept is not None and any(  # the same labels score the same runs on every net but the own one
+        net == r["net"] and all(acc[n]["runs"] == kept["nets"][n]["runs"] for n in nets if n != net)
+        for net, acc, _ in learned
+    )
     lines = [
         "| iteration | validation accuracy (selection) | mean top entry | "
         + " | ".join(NAMES[n] for n in nets)
@@ -205,14 +216,20 @@ def trajectory_table(runs: list[dict], one_hot: dict, nets: list[str], dataset: 
                      f"{_gains(t['nets'], one_hot, nets, t['net'], lenet_column=False)}")  # fmt: skip
     best = max(r["checks"], key=lambda c: c["val_acc"])
     lines.append(
-        f"\nOne run of `distilset distill labels --dataset {dataset}` (default flags, {NAMES[r['net']]}, "
-        f"{r['iterations']} iterations, a validation check every {r['val_every']}): its labels at each iteration, "
+        f"\nOne run as `distilset distill labels --dataset {dataset}` makes it (default settings and seed, "
+        f"{NAMES[r['net']]}, {r['iterations']} iterations, a validation check every {r['val_every']}; the script "
+        f"steps the method itself to read the labels on the way): its labels at each iteration, "
         f"on the same 100 base images, DC's protocol, 2 fresh nets per cell, gain over one-hot labels in brackets. "
         f"Validation accuracy: the method's own check (one fresh net, its retraining, the held-out training "
         f"images). The selection keeps iteration {r['chosen_iteration']} ({100 * r['chosen_val_acc']:.1f} % "
-        f"validation; best of {len(r['checks'])} checks: iteration {best['iteration']}); the row of the kept "
-        f"iteration holds the same labels as the 'learned with' row of that net above (scored there with 5 nets "
-        f"on its own net). Command: `benchmarks/results/{OUT.name}`."
+        f"validation; best of {len(r['checks'])} checks: iteration {best['iteration']})"
+        + (
+            "; the kept labels score exactly as the 'learned with' row of that net above on the other nets (that "
+            "row scores its own net with 5 nets)"
+            if same
+            else ""
+        )
+        + f". Command: `benchmarks/results/{OUT.name}`."
     )
     return "\n".join(lines)
 
