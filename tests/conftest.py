@@ -22,6 +22,18 @@ def digits():
     return ds.load_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def digits_teacher(digits, tmp_path_factory):
+    """The default teacher of the digits (``distilset teacher --dataset digits``), trained once per test worker:
+    its directory."""
+    from distilset.teachers import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    torch.set_num_threads(THREADS)
+    train_teacher(digits, out, overwrite=True)
+    return out
+
+
 # `make test` runs two pytest workers (pytest-xdist), one per core: each trains with one thread, and so do the
 # subprocesses its tests start; a plain `pytest` uses both cores in one process.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -64,35 +64,36 @@ SHARDED = {
     "kip": {"ipc": 1, "target_batch": 100},
     "frepo": {"ipc": 1, "target_batch": 101, "pool": 2},  # an odd batch: the ranks' shares differ in size
     "mtt": {"ipc": 1, "syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 1, "trajectories": 2},
+    "sre2l": {"ipc": 2, "batch_classes": 4},  # batches of 4 classes: each batch spans both ranks' classes
 }
 SCRIPT = """
 import sys, distilset as ds
 from distilset.distributed import init_from_env
 init_from_env("cpu")
-out, experts, settings = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+out, settings = sys.argv[1], eval(sys.argv[2])
 data = ds.load_dataset("digits")
-for method, options in settings.items():
-    extra = {"experts_dir": experts} if method == "mtt" else {}
+for method, (options, extra) in settings.items():
     ds.distill(method, data, iterations=3, out=f"{out}/{method}", **options, **extra)
 """
 
 
 @pytest.mark.heavy
-def test_every_data_parallel_method_on_two_processes_gives_the_set_of_one(tmp_path, digits):
+def test_every_data_parallel_method_on_two_processes_gives_the_set_of_one(tmp_path, digits, digits_teacher):
     experts = tmp_path / "experts"
     ds.train_experts(digits, experts, 2, ds.ExpertConfig(epochs=2))
+    given = {"mtt": {"experts_dir": str(experts)}, "sre2l": {"teacher": str(digits_teacher)}}
+    settings = {method: (options, given.get(method, {})) for method, options in SHARDED.items()}
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([*launcher, str(script), str(tmp_path / "two"), str(experts), repr(SHARDED)],
+    two = subprocess.run([*launcher, str(script), str(tmp_path / "two"), repr(settings)],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr
-    for method, options in SHARDED.items():
-        extra = {"experts_dir": str(experts)} if method == "mtt" else {}
+    for method, (options, extra) in settings.items():
         one = ds.distill(method, digits, iterations=3, **options, **extra)
         other = ds.SyntheticSet.load(tmp_path / "two" / method)
-        start = digits.train_x[digits.sample_per_class(1, torch.Generator().manual_seed(0))]
+        start = digits.train_x[digits.sample_per_class(options["ipc"], torch.Generator().manual_seed(0))]
         assert (one.images - start).abs().max() > 1e-3, method  # the set did move
         assert (one.images - other.images).abs().max() < 1e-5, method
         assert (one.labels - other.labels).abs().max() < 1e-5, method
@@ -110,6 +111,8 @@ def test_settings_that_leave_a_rank_idle_are_refused_before_touching_out(tmp_pat
         ds.distill("mtt", digits, iterations=1, out=tmp_path, overwrite=True, trajectories=2)
     with pytest.raises(ds.ConfigError, match=r"target_batch.? 1 leaves some of the 2 processes no targets"):
         ds.distill("kip", digits, iterations=1, out=tmp_path, overwrite=True, target_batch=1)
+    with pytest.raises(ds.ConfigError, match=r"under torchrun the processes read a trained teacher"):
+        ds.distill("sre2l", digits, iterations=1, out=tmp_path, overwrite=True)
     assert (tmp_path / "synset.json").exists()
 
 

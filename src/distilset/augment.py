@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -160,3 +161,83 @@ def toroidal_crop(canvas: torch.Tensor, size: tuple[int, int], seed: int) -> tor
     dx = torch.randint(wc, (n,), generator=g).tolist()
     crops = [torch.roll(canvas[i], shifts=(-dy[i], -dx[i]), dims=(-2, -1))[:, :h, :w] for i in range(n)]
     return torch.stack(crops)
+
+
+# ---- the views of the teacher recipe (SRe2L / RDED evaluation; FKD's relabelled crops) -----------------------------
+def random_boxes(
+    n: int, size: tuple[int, int], scale: tuple[float, float], g: torch.Generator, ratio=(3 / 4, 4 / 3), tries: int = 10
+) -> torch.Tensor:
+    """``n`` crop boxes (top, left, height, width), in pixels, drawn as torchvision's ``RandomResizedCrop`` draws
+    them: an area share in ``scale`` and a log-uniform aspect ratio in ``ratio``, up to ``tries`` draws per box
+    until one fits, else the central crop of the largest box of an allowed ratio; its position uniform."""
+    h, w = size
+    area = h * w
+    shares = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=g) * area
+    log_r = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    r = log_r.exp()
+    bw, bh = (shares * r).sqrt().round(), (shares / r).sqrt().round()
+    fits = (bw >= 1) & (bw <= w) & (bh >= 1) & (bh <= h)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    ch, cw = bh[rows, first.clamp_min(0)], bw[rows, first.clamp_min(0)]
+    fh, fw = float(h), float(w)  # no draw fits: the whole image, cut to the nearest allowed ratio, centred
+    if w / h < ratio[0]:
+        fh = float(round(w / ratio[0]))
+    elif w / h > ratio[1]:
+        fw = float(round(h * ratio[1]))
+    none = first < 0
+    ch, cw = torch.where(none, torch.tensor(fh), ch), torch.where(none, torch.tensor(fw), cw)
+    u = torch.rand(n, 2, generator=g)
+    top = torch.where(none, ((h - ch) / 2).floor(), (u[:, 0] * (h - ch + 1)).floor())
+    left = torch.where(none, ((w - cw) / 2).floor(), (u[:, 1] * (w - cw + 1)).floor())
+    return torch.stack([top, left, ch, cw], 1)
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Each image of ``x`` (N, C, H, W) cropped to its box (top, left, height, width, in pixels) and resized
+    bilinearly to ``size`` (default: the input size), in one batched ``grid_sample``; differentiable in ``x``."""
+    n, _, h, w = x.shape
+    size = size or (h, w)
+    b = boxes.to(x.device, x.dtype)
+    top, left, bh, bw = b.unbind(1)
+    # affine_grid maps output [-1, 1] to input coordinates (align_corners=False: pixel edges at -1 and 1)
+    sx, sy = bw / w, bh / h
+    tx, ty = (2 * left + bw) / w - 1, (2 * top + bh) / h - 1
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+    grid = F.affine_grid(theta, [n, x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+
+
+def cutmix(x: torch.Tensor, g: torch.Generator, beta: float = 1.0) -> torch.Tensor:
+    """CutMix (Yun et al. 2019) as SRe2L's and RDED's student training apply it to every batch: one box of area
+    share ``1 - lam`` (lam ~ Beta(beta, beta)) pasted from a shuffled copy of the batch. No label mixing: the teacher
+    labels the mixed image itself."""
+    n, _, h, w = x.shape
+    lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(beta, beta))
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    perm = torch.randperm(n, generator=g).to(x.device)
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    return out
+
+
+def shuffle_patches(x: torch.Tensor, factor: int, g: torch.Generator) -> torch.Tensor:
+    """RDED's patch shuffle: the image cut into ``factor`` strips of columns, permuted, then into ``factor`` strips
+    of rows, permuted (one permutation per batch); a stitched image's patches move as wholes."""
+    if factor <= 1:
+        return x
+    cols = torch.randperm(factor, generator=g).tolist()
+    x = torch.cat([x.tensor_split(factor, dim=3)[i] for i in cols], 3)
+    rows = torch.randperm(factor, generator=g).tolist()
+    return torch.cat([x.tensor_split(factor, dim=2)[i] for i in rows], 2)

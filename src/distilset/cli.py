@@ -33,11 +33,12 @@ from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, 
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import preset_of
-from distilset.recipes import Standard
+from distilset.recipes import Standard, Teacher
 from distilset.report import report
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
 from distilset.teach import SYSTEMS, teach
+from distilset.teachers import TeacherConfig, load_teacher, train_teacher
 
 DISTILL_DESCRIPTION = (
     "Distill a dataset into a small synthetic set with METHOD. Not sure which? On a laptop CPU start with dm: the "
@@ -102,13 +103,17 @@ def _help(spec: FieldSpec, flags: Mapping[str, str], default_text: str | None) -
     return f"{doc} (default: {default})".replace("%", "%%")
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None) -> None:
+def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None,
+                       skip: tuple[str, ...] = ()) -> None:  # fmt: skip
     """One option per field of the config class ``cls``; only options given on the line reach the namespace.
 
-    ``default_text`` replaces the field defaults in the help (e.g. evaluate: "the set's recipe")."""
+    ``default_text`` replaces the field defaults in the help (e.g. evaluate: "the set's recipe"); ``skip``: fields
+    another group of the same parser already declares."""
     group = parser.add_argument_group(title)
     flags = flags_of(cls)
     for spec in field_specs(cls):
+        if spec.name in skip:
+            continue
         kw: dict = {"dest": spec.name, "default": argparse.SUPPRESS, "help": _help(spec, flags, default_text)}
         if spec.base is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -226,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
         repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json, ray=_ray_of(args),
-        **config_options(args, Standard),
+        teacher=_teacher_of(args), **_recipe_options(args),
     )  # fmt: skip
     if args.save:
         record_evaluation(args.dir, result)
@@ -246,8 +251,8 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
         raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     results = evaluate_nets(syn, data, nets, protocol=args.protocol, repeats=args.repeats, seed=args.seed,
-                            device=args.device, progress=not args.json, ray=_ray_of(args),
-                            **config_options(args, Standard))  # fmt: skip
+                            device=args.device, progress=not args.json, ray=_ray_of(args), teacher=_teacher_of(args),
+                            **_recipe_options(args))  # fmt: skip
     own = (syn.net or {}).get("name", "convnet")
     transfer = transfer_accuracy(results, own)
     if args.save:
@@ -265,6 +270,24 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
         print(f"| {r.net + mark:<16} | {r.protocol:<8} | {acc:>13} | {r.settings.get('recipe_text', '')} |")
     if transfer is not None:
         print(f"transfer: {100 * transfer:.2f} % mean over the {sum(r.net != own for r in results)} other net(s)")
+    return 0
+
+
+def _teacher_of(args: argparse.Namespace):
+    return load_teacher(args.teacher, args.device) if args.teacher is not None else None
+
+
+def _recipe_options(args: argparse.Namespace) -> dict:
+    """The training options given to ``evaluate``: fields of the standard recipe, or of the teacher recipe."""
+    return {**config_options(args, Standard), **config_options(args, Teacher)}
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    data = _load(args, zca=args.zca)
+    teacher = train_teacher(data, args.out, TeacherConfig(**config_options(args, TeacherConfig)), seed=args.seed,
+                            device=args.device, resume=args.resume, overwrite=args.overwrite, progress=True,
+                            log=print)  # fmt: skip
+    print(f"wrote {teacher.describe()} to {args.out}")
     return 0
 
 
@@ -298,7 +321,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         method.name, data, iterations=args.iterations, out=args.out, seed=args.seed, device=args.device,
         resume=args.resume, overwrite=args.overwrite, progress=True, checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every, preset=args.preset, log=print, data_root=args.data_root,
-        download=args.download, **config_options(args, method.config),
+        download=args.download, ray=_ray_of(args) if method.ray else None, **config_options(args, method.config),
     )  # fmt: skip
     if not current().writer:  # data-parallel: rank 0 reports
         return 0
@@ -334,8 +357,9 @@ def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     shared.add_argument("--out", required=True, help="output directory (set, grid.png, history.json, checkpoint/)")
     presets = ", ".join(method.presets) or "none"
     shared.add_argument("--preset", default=None, help=f"named settings of the papers: {presets}")
+    budget = method.config.ITERATIONS_HELP or method.config.ITERATIONS
     shared.add_argument("--iterations", type=int, default=None,
-                        help=f"outer iterations (default: the preset's, else {method.config.ITERATIONS})")  # fmt: skip
+                        help=f"outer iterations (default: the preset's, else {budget})")  # fmt: skip
     _add_run_args(shared)
     shared.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     shared.add_argument("--overwrite", action="store_true",
@@ -345,6 +369,8 @@ def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
                         help="record accuracy every N iterations on held-out training images (not test)")  # fmt: skip
     shared.add_argument("--evaluate", type=int, default=0, metavar="R",
                         help="after distilling, train R fresh nets by the set's recipe and report")  # fmt: skip
+    if method.ray:
+        _add_ray_arg(shared, "the method's independent parts run as Ray tasks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     add_config_options(p, ExpertConfig, "expert training")
     p.set_defaults(func=cmd_experts, flags=_flags_of_parser(p))
+
+    p = sub.add_parser("teacher", help="train a teacher for the teacher recipe and sre2l/rded (SRe2L's squeeze)",
+                       description="Train a teacher on all training images: the network whose soft labels the "
+                                   "teacher recipe distils (`evaluate --teacher DIR`, `distill sre2l|rded --teacher "
+                                   "DIR`).")  # fmt: skip
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="teacher directory (teacher.safetensors, teacher.json, checkpoint/)")
+    p.add_argument("--zca", action="store_true", help="train on ZCA-whitened data")
+    p.add_argument("--resume", action="store_true", help="continue the teacher in --out from its last epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace the teacher or run already in --out")
+    _add_run_args(p)
+    add_config_options(p, TeacherConfig, "teacher training")
+    p.set_defaults(func=cmd_teacher, flags=_flags_of_parser(p))
 
     p = sub.add_parser("distill", help="distill a dataset into a small synthetic set with METHOD",
                        description=DISTILL_DESCRIPTION)  # fmt: skip
@@ -413,12 +452,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_arg(p, "each repeat (with --nets, each network) is a Ray task")
     p.add_argument("--repeats", type=int, default=5, help="fresh networks to train (default: 5)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                   help="recipe: the set's own training recipe (default); standard: DC's protocol")  # fmt: skip
+                   help="recipe: the set's own training recipe (default); standard: DC's protocol; teacher: soft "
+                        "labels of a teacher on augmented views (the default with --teacher)")  # fmt: skip
+    p.add_argument("--teacher", default=None, metavar="DIR",
+                   help="teacher for the teacher recipe: a directory from `distilset teacher` (or a set carrying "
+                        "one); trains any set, random real images included, against its soft labels")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", action="store_true", help="append the result to DIR/evaluations.json (for `report`)")
     _add_run_args(p)
-    add_config_options(p, Standard, "training options (override the chosen standard recipe)",
-                       default_text="the set's recipe, or DC's protocol with --protocol standard")  # fmt: skip
+    add_config_options(p, Standard, "training options (override the chosen standard or teacher recipe)",
+                       default_text="the set's recipe, DC's protocol with --protocol standard, or the teacher "
+                                    "recipe's")  # fmt: skip
+    add_config_options(p, Teacher, "teacher recipe options (with --teacher or --protocol teacher)",
+                       default_text="the set's teacher recipe, else the defaults for its size",
+                       skip=tuple(s.name for s in field_specs(Standard)))  # fmt: skip
     p.set_defaults(func=cmd_evaluate, flags=_flags_of_parser(p))
 
     p = sub.add_parser("report", help="one self-contained HTML page: pictures, curves, evaluations, comparison")
@@ -464,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_device(args.device)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
             if args.command != "distill":
-                raise UsageError(f"`{args.command}` runs in one process; only `distill dc|dm|dsa` runs under torchrun")
+                parallel = "|".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
+                raise UsageError(f"`{args.command}` runs in one process; only `distill {parallel}` runs under "
+                                 "torchrun")  # fmt: skip
             _, args.device = init_from_env(args.device)
         return args.func(args)
     except Interrupted as e:

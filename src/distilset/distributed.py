@@ -7,6 +7,8 @@ tensors are summed over the ranks (all-reduce), so every rank takes the same opt
 would, up to the order of floating-point sums. What each method shards:
 
 - DM, DC, DSA: the classes (class c is rank ``c % world``'s), since their losses are sums over classes;
+- SRe2L: the classes too (each rank recovers the images of its classes); its batch-norm statistics span a batch
+  of many classes, so each rank's per-batch sums are added over the ranks (``sum_with_grad``) before the loss;
 - KIP, FRePo: the real target batch (rank r takes the r-th contiguous share of the rows, ``Shards.share``);
   the support kernel, its solve and FRePo's online networks are replicated, computed alike on every rank;
 - MTT: the expert trajectories matched per iteration (``--trajectories``, which must be at least the number of
@@ -14,7 +16,7 @@ would, up to the order of floating-point sums. What each method shards:
 
 Rank 0 alone writes the output directory (checkpoints, history, the set); every rank reads a checkpoint on
 ``--resume``, which therefore works with any number of ranks. Methods registered with ``data_parallel=True``
-support it; the others (DD, labels, LS) refuse to start with more than one rank.
+support it; the others (DD, labels, LS, RDED) refuse to start with more than one rank.
 
 Without a process group (a plain ``distilset`` or API call) ``current()`` is rank 0 of 1 and nothing here
 touches torch.distributed.
@@ -69,6 +71,14 @@ class Shards:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def sum_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks, differentiable: the gradient flows back to this rank's own share
+        unchanged. Right when every rank feeds the sum into the same function (e.g. SRe2L's batch-norm statistics
+        loss): each rank's share then gets exactly the gradient that function gives the sum."""
+        if self.world == 1:
+            return tensor
+        return _SumOverRanks.apply(tensor)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -96,6 +106,20 @@ class Shards:
         if kind == "error":
             raise value
         return value
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) forward; identity backward (see ``Shards.sum_with_grad``)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad
 
 
 def current() -> Shards:

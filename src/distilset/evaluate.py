@@ -7,8 +7,13 @@ Protocols (written into every result, with the full recipe used):
 - ``standard``: DC's protocol whatever made the set: SGD momentum 0.9, weight decay 5e-4, lr 0.01, batch
   256, 300 epochs (1000 with DSA), lr x0.1 at half, with the set's DSA strategy and texture crops if any.
   Order-agnostic: it sees the images and labels, not a learned recipe; a check that a set transfers.
-Options given to ``evaluate`` (``lr=``, ``epochs=``, ``optimizer=``, ... any field of ``recipes.Standard``)
-override the chosen standard recipe.
+- ``teacher``: the teacher recipe (``recipes.Teacher``: soft labels of a trained teacher on augmented views,
+  SRe2L's and RDED's evaluation) applied to *any* set, with the teacher given (``teacher=``, ``--teacher DIR``)
+  or the set's own; the set's own teacher recipe when it has one. Random real images trained this way are the
+  like-for-like baseline of a set made for this recipe (DD-Ranking's point: the teacher's labels are part of the
+  recipe). Giving a teacher without a protocol chooses this one.
+Options given to ``evaluate`` (``lr=``, ``epochs=``, ``optimizer=``, ... any field of ``recipes.Standard``, or of
+``recipes.Teacher`` under the teacher protocol) override the chosen recipe.
 
 Accuracy is the *final* test accuracy, mean and population std (as DC's ``np.std``) over ``repeats``
 networks with seeds ``seed, seed + 1, ...``.
@@ -37,12 +42,14 @@ from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
 from distilset.progress import Progress
-from distilset.recipes import KernelRidge, Recipe, Replay, Standard, recipe_to_json
+from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_to_json, teacher_recipe
 from distilset.synset import SyntheticSet
+from distilset.teachers import TeacherNet, load_teacher
 from distilset.train import accuracy, fit, replay
 
-PROTOCOLS = ("recipe", "standard")
+PROTOCOLS = ("recipe", "standard", "teacher")
 STANDARD_FIELDS = tuple(f.name for f in dataclasses.fields(Standard))
+TEACHER_FIELDS = tuple(f.name for f in dataclasses.fields(Teacher))
 
 
 @dataclass
@@ -108,14 +115,19 @@ def load_evaluations(directory: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def training_recipe(syn: SyntheticSet, protocol: str = "recipe", **overrides) -> Recipe:
-    """The recipe ``evaluate`` trains with: the set's own, or DC's protocol; ``overrides`` are Standard fields."""
+def training_recipe(syn: SyntheticSet, protocol: str = "recipe", flip: bool = True, **overrides) -> Recipe:
+    """The recipe ``evaluate`` trains with: the set's own, DC's protocol, or the teacher recipe (the set's own, else
+    the defaults for its size, with flips when ``flip``: whether the dataset allows them); ``overrides`` are fields
+    of the chosen Standard or Teacher recipe."""
     if protocol not in PROTOCOLS:
         raise DistilsetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    unknown = sorted(set(overrides) - set(STANDARD_FIELDS))
+    unknown = sorted(set(overrides) - set(STANDARD_FIELDS) - set(TEACHER_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; options: {', '.join(STANDARD_FIELDS)}")
-    if protocol == "recipe":
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; options: "
+                          f"{', '.join(dict.fromkeys(STANDARD_FIELDS + TEACHER_FIELDS))}")  # fmt: skip
+    if protocol == "teacher":
+        base = syn.recipe if isinstance(syn.recipe, Teacher) else teacher_recipe(len(syn), syn.num_classes, flip)
+    elif protocol == "recipe":
         base = syn.recipe
     elif isinstance(syn.recipe, KernelRidge):  # regression targets: finite nets fit them by MSE, as KIP transfers
         base = Standard(loss="mse")
@@ -133,6 +145,14 @@ def training_recipe(syn: SyntheticSet, protocol: str = "recipe", **overrides) ->
         raise ConfigError(
             f"{', '.join(f'`{k}`' for k in overrides)} set(s) standard training, but this set's recipe replays its "
             "learned steps; add --protocol standard (protocol='standard') to train it the standard way"
+        )
+    own = STANDARD_FIELDS if isinstance(base, Standard) else TEACHER_FIELDS
+    foreign = [k for k in overrides if k not in own]
+    if foreign:
+        recipe, other = ("standard", "teacher") if isinstance(base, Standard) else ("teacher", "standard")
+        raise ConfigError(
+            f"{', '.join(f'`{k}`' for k in foreign)} belong(s) to the {other} recipe, but this evaluation trains by "
+            f"the {recipe} recipe ({base.describe()}); choose the protocol whose options you give"
         )
     if "epochs" in overrides and "steps" not in overrides:
         overrides = {**overrides, "steps": None}  # an explicit epoch count replaces a step budget
@@ -206,18 +226,23 @@ def evaluate(
     progress: bool = False,
     init_pool: list[dict[str, torch.Tensor]] | None = None,
     ray: bool | str | None = None,
+    teacher: TeacherNet | str | os.PathLike | None = None,
     **overrides,
 ) -> EvalResult:
     """Train ``repeats`` fresh nets on ``syn`` and test them on ``data``'s test split.
 
     ``net``: defaults to the set's distillation net (with its options), else ``convnet``. ``protocol``:
-    ``recipe`` (the set's own training recipe, the default) or ``standard`` (DC's protocol). ``overrides``:
-    fields of ``recipes.Standard`` (``lr``, ``epochs``, ``steps``, ``optimizer``, ``batch_size``, ``dsa``, ...).
+    ``recipe`` (the set's own training recipe, the default), ``standard`` (DC's protocol) or ``teacher`` (the
+    teacher recipe, with ``teacher`` or the set's own teacher; the default when ``teacher`` is given).
+    ``teacher``: a ``TeacherNet`` or the directory of one (``distilset teacher``, or a set carrying one).
+    ``overrides``: fields of ``recipes.Standard`` (``lr``, ``epochs``, ``steps``, ``optimizer``, ``batch_size``,
+    ``dsa``, ...) or, under the teacher recipe, of ``recipes.Teacher`` (``temperature``, ``cutmix``, ...).
     ``init_pool``: held-out pretrained weights for replaying a random-pretrained set. ``ray``: each repeat is a
     Ray task (``distilset.jobs``; CPU only), with the seed it has here, so the accuracies are the sequential ones.
     """
-    protocol = protocol or "recipe"
-    recipe = training_recipe(syn, protocol, **overrides)
+    protocol = protocol or ("teacher" if teacher is not None else "recipe")
+    recipe = training_recipe(syn, protocol, flip="flip" in data.info.dsa_strategy, **overrides)
+    teacher = _teacher_for(syn, recipe, teacher, device)
     if repeats < 1:
         raise ConfigError(f"`repeats` must be >= 1, got {repeats}")
     check_seed(seed)
@@ -260,7 +285,8 @@ def evaluate(
             if recipe.init == "random-pretrained":
                 theta0 = init_pool[r % len(init_pool)]
         net_spec = (net, in_shape, init, net_kwargs)
-        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, bar.bar is not None and not ray))
+        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, bar.bar is not None and not ray,
+                     teacher))  # fmt: skip
     runs = run_jobs(_train_and_test, jobs, ray=ray, on_done=lambda i, acc: bar.update({"acc": acc}))
     bar.close()
     wall = time.perf_counter() - start
@@ -278,8 +304,33 @@ def evaluate(
         accuracy_mean=mean,
         accuracy_std=std,
         wall_time_s=wall,
-        settings={"device": device, "set_size": len(syn), "init": init, "recipe_text": recipe.describe()},
+        settings={
+            "device": device,
+            "set_size": len(syn),
+            "init": init,
+            "recipe_text": recipe.describe(),
+            **({"teacher": teacher.spec()} if teacher is not None else {}),
+        },  # fmt: skip
     )
+
+
+def _teacher_for(syn: SyntheticSet, recipe: Recipe, teacher: TeacherNet | str | os.PathLike | None,
+                 device: str) -> TeacherNet | None:  # fmt: skip
+    """The teacher a teacher recipe trains against (the one given, else the set's own), checked against the set;
+    None for the other recipes, which refuse a teacher they would not use."""
+    if not isinstance(recipe, Teacher):
+        if teacher is not None:
+            raise ConfigError(f"`teacher` is used by the teacher recipe, but this evaluation trains by "
+                              f"{recipe.describe()}; drop `teacher`, or choose `protocol` teacher")  # fmt: skip
+        return None
+    if teacher is not None and not isinstance(teacher, TeacherNet):
+        teacher = load_teacher(teacher)
+    teacher = teacher if teacher is not None else syn.teacher
+    if teacher is None:
+        raise DistilsetError("the teacher protocol trains against a teacher's soft labels, and this set carries none: "
+                             "give `teacher`, a directory made by `distilset teacher`")  # fmt: skip
+    teacher.check_fits(syn.image_shape, syn.num_classes, syn.norm, syn.zca is not None, syn.dataset)
+    return teacher.to(device)
 
 
 def _train_and_test(
@@ -292,9 +343,11 @@ def _train_and_test(
     seed: int,
     device: str,
     bar: bool,
+    teacher: TeacherNet | None = None,
 ) -> float:
     """One repeat of ``evaluate``: a fresh net of ``net_spec`` (name, input shape, init, options) with seed ``seed``
-    (started from ``theta0`` when given), trained on the set by its recipe, its test accuracy."""
+    (started from ``theta0`` when given), trained on the set by its recipe (against ``teacher``'s outputs under a
+    teacher recipe), its test accuracy."""
     net, in_shape, init, net_kwargs = net_spec
     model = create_net(net, in_shape, syn.num_classes, seed=seed, init=init, **net_kwargs).to(device)
     x, y = syn.images.to(device), syn.labels.to(device)
@@ -303,7 +356,8 @@ def _train_and_test(
             _load_init(model, theta0)
         replay(model, x, y, syn.lrs, syn.step_order)
     else:
-        fit(model, x, y, recipe, seed=seed, progress=bar)  # a bar per net on a terminal only
+        module = teacher.module.to(device) if teacher is not None else None
+        fit(model, x, y, recipe, seed=seed, progress=bar, teacher=module)  # a bar per net on a terminal only
     return accuracy(model, test_x.to(device), test_y.to(device))
 
 
@@ -331,8 +385,9 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
 
     The set's own network keeps its options (width, depth, init); the others take their defaults. Without a
     ``protocol``, every net gets the set's recipe, except that a replay recipe (tied to the net it was learned
-    for) or a kernel-regression recipe gives way to DC's protocol on the other nets. ``kwargs``: as
-    ``evaluate`` (repeats, seed, overrides). With ``ray`` each network is a Ray task (``distilset.jobs``).
+    for) or a kernel-regression recipe gives way to DC's protocol on the other nets; with a ``teacher`` in
+    ``kwargs`` every net gets the teacher recipe. ``kwargs``: as ``evaluate`` (repeats, seed, teacher, overrides).
+    With ``ray`` each network is a Ray task (``distilset.jobs``).
     """
     unknown = [n for n in nets if n not in list_nets()]
     if unknown or not nets:
@@ -343,6 +398,8 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
     jobs = []
     for name in nets:
         chosen = protocol
+        if chosen is None and kwargs.get("teacher") is not None:
+            chosen = "teacher"
         if chosen is None and isinstance(syn.recipe, (Replay, KernelRidge)) and name != own:
             chosen = "standard"
         jobs.append(

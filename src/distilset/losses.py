@@ -4,6 +4,8 @@
   (for soft labels this is the soft-label paper's inner loss).
 - ``centred_mse``: squared error to centred targets, one-hot - 1/K for hard labels (KIP / FRePo), as
   0.5 * mean over items of the summed squared error.
+- ``kd_kl``: knowledge distillation's loss (Hinton et al. 2015) as SRe2L and RDED train their students:
+  KL(softmax(t / T) || softmax(s / T)) averaged over the batch, without the T^2 factor.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def centred_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0.5 * mean_i ||outputs_i - t_i||^2 with t the centred targets."""
     t = centred_targets(targets, outputs.shape[1]).to(outputs.dtype)
     return 0.5 * (outputs - t).pow(2).sum(1).mean()
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence of the student's softened distribution from the teacher's, summed over classes, batch mean."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    log_q = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
 
 
 LOSSES = {"ce": soft_cross_entropy, "mse": centred_mse}

@@ -7,6 +7,12 @@
   (Adam, its base batch and its estimated number of steps).
 - ``Replay``: Dataset Distillation's own recipe: replay the set's step order with its learned per-step lrs
   (plain SGD) from its init regime (the stored init for fixed-init sets, fresh or pretrained inits otherwise).
+- ``KernelRidge``: no network at all: kernel ridge regression with an infinitely wide network's kernel (KIP, LS).
+- ``Teacher``: the teacher-era recipe (SRe2L, RDED; FKD-style relabelling): the student trains on augmented
+  views of the set (random resized crops, flips where the dataset allows them, CutMix) against a trained
+  teacher's softened outputs on the same view, KL divergence, AdamW with a cosine schedule. The teacher is part
+  of the recipe: it travels with the set (``SyntheticSet.teacher``) or is given to ``evaluate`` (``teacher=``),
+  which can train *any* set this way, random real images included, so comparisons stay like for like.
 
 ``evaluate`` reads the recipe of the set; it never looks at the method that made it. The command-line
 options of ``distilset evaluate`` are the fields of ``Standard`` (generated, like the methods' options).
@@ -29,8 +35,8 @@ INIT_REGIMES = ("fixed", "random", "fixed-pretrained", "random-pretrained")
 class Standard(Config):
     """Minibatch training of a fresh network on the set; defaults are DC's evaluation protocol."""
 
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    """Optimiser of the fresh network (Adam ignores `momentum`)."""
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """Optimiser of the fresh network (Adam and AdamW ignore `momentum`; AdamW decays weight matrices only)."""
     lr: float = 0.01
     """Learning rate."""
     momentum: float = 0.9
@@ -126,8 +132,95 @@ class KernelRidge(Config):
         return f"kernel ridge regression, {self.kernel} of an infinite {self.arch}-{self.depth}, ridge {self.reg:g}"
 
 
-Recipe = Standard | Replay | KernelRidge
-KINDS: dict[str, type[Config]] = {"standard": Standard, "replay": Replay, "kernel": KernelRidge}
+@dataclass(frozen=True)
+class Teacher(Config):
+    """Knowledge distillation from a teacher on augmented views of the set (SRe2L / RDED's evaluation).
+
+    Every minibatch: ``shuffle_patches`` (RDED's patch shuffle, for stitched images), a random resized crop of
+    each image back to its size, a random flip per image (when ``flip``), CutMix on the batch (when drawn with
+    probability ``cutmix``); the teacher (eval mode, no gradient) labels that view; the student is trained on
+    KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch, without the T^2 factor (both
+    released codes leave it out; AdamW does not see the scale). The set's own labels are not used.
+
+    Defaults are the released codes' (SRe2L ``train_FKD.py``, RDED ``validation/main.py``): AdamW lr 1e-3, weight
+    decay 0.01 on weight matrices and kernels only, 300 epochs, T 20, CutMix with Beta(1, 1) on every batch, RDED's
+    batch rule (``teacher_batch``). Named deviations: the cosine decays per step to 1 % of the lr (SRe2L: per
+    epoch to 0; RDED: a quarter cosine to half the lr); the crops take (0.5, 1) of the area by default, RDED's
+    range for its stitched images (SRe2L's ImageNet range, (0.08, 1), leaves a few pixels of a 28x28 digit)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    """Optimiser of the student (AdamW: weight decay on weights of 2 or more dimensions only, as both codes do)."""
+    lr: float = 1e-3
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (AdamW ignores it)."""
+    weight_decay: float = 0.01
+    """Weight decay (decoupled, AdamW), on weights of 2 or more dimensions only."""
+    batch_size: int = 50
+    """Minibatch size (at most the set's size); ``teacher_batch`` gives RDED's rule for a set."""
+    epochs: int = 300
+    """Passes over the set; ignored when `steps` is set."""
+    steps: int | None = None
+    """Train for this many minibatch steps instead of a number of epochs."""
+    warmup: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    temperature: float = 20.0
+    """Softmax temperature of teacher and student outputs in the KL loss (both codes: 20 with CutMix)."""
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    """Area share range of the random resized crop of each image (aspect ratio 3/4 to 4/3), resized back."""
+    flip: bool = True
+    """Mirror each image left-right with probability 1/2 (off for digits, whose meaning mirroring changes)."""
+    cutmix: float = 1.0
+    """Probability that a batch gets CutMix (a box from another image of the batch, Beta(1, 1) area); 0: never."""
+    patches: int = 1
+    """RDED's patch shuffle before the crop: permute this many strips of columns, then of rows (its factor)."""
+
+    kind = "teacher"
+    schedule = "cosine"
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs
+
+    def check(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "temperature", "cutmix"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
+        self.require_positive("lr", "batch_size", "epochs", "steps", "temperature", "patches")
+        self.require_at_least(0, "momentum", "weight_decay", "warmup")
+        low, high = self.crop_scale
+        if not (0 < low <= high <= 1):
+            raise ConfigError(f"`crop_scale` must be two area shares 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 <= self.cutmix <= 1:
+            raise ConfigError(f"`cutmix` is a probability from 0 to 1, got {self.cutmix}")
+
+    def describe(self) -> str:
+        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epochs"
+        extra = f", CutMix p {self.cutmix:g}" if self.cutmix else ""
+        flip = ", flip" if self.flip else ""
+        return (f"teacher soft labels (KL, T {self.temperature:g}) on crops {self.crop_scale[0]:g}-"
+                f"{self.crop_scale[1]:g}{flip}{extra}; {self.optimizer} lr {self.lr:g}, batch {self.batch_size}, "
+                f"{length}, cosine")  # fmt: skip
+
+
+def teacher_batch(set_size: int, num_classes: int) -> int:
+    """RDED's student batch for a set (``--re-batch-size`` 0): 10 / 50 / 100 at 1 / up to 10 / more images per
+    class, doubled for 100 classes or more, at most the set's size."""
+    ipc = max(1, set_size // num_classes)
+    batch = 10 if ipc <= 1 else 50 if ipc <= 10 else 100
+    if num_classes >= 100:
+        batch *= 2
+    return min(batch, set_size)
+
+
+def teacher_recipe(set_size: int, num_classes: int, flip: bool, **fields) -> Teacher:
+    """The teacher recipe for a set of ``set_size`` items: RDED's batch rule, flips where the dataset allows them,
+    then ``fields`` (any ``Teacher`` field) over that."""
+    return Teacher(**{"batch_size": teacher_batch(set_size, num_classes), "flip": flip, **fields})
+
+
+Recipe = Standard | Replay | KernelRidge | Teacher
+KINDS: dict[str, type[Config]] = {"standard": Standard, "replay": Replay, "kernel": KernelRidge, "teacher": Teacher}
 
 
 def recipe_to_json(recipe: Recipe) -> dict:
@@ -138,7 +231,7 @@ def recipe_from_json(obj: dict) -> Recipe:
     """The recipe stored in ``obj``; every field is type- and range-checked by the recipe's config class."""
     if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or obj["kind"] not in KINDS:
         shown = repr(obj) if len(repr(obj)) <= 80 else repr(obj)[:77] + "..."
-        raise SynsetFormatError(f"unknown training recipe {shown}; expected kind standard, replay or kernel")
+        raise SynsetFormatError(f"unknown training recipe {shown}; expected kind {', '.join(KINDS)}")
     body = {k: v for k, v in obj.items() if k != "kind"}
     unknown = set(body) - {f.name for f in dataclasses.fields(KINDS[obj["kind"]])}
     if unknown:

@@ -25,9 +25,12 @@ from pathlib import Path
 
 from distilset.errors import ConfigError
 
-RUN_FILES = ("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json",
-             "nearest_words.txt", "nearest_sentences.txt", "checkpoint")  # fmt: skip
-"""What a run writes into its directory (``OUT/experts`` is a reusable cache, not part of this list)."""
+RUN_FILES = (
+    *("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json"),
+    *("nearest_words.txt", "nearest_sentences.txt", "teacher.safetensors", "teacher.json", "checkpoint"),
+)
+"""What a run writes into its directory: a set (with its teacher, when it has one) or a teacher (``distilset
+teacher``). ``OUT/experts`` and ``OUT/teacher`` are reusable caches, not part of this list."""
 TEACH_FILES = ("report.json", "labels.safetensors", "teach.png")
 """What a ``distilset teach`` run writes besides ``models/*.safetensors``; they count as a run's only when
 ``report.json`` is a teach report (names a ``system``), so a user's own ``models/`` folder is never taken for one."""
@@ -56,6 +59,8 @@ def describe_run(out: Path) -> str | None:
         return "a teach run (report.json, models/)"
     if not present:
         return None
+    if "teacher.json" in present and "synset.json" not in present:
+        return "a teacher"
     method = None
     try:
         meta = json.loads((out / "synset.json").read_text())

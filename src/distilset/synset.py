@@ -26,9 +26,10 @@ from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
 from distilset.io import atomic_write, save_tensors, write_json
 from distilset.jsonread import load_json
-from distilset.nets import INIT_SCHEMES, create_net, list_nets
-from distilset.nets.registry import SIZE_BOUNDS, fit_net_to_input
-from distilset.recipes import KernelRidge, Recipe, Replay, Standard, recipe_from_json, recipe_to_json
+from distilset.nets import create_net
+from distilset.nets.registry import fit_net_to_input, read_net_spec
+from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_from_json, recipe_to_json
+from distilset.teachers import TEACHER_FILE, TeacherNet, load_teacher
 
 FORMAT = "distilset.synset"
 VERSION = 2
@@ -51,6 +52,8 @@ class SyntheticSet:
     lrs / step_order: per-step learned learning rates (T,) and the item indices of each step (T, B), which a
     ``Replay`` recipe replays. init_params: the fixed initial weights of a fixed-init set.
     net: {"name", "kwargs", "init"} of the distillation net. config: the resolved config of the method.
+    teacher: the trained network whose soft labels a ``Teacher`` recipe distils (SRe2L, RDED), saved beside the
+    set as ``teacher.safetensors`` with its spec in ``synset.json`` (``distilset.teachers``).
     """
 
     images: torch.Tensor
@@ -67,6 +70,7 @@ class SyntheticSet:
     net: dict | None = None
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    teacher: TeacherNet | None = None
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -155,10 +159,17 @@ class SyntheticSet:
             raise SynsetFormatError(
                 f"mean/std have {self.norm.channels} channel(s), images {images.shape[1]}: one value per channel"
             )
-        if not isinstance(self.recipe, (Standard, Replay, KernelRidge)):
+        if not isinstance(self.recipe, (Standard, Replay, KernelRidge, Teacher)):
             raise SynsetFormatError(
-                f"recipe must be a Standard, Replay or KernelRidge recipe, got {type(self.recipe).__name__}"
+                f"recipe must be a Standard, Replay, KernelRidge or Teacher recipe, got {type(self.recipe).__name__}"
             )
+        if isinstance(self.recipe, Teacher) and self.teacher is None:
+            raise SynsetFormatError("a teacher recipe needs its teacher (the network whose soft labels it trains on)")
+        if self.teacher is not None:
+            try:
+                self.teacher.check_fits(self.image_shape, self.num_classes, self.norm, self.zca is not None)
+            except DistilsetError as e:
+                raise SynsetFormatError(str(e)) from e
         if isinstance(self.recipe, Replay):
             if self.lrs is None:
                 raise SynsetFormatError("a replay recipe needs the learned lrs and step order")
@@ -219,7 +230,7 @@ class SyntheticSet:
             if init:
                 raise SynsetFormatError("the stored init weights (init.*) need the `net` they belong to")
             return
-        name, kwargs, scheme = _net_spec(self.net)
+        name, kwargs, scheme = read_net_spec(self.net)
         crop = self.recipe.crop if isinstance(self.recipe, Standard) else None
         shape = (self.image_shape[0], *crop) if crop else self.image_shape
         kwargs, _ = fit_net_to_input(name, kwargs, shape)
@@ -335,10 +346,13 @@ class SyntheticSet:
             "net": self.net,
             "config": self.config,
             "extra": self.extra,
+            "teacher": self.teacher.spec() if self.teacher is not None else None,
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
             },
         }
+        if self.teacher is not None:
+            self.teacher.save(out / TEACHER_FILE)
         save_tensors(out / TENSOR_FILE, tensors, metadata={"format": FORMAT})
         write_json(out / META_FILE, meta, default=_json)
         if grid and self.images.ndim == 4:
@@ -388,6 +402,8 @@ class SyntheticSet:
             )
         try:
             fields = _fields_from_meta(meta, has_lrs="lrs" in tensors)
+            if meta.get("teacher") is not None:
+                fields["teacher"] = load_teacher(d, spec=meta["teacher"])
             eps = fields.pop("zca_eps")
             zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], eps) if "zca.matrix" in tensors else None
             return cls(
@@ -443,28 +459,6 @@ def _fields_from_meta(meta: dict, has_lrs: bool) -> dict:
         "config": jsonread.mapping(meta.get("config") or {}, "config"),
         "extra": jsonread.mapping(meta.get("extra") or {}, "extra"),
     }
-
-
-def _net_spec(net) -> tuple[str, dict, str]:
-    """``(name, kwargs, init)`` of a set's `net` field, refused unless a known net with sane scalar options."""
-    if not isinstance(net, dict) or not isinstance(net.get("name"), str):
-        raise SynsetFormatError(f"net must be an object with a string name, kwargs and init, got {net!r:.60}")
-    name, kwargs, scheme = net["name"], net.get("kwargs", {}), net.get("init", "default")
-    if name not in list_nets():
-        raise SynsetFormatError(f"net names an unknown network {name!r:.40}; known: {', '.join(list_nets())}")
-    if not isinstance(kwargs, dict) or not all(
-        isinstance(v, (str, int, float, bool)) and v is not None for v in kwargs.values()
-    ):
-        raise SynsetFormatError(f"net kwargs must be an object of plain option values, got {kwargs!r:.60}")
-    for option, (low, high) in SIZE_BOUNDS.items():
-        if option in kwargs:
-            try:
-                jsonread.whole(kwargs[option], f"net option {option}", low, high)
-            except DistilsetError as e:
-                raise SynsetFormatError(str(e)) from e
-    if scheme not in INIT_SCHEMES:
-        raise SynsetFormatError(f"net init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r:.40}")
-    return name, dict(kwargs), scheme
 
 
 def _recipe_v1(meta: dict, has_lrs: bool) -> Recipe:

@@ -1,9 +1,11 @@
 """The one training loop, ``fit``, and the replay of a learned recipe.
 
-``fit(net, x, y, recipe)`` trains a network in place by a ``Standard`` recipe; it is used by the evaluation
-harness, by MTT's expert trajectories (``on_epoch`` records the parameters after every epoch), by Dataset
-Distillation's pretrained pools and by every other place that trains a network on data. ``replay`` applies a
-Dataset Distillation recipe: its learned steps, in order, each with its learned lr.
+``fit(net, x, y, recipe)`` trains a network in place by a ``Standard`` recipe, or by a ``Teacher`` recipe with
+the teacher network given (``teacher=``: each minibatch an augmented view labelled by the teacher); it is used by
+the evaluation harness, by MTT's expert trajectories (``on_epoch`` records the parameters after every epoch), by
+Dataset Distillation's pretrained pools, by teacher training (``distilset.teachers``: resumable through
+``on_state`` / ``resume``) and by every other place that trains a network on data. ``replay`` applies a Dataset
+Distillation recipe: its learned steps, in order, each with its learned lr.
 """
 
 from __future__ import annotations
@@ -16,43 +18,76 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from distilset.augment import dsa, toroidal_crop
+from distilset.augment import cutmix, dsa, random_boxes, random_flip, resized_crops, shuffle_patches, toroidal_crop
 from distilset.errors import DistilsetError
-from distilset.losses import LOSSES, soft_cross_entropy
+from distilset.losses import LOSSES, kd_kl, soft_cross_entropy
 from distilset.progress import Progress
-from distilset.recipes import Standard
+from distilset.recipes import Standard, Teacher
 
 
-def make_optimizer(params, recipe: Standard) -> torch.optim.Optimizer:
+def make_optimizer(params, recipe: Standard | Teacher) -> torch.optim.Optimizer:
+    """The recipe's optimiser; AdamW decays only the weights of 2 or more dimensions (SRe2L's and RDED's
+    ``get_parameters``: no decay on biases and normalisation scales)."""
+    if recipe.optimizer == "adamw":
+        params = list(params)
+        groups = [{"params": [p for p in params if p.ndim >= 2]},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+        return torch.optim.AdamW([g for g in groups if g["params"]], recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(params, recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def teacher_view(x: torch.Tensor, recipe: Teacher, g: torch.Generator) -> torch.Tensor:
+    """One augmented view of the minibatch ``x`` by the teacher recipe: patch shuffle, a random resized crop of
+    each image, a flip per image, CutMix on the batch (see ``recipes.Teacher``)."""
+    if x.ndim != 4:
+        raise DistilsetError(f"the teacher recipe crops images (N, C, H, W); these inputs are {tuple(x.shape[1:])}")
+    x = shuffle_patches(x, recipe.patches, g)
+    x = resized_crops(x, random_boxes(len(x), tuple(x.shape[2:]), recipe.crop_scale, g))
+    if recipe.flip:
+        x = random_flip(x, g)
+    if recipe.cutmix and float(torch.rand((), generator=g)) < recipe.cutmix and len(x) > 1:
+        x = cutmix(x, g)
+    return x
 
 
 def fit(
     net: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    recipe: Standard,
+    recipe: Standard | Teacher,
     seed: int = 0,
     progress: bool = False,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     batches: BatchPlan | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    on_state: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    desc: str = "train",
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) by ``recipe``; y hard (N,) or soft (N, K).
 
     Minibatches are drawn without replacement each epoch from a generator seeded by ``seed`` (DSA
-    transforms and texture crops too), so the same seed gives the same network. With ``recipe.steps`` the
-    training stops after that many minibatch steps; otherwise after ``recipe.total_epochs`` epochs.
-    ``on_epoch(e, net)`` is called after each full epoch e = 1, 2, ...
+    transforms, texture crops and teacher views too), so the same seed gives the same network. With
+    ``recipe.steps`` the training stops after that many minibatch steps; otherwise after ``recipe.total_epochs``
+    epochs. ``on_epoch(e, net)`` is called after each full epoch e = 1, 2, ...
     ``batches`` replaces the plain shuffle with another plan (e.g. ``MixedBatches``: a fixed share of every
     minibatch from one part of x); ``loss_fn(outputs, targets)`` replaces the recipe's loss (e.g. FedMD's mean
-    absolute error on class scores).
+    absolute error on class scores). A ``Teacher`` recipe needs ``teacher``, the network whose outputs on each
+    view are the targets (``y`` is then unused).
+    ``on_state(state)`` receives, after every epoch, what ``resume=state`` needs to continue the training exactly
+    (the net's and optimiser's state, the generator, the step): a checkpoint, when the caller saves it.
+    ``desc`` names the progress bar.
     """
+    if isinstance(recipe, Teacher) and teacher is None:
+        raise DistilsetError("the teacher recipe trains against a teacher's outputs; give the teacher network")
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(net.parameters(), recipe)
-    custom_loss, loss_fn = loss_fn, loss_fn or LOSSES[recipe.loss]
+    custom_loss = loss_fn
+    if loss_fn is None and not isinstance(recipe, Teacher):
+        loss_fn = LOSSES[recipe.loss]
     n = len(x)
     if n == 0:
         raise DistilsetError("there is nothing to train on (0 images)")
@@ -60,9 +95,16 @@ def fit(
     per_epoch = batches.per_epoch
     total = recipe.steps if recipe.steps else recipe.total_epochs * per_epoch
     decay_at = total // 2 if recipe.schedule == "step" else None
+    if teacher is not None:
+        teacher.eval()
     net.train()
     step, epoch = 0, 0
-    bar = Progress(total, "train", progress, leave=False)
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        opt.load_state_dict(resume["optimizer"])
+        g.set_state(resume["generator"])
+        step, epoch = int(resume["step"]), int(resume["epoch"])
+    bar = Progress(total, desc, progress, initial=step, leave=False)
     while step < total:
         for idx in batches.epoch(g):
             if step == total:
@@ -75,13 +117,19 @@ def fit(
                     group["lr"] = recipe.lr * cosine_factor(step, total, recipe.warmup)
             idx = idx.to(x.device)
             xb = x[idx]
-            if recipe.crop:
+            if getattr(recipe, "crop", None):
                 xb = toroidal_crop(xb, recipe.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
-            if recipe.dsa:
-                xb = dsa(xb, recipe.dsa, seed=int(torch.randint(2**62, (1,), generator=g)), siamese=False)
-            loss = loss_fn(net(xb), y[idx])
+            if isinstance(recipe, Teacher):
+                xb = teacher_view(xb, recipe, g)
+                with torch.no_grad():
+                    target = teacher(xb)
+                loss = kd_kl(net(xb), target, recipe.temperature)
+            else:
+                if recipe.dsa:
+                    xb = dsa(xb, recipe.dsa, seed=int(torch.randint(2**62, (1,), generator=g)), siamese=False)
+                loss = loss_fn(net(xb), y[idx])
             if not torch.isfinite(loss):
-                _diverged(loss, y if custom_loss is None else None, epoch, opt.param_groups[0]["lr"])
+                _diverged(loss, None if custom_loss or teacher is not None else y, epoch, opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -91,6 +139,9 @@ def fit(
             epoch += 1
             if on_epoch is not None:
                 on_epoch(epoch, net)
+            if on_state is not None:
+                on_state({"net": net.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
+                          "step": step, "epoch": epoch})  # fmt: skip
     bar.close()
     return net
 

@@ -33,12 +33,13 @@ import torch
 
 from distilset.config import Config, auto
 from distilset.distributed import current
-from distilset.errors import DistilsetError, Interrupted
+from distilset.errors import ConfigError, DistilsetError, Interrupted
 from distilset.io import save_torch, write_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
 from distilset.synset import SyntheticSet
+from distilset.teachers import TeacherNet, teacher_for, teacher_path
 
 CHECKPOINT = "checkpoint/state.pt"
 CHECKPOINT_FORMAT = 2
@@ -73,6 +74,8 @@ class MethodConfig(Config):
 
     ITERATIONS: ClassVar[int] = 400
     """Outer iterations when the user gives none (CPU-sized; the papers' budgets are in the presets)."""
+    ITERATIONS_HELP: ClassVar[str | None] = None
+    """How the default budget is chosen, for the help, when ``default_iterations`` depends on the data."""
     RESUMABLE: ClassVar[tuple[str, ...]] = ()
     """Fields that may differ when a run is resumed (e.g. the outer learning rate)."""
     NONFINITE_HINT: ClassVar[str] = "lower the method's learning rates"
@@ -80,6 +83,9 @@ class MethodConfig(Config):
 
     def default_iterations(self, data: Any) -> int:
         return self.ITERATIONS
+
+    def check_iterations(self, iterations: int, data: Any) -> None:
+        """Refuse an iteration budget the method cannot take (e.g. one class per iteration: exactly the classes)."""
 
     def check_ranks(self, world: int) -> None:
         """Refuse settings that leave nothing to shard over ``world`` data-parallel processes (a method registered
@@ -131,6 +137,28 @@ class PixelStatsOption:
 
 
 @dataclass(frozen=True)
+class TeacherOption:
+    """Mixin of the configs of methods that distil with a trained teacher (SRe2L, RDED): where the teacher is.
+    Their ``prepare`` hook is ``prepare_teacher``; their sets carry the teacher and the teacher recipe."""
+
+    teacher: str | None = None
+    """Teacher directory (from `distilset teacher`, or a set that carries one), used as it is, or a teacher trained
+    there first if it holds none; none: OUT/teacher (trained there once, reused by later runs)."""
+
+    def check_teacher_ranks(self, world: int) -> None:
+        """Under torchrun the teacher must exist: one rank training it while the others wait would time out."""
+        if world > 1 and (self.teacher is None or not teacher_path(self.teacher).is_file()):
+            raise ConfigError("under torchrun the processes read a trained teacher: train it first with `distilset "
+                              "teacher` and give `teacher`")  # fmt: skip
+
+
+def prepare_teacher(data: Any, cfg: TeacherOption, ctx: Context) -> dict[str, TeacherNet]:
+    """The ``prepare`` hook of the teacher methods: the teacher of ``cfg.teacher`` (or OUT/teacher), trained first
+    when there is none (``distilset.teachers.teacher_for``)."""
+    return {"teacher": teacher_for(cfg.teacher, data, ctx.out, ctx.seed, ctx.device, ctx.progress, ctx.log)}
+
+
+@dataclass(frozen=True)
 class Context:
     """Where and how a method runs: seed, device, output directory, progress and a logger for notes."""
 
@@ -143,6 +171,8 @@ class Context:
     download: bool = False
     ray: bool | str | None = None
     """Run independent parts as Ray tasks or actors (``distilset.jobs``), where the method or system offers it."""
+    iterations: int | None = None
+    """The run's outer iterations, for methods whose schedule spans the run (SRe2L's cosine)."""
 
 
 class Distiller(Protocol):

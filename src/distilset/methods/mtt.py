@@ -348,9 +348,9 @@ class MTT:
         return self.cfg.finish_set(syn, self.data)
 
 
-def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
-    """Use the experts in ``experts_dir`` (default OUT/experts), training them there first if there are none
-    (data-parallel runs are given trained experts: ``MTTConfig.check_ranks``)."""
+def _prepare(data: Dataset, cfg: MTTConfig, ctx: Context) -> dict[str, ExpertBuffer]:
+    """The experts in ``experts_dir`` (default OUT/experts), trained there first if there are none (data-parallel
+    runs are given trained experts: ``MTTConfig.check_ranks``)."""
     if cfg.experts_dir is not None:
         path = Path(cfg.experts_dir)
     elif ctx.out is not None:
@@ -366,7 +366,11 @@ def _build(data: Dataset, cfg: MTTConfig, ctx: Context) -> MTT:
         ctx.log(f"training {cfg.num_experts} experts x {cfg.expert_train_epochs} epochs into {path}")
         train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device,
                       progress=ctx.progress)  # fmt: skip
-    return MTT(data, ExpertBuffer(path), cfg, ctx)
+    return {"experts": ExpertBuffer(path)}
+
+
+def _build(data: Dataset, cfg: MTTConfig, ctx: Context, experts: ExpertBuffer) -> MTT:
+    return MTT(data, experts, cfg, ctx)
 
 
 # The paper's CIFAR-10 rows (run `distilset experts` with 100 experts x 50 epochs and ZCA first), and our
@@ -409,4 +413,5 @@ register_method(
         "mtt-mnist5k-ipc10": Preset("mnist5k", 1000, _GREY_10),
     },
     data_parallel=True,
+    prepare=_prepare,
 )  # fmt: skip

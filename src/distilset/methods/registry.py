@@ -5,8 +5,10 @@ In the spirit of timm's ``register_model`` / ``create_model``: a method is one f
     register_method("dd", DDConfig, DatasetDistillation, presets={...})
 
 and ``distill(name, data, **options)`` builds its config from the options (a preset's first), resolves the
-dataset-aware defaults, builds the distiller and runs it. Nothing here knows any particular method; the
-command line (``distilset distill NAME``) is generated from the same registry.
+dataset-aware defaults, runs the method's ``prepare`` hook for side work that must exist before the distiller
+(MTT's expert trajectories, the teacher of SRe2L and RDED: trained, or read from a directory), builds the
+distiller and runs it. Nothing here knows any particular method; the command line (``distilset distill NAME``)
+is generated from the same registry.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class Method:
     """Keyword objects ``distill`` passes to ``build`` as they are (API only, e.g. a pretrained pool)."""
     data_parallel: bool = False
     """Its distiller runs data-parallel under torchrun, each rank computing its share (``distilset.distributed``)."""
+    prepare: Callable[..., dict[str, Any]] | None = None
+    """``prepare(data, cfg, ctx)``: side work before the distiller is built, once the output directory is ready;
+    returns keyword objects for ``build`` (e.g. ``{"experts": ExpertBuffer}``, ``{"teacher": TeacherNet}``)."""
+    ray: bool = False
+    """It runs independent parts as Ray tasks when asked (``distill(..., ray=)``, ``--ray``)."""
 
     @property
     def summary(self) -> str:
@@ -60,7 +67,7 @@ METHODS: dict[str, Method] = {}
 # Options every `distill METHOD` shares (declared once in the CLI); a method's config may not use these names.
 SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out", "preset", "iterations", "seed",
                   "device", "resume", "overwrite", "checkpoint_every", "eval_every", "evaluate", "progress", "log",
-                  "method", "data")  # fmt: skip
+                  "method", "data", "ray", "ray_address")  # fmt: skip
 
 
 def register_method(
@@ -70,8 +77,11 @@ def register_method(
     presets: Mapping[str, Preset] | None = None,
     objects: tuple[str, ...] = (),
     data_parallel: bool = False,
+    prepare: Callable[..., dict[str, Any]] | None = None,
+    ray: bool = False,
 ) -> Method:
-    """Register a method: ``build(data, cfg, ctx, **objects)`` returns its stepwise distiller."""
+    """Register a method: ``build(data, cfg, ctx, **objects)`` returns its stepwise distiller; ``prepare(data, cfg,
+    ctx)`` (optional) returns more of those objects, made before it is built."""
     if not issubclass(config, MethodConfig):
         raise TypeError(f"{config.__name__} must subclass distilset.methods.base.MethodConfig")
     specs = field_specs(config)  # fails at registration, not at first use, on a type the CLI cannot express
@@ -82,7 +92,7 @@ def register_method(
     clash = sorted(set(presets or {}) & set(taken))
     if clash:
         raise ValueError(f"preset name(s) {clash} already belong to {', '.join(sorted({taken[c] for c in clash}))}")
-    method = Method(name, config, build, dict(presets or {}), tuple(objects), data_parallel)
+    method = Method(name, config, build, dict(presets or {}), tuple(objects), data_parallel, prepare, ray)
     for preset_name, preset in method.presets.items():  # a preset that names no valid config fails here
         try:
             make_config(method, {}, preset)
@@ -162,6 +172,7 @@ def distill(
     log: Callable[[str], None] | None = None,
     data_root: str | None = None,
     download: bool = False,
+    ray: bool | str | None = None,
     **options,
 ) -> SyntheticSet:
     """Distill ``data`` with ``method``; ``options`` are fields of the method's config (e.g. ``ipc``).
@@ -172,9 +183,13 @@ def distill(
     and a checkpoint every ``checkpoint_every`` iterations; ``resume=True`` continues its last checkpoint and
     ``overwrite=True`` replaces a run already there (without either, such a directory is refused: see
     ``distilset.rundir``).
-    ``log`` receives the resolved settings (the CLI prints them).
+    ``log`` receives the resolved settings (the CLI prints them). ``ray``: methods that offer it run independent
+    parts as Ray tasks (``distilset.jobs``; ``True`` a local cluster, or an address).
     """
     m = get_method(method)
+    if ray and not m.ray:
+        offered = ", ".join(n for n in sorted(METHODS) if METHODS[n].ray) or "none"
+        raise ConfigError(f"`distill {m.name}` has no Ray tasks (methods that do: {offered}); drop `ray`")
     chosen = preset_of(m.name, preset) if preset is not None else None
     objects = {k: options.pop(k) for k in m.objects if k in options}
     if eval_every < 0:
@@ -187,6 +202,7 @@ def distill(
         iterations = chosen.iterations if chosen else cfg.default_iterations(data)
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1, got {iterations}")
+    cfg.check_iterations(iterations, data)
     check_seed(seed)
     if checkpoint_every < 1:
         raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
@@ -209,7 +225,9 @@ def distill(
     for line in describe_config(cfg, notes):
         log(line)
     ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
-                  data_root=data_root, download=download)  # fmt: skip
+                  data_root=data_root, download=download, ray=ray, iterations=iterations)  # fmt: skip
+    if m.prepare is not None:
+        objects = {**m.prepare(data, cfg, ctx), **objects}
     distiller = m.build(data, cfg, ctx, **objects)
     run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
                         eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from distilset.errors import DistilsetError
-from distilset.nets.init import init_weights
+from distilset import jsonread
+from distilset.errors import DistilsetError, SynsetFormatError
+from distilset.nets.init import INIT_SCHEMES, init_weights
 
 NETS: dict[str, Callable[..., nn.Module]] = {}
 SIZE_BOUNDS = {"width": (1, 4096), "depth": (1, 8)}
@@ -58,6 +60,29 @@ def create_net(
 
 def list_nets() -> list[str]:
     return sorted(NETS)
+
+
+def read_net_spec(net: Any) -> tuple[str, dict, str]:
+    """``(name, kwargs, init)`` of a `net` field read from a file (a set's, a teacher's), refused unless it names a
+    known net with sane scalar options."""
+    if not isinstance(net, dict) or not isinstance(net.get("name"), str):
+        raise SynsetFormatError(f"net must be an object with a string name, kwargs and init, got {net!r:.60}")
+    name, kwargs, scheme = net["name"], net.get("kwargs", {}), net.get("init", "default")
+    if name not in list_nets():
+        raise SynsetFormatError(f"net names an unknown network {name!r:.40}; known: {', '.join(list_nets())}")
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(v, (str, int, float, bool)) and v is not None for v in kwargs.values()
+    ):
+        raise SynsetFormatError(f"net kwargs must be an object of plain option values, got {kwargs!r:.60}")
+    for option, (low, high) in SIZE_BOUNDS.items():
+        if option in kwargs:
+            try:
+                jsonread.whole(kwargs[option], f"net option {option}", low, high)
+            except DistilsetError as e:
+                raise SynsetFormatError(str(e)) from e
+    if scheme not in INIT_SCHEMES:
+        raise SynsetFormatError(f"net init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r:.40}")
+    return name, dict(kwargs), scheme
 
 
 def classic_net_for(image_shape: tuple[int, ...]) -> tuple[str, str]:
