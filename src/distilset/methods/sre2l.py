@@ -4,7 +4,8 @@ Read beside the paper's Section 3 and its released ``recover/data_synthesis.py``
 
 1. Squeeze: a teacher is trained once on all the training images (``distilset teacher``; the ``prepare`` hook
    trains one into OUT/teacher, or reads ``--teacher DIR``). It must have batch-norm layers.
-2. Recover: synthetic images start as Gaussian noise (in the normalised input space). Each iteration, every image
+2. Recover: synthetic images start as Gaussian noise in the paper (in the normalised input space; ``--init noise``),
+   here by default as random real images of their class (see below). Each iteration, every image
    is jittered (a roll by a few pixels; on inputs of 64 px or more first a random resized crop of area 0.08-1
    and a flip where the dataset allows one, as on ImageNet; one draw per batch, as the released code transforms
    a batch tensor), the teacher runs on it in eval mode, and the loss is
@@ -20,7 +21,10 @@ Read beside the paper's Section 3 and its released ``recover/data_synthesis.py``
    teacher's soft labels of augmented views (FKD-style, computed per batch instead of stored).
 
 Defaults are the released code's CIFAR settings (lr 0.25, r_bn 0.01, first-layer multiplier 10, 1000 iterations,
-roll-only jitter below 64 px); ``ipc`` 10. Deviations, named: one Adam over all batches instead of a fresh one
+roll-only jitter below 64 px); ``ipc`` 10. Deviations, named: the images start from random real images of their
+class, the real-image initialisation of SRe2L's successor EDC (Shao et al. 2024), because it scores higher than noise
+under both the teacher recipe and DC's protocol (the ``sre2l-noise`` rows of ``benchmarks/teacher.py``); one Adam
+over all batches instead of a fresh one
 per batch (Adam is elementwise and each image's gradient comes from its own batch alone, so the updates are the
 same); the roll is by 0 .. ``roll``-1 pixels with ``roll`` = side // 8 + 1 (4 at 28-32 px, as the CIFAR script;
 2 on 8x8 digits, where the CIFAR script's range would be a third of the image); the images are kept as floats
@@ -82,8 +86,9 @@ class SRe2LConfig(MethodConfig, TeacherOption):
     """Rolls shift the images by 0 .. roll-1 pixels along each axis."""
     batch_classes: int = 100
     """Classes per recovery batch, one image each (the batch-norm statistics are a batch's)."""
-    init: Literal["noise", "real"] = "noise"
-    """Start from Gaussian noise (SRe2L) or from random real images of each class (its successors' start)."""
+    init: Literal["real", "noise"] = "real"
+    """Start from random real images of each class (EDC's real-image initialisation), or from Gaussian noise
+    (SRe2L's start)."""
 
     ITERATIONS: ClassVar[int] = 1000
     RESUMABLE: ClassVar[tuple[str, ...]] = ("lr",)
