@@ -53,7 +53,7 @@ OUT = RESULTS / "teacher.json"
 WORK = Path(os.environ.get("DISTILSET_BENCH_WORK", "/tmp/distilset-teacher"))
 SETS = ("sre2l", "rded", "random", "dm", "mtt")
 VARIANTS = {"sre2l-noise": ("sre2l", {"init": "noise"})}
-"""Ablations (``--sets sre2l-noise``): SRe2L from Gaussian noise, the paper's start (the default starts from real images)."""
+"""Ablations (``--sets sre2l-noise``): SRe2L from Gaussian noise, the paper's start (the default: real images)."""
 NETS = {"convnet-bn": {}, "resnet18": {"norm": "batch", "width": 32}, "mlp": {}}
 RECIPES = ("teacher", "dc")
 DM = {"iterations": 300, "net_kwargs": {"width": 32}}
