@@ -14,10 +14,11 @@ from distilset.evaluate import EvalResult, evaluate, evaluate_nets, record_evalu
 from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
-from distilset.recipes import Replay, Standard
+from distilset.recipes import Replay, Standard, Teacher
 from distilset.report import report
 from distilset.synset import SyntheticSet
 from distilset.teach import load_model, teach
+from distilset.teachers import TeacherConfig, TeacherNet, load_teacher, train_teacher
 from distilset.train import fit
 
 __version__ = "0.2.0"
@@ -32,6 +33,9 @@ __all__ = [
     "Replay",
     "Standard",
     "SyntheticSet",
+    "Teacher",
+    "TeacherConfig",
+    "TeacherNet",
     "baseline",
     "create_net",
     "distill",
@@ -44,9 +48,11 @@ __all__ = [
     "list_nets",
     "load_dataset",
     "load_model",
+    "load_teacher",
     "record_evaluation",
     "register_method",
     "report",
     "teach",
     "train_experts",
+    "train_teacher",
 ]

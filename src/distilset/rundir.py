@@ -6,8 +6,8 @@ network is fitted) and decides what may happen to ``out``:
 - a missing or empty directory, or one holding only files distilset did not write: the run starts there;
 - a directory holding a run (a saved set, ``history.json`` or ``checkpoint/``) is refused, naming what it
   holds, unless ``resume`` (continue its checkpoint; the settings are compared when the checkpoint is read)
-  or ``overwrite`` (the run's files are deleted first; files distilset did not write and trained experts in
-  ``OUT/experts`` are kept);
+  or ``overwrite`` (the run's files are deleted first; files distilset did not write, trained experts in
+  ``OUT/experts`` and a teacher in ``OUT/teacher`` are kept);
 - ``resume`` on a directory holding a set but no checkpoint is refused: there is nothing to continue.
 
 It then creates the directory and proves it writable with a real temporary file (``mkstemp``, removed at

@@ -463,6 +463,11 @@ def teacher_for(
         where = Path(path) if path is not None else (out / "teacher" if out is not None else None)
         if where is not None and (where / TEACHER_FILE).is_file():
             teacher = load_teacher(where, device)
+        elif path is not None and where.is_dir() and any(where.iterdir()) and not (where / CHECKPOINT).is_file():
+            raise DistilsetError(
+                f"`teacher` {where} holds no teacher ({TEACHER_FILE}); give a directory made by "
+                "`distilset teacher` (or a set that carries one), or a new directory to train one into"
+            )
         else:
             resume = where is not None and (where / CHECKPOINT).is_file()
             log(f"training a teacher{f' into {where}' if where else ''}{' (continuing its checkpoint)' * resume}")
