@@ -93,7 +93,7 @@ def test_evaluate_trains_any_set_by_the_teacher_recipe_like_for_like(digits_teac
 
 
 def test_teacher_views_are_seeded_and_cutmix_pastes_one_box(digits):
-    from distilset.augment import cutmix, random_boxes, resized_crops
+    from distilset.augment import apply_view, draw_view, random_boxes, resized_crops
     from distilset.train import teacher_view
 
     x = digits.train_x[:8]
@@ -108,7 +108,9 @@ def test_teacher_views_are_seeded_and_cutmix_pastes_one_box(digits):
         (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 8).all() and (boxes[:, 1] + boxes[:, 3] <= 8).all()
     )
     assert area.min() >= 0.35 and area.max() <= 1.0  # rounding to whole pixels around the (0.5, 1) range
-    mixed = cutmix(x, torch.Generator().manual_seed(2))
+    view = draw_view(8, (8, 8), torch.Generator().manual_seed(2), scale=(1.0, 1.0), flip=False, cutmix=1.0)
+    assert torch.equal(view.boxes, torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(8, 1))  # no crop at scale 1
+    mixed = apply_view(x, view)
     changed = (mixed != x).any(1).any(0)  # (H, W): where any image changed
     rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
@@ -218,3 +220,39 @@ def test_a_teacher_directory_that_holds_something_else_is_refused_before_any_wor
         capsys, "distill", "sre2l", "--dataset", "digits", "--teacher", tmp_path / "set", "--out", tmp_path / "out"
     )
     assert "--teacher" in line and "holds no teacher" in line
+
+
+def test_stored_views_hold_the_teachers_labels_and_train_without_running_it(digits_teacher, digits, tmp_path, capsys):
+    from safetensors.torch import save_file as save_tensors_file
+
+    from distilset.augment import apply_view
+    from distilset.relabel import NAMES, VIEWS_FILE
+
+    teacher = load_teacher(digits_teacher)
+    random_real = ds.baseline("random", digits, ipc=2, seed=0)
+    recipe = teacher_recipe(20, 10, flip=False, epochs=20)
+    views = ds.relabel(random_real, teacher, recipe, top_k=10, seed=1).views
+    assert views.epochs == 20 and views.top_k == 10
+    for epoch in (0, 7, 19):  # all classes kept: the stored labels are the teacher's on the stored view (fp16)
+        x = apply_view(random_real.images[views.batches(epoch)[0]], views.view(epoch, 0))
+        want = torch.softmax(teacher.logits(x) / recipe.temperature, 1)
+        assert (views.targets(epoch, 0, 10) - want).abs().max() < 2e-3
+    top3 = ds.relabel(random_real, teacher, recipe, top_k=3, seed=1).views
+    assert torch.allclose(top3.targets(3, 0, 10).sum(1), torch.ones(20), atol=1e-3)  # the rest spread evenly
+    taught = ds.relabel(random_real, teacher, recipe, seed=1)
+    taught.save(tmp_path / "s")
+    loaded = ds.SyntheticSet.load(tmp_path / "s")
+    assert all(torch.equal(getattr(loaded.views, n), getattr(views, n)) for n in NAMES)
+
+    def no_teacher(*args):
+        raise AssertionError("the teacher ran")
+
+    loaded.teacher.module.forward = no_teacher
+    result = ds.evaluate(loaded, digits, repeats=1)
+    assert result.settings["views"] == "stored: 20 epochs, top-10" and result.accuracy_mean > 0.6
+    with pytest.raises(AssertionError, match="the teacher ran"):  # another recipe: the views do not apply
+        ds.evaluate(loaded, digits, repeats=1, epochs=2)
+    state = load_file(str(tmp_path / "s" / VIEWS_FILE))
+    state["order"][0, 0] = state["order"][0, 1]  # an epoch that shows one item twice
+    save_tensors_file(state, str(tmp_path / "s" / VIEWS_FILE))
+    assert "must be a permutation" in _one_error_line(capsys, "evaluate", tmp_path / "s", "--repeats", "1")

@@ -15,6 +15,7 @@ from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
 from distilset.recipes import Replay, Standard, Teacher
+from distilset.relabel import relabel
 from distilset.report import report
 from distilset.synset import SyntheticSet
 from distilset.teach import load_model, teach
@@ -50,6 +51,7 @@ __all__ = [
     "load_model",
     "load_teacher",
     "record_evaluation",
+    "relabel",
     "register_method",
     "report",
     "teach",

@@ -209,35 +209,55 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int] | 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Each image mirrored left-right with probability 1/2."""
-    flip = torch.rand(len(x), generator=g) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+@dataclass(frozen=True)
+class View:
+    """The random choices behind one minibatch view of the teacher recipe, so that a view can be stored and replayed
+    (FKD's stored crops): RDED's patch shuffle (``cols`` and ``rows``: permutations of the strips, identities when
+    there is one patch per side), each image's crop box (top, left, height, width) and flip, and CutMix's box
+    (top, bottom, left, right; empty when the batch is not mixed) with the batch position pasted into each image."""
+
+    cols: torch.Tensor
+    rows: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    mix_box: torch.Tensor
+    mix_from: torch.Tensor
 
 
-def cutmix(x: torch.Tensor, g: torch.Generator, beta: float = 1.0) -> torch.Tensor:
-    """CutMix (Yun et al. 2019) as SRe2L's and RDED's student training apply it to every batch: one box of area
-    share ``1 - lam`` (lam ~ Beta(beta, beta)) pasted from a shuffled copy of the batch. No label mixing: the teacher
-    labels the mixed image itself."""
-    n, _, h, w = x.shape
-    lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(beta, beta))
-    cut = math.sqrt(1 - lam)
-    ch, cw = int(h * cut), int(w * cut)
-    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    perm = torch.randperm(n, generator=g).to(x.device)
-    out = x.clone()
-    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
-    return out
+def draw_view(n: int, size: tuple[int, int], g: torch.Generator, patches: int = 1, scale=(0.5, 1.0),
+              flip: bool = True, cutmix: float = 1.0, beta: float = 1.0) -> View:  # fmt: skip
+    """The random choices of one view of ``n`` images of ``size``: patch-strip permutations, random resized crop
+    boxes (``scale``: area shares), flips (when ``flip``), and with probability ``cutmix`` one CutMix box (Yun et al.
+    2019: area share ``1 - lam``, lam ~ Beta(beta, beta)) pasted from a shuffled copy of the batch."""
+    h, w = size
+    identity = torch.arange(patches)
+    cols = torch.randperm(patches, generator=g) if patches > 1 else identity
+    rows = torch.randperm(patches, generator=g) if patches > 1 else identity
+    boxes = random_boxes(n, size, scale, g)
+    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    box, source = torch.zeros(4, dtype=torch.int64), torch.arange(n)
+    if cutmix and float(torch.rand((), generator=g)) < cutmix and n > 1:
+        lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(beta, beta))
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+        box = torch.tensor([max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)])
+        source = torch.randperm(n, generator=g)
+    return View(cols, rows, boxes, flips, box, source)
 
 
-def shuffle_patches(x: torch.Tensor, factor: int, g: torch.Generator) -> torch.Tensor:
-    """RDED's patch shuffle: the image cut into ``factor`` strips of columns, permuted, then into ``factor`` strips
-    of rows, permuted (one permutation per batch); a stitched image's patches move as wholes."""
-    if factor <= 1:
-        return x
-    cols = torch.randperm(factor, generator=g).tolist()
-    x = torch.cat([x.tensor_split(factor, dim=3)[i] for i in cols], 3)
-    rows = torch.randperm(factor, generator=g).tolist()
-    return torch.cat([x.tensor_split(factor, dim=2)[i] for i in rows], 2)
+def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
+    """The view of the batch ``x`` (N, C, H, W): patch shuffle, resized crops, flips, then the CutMix paste (the
+    pasted content is the other image's view: the box is cut from the transformed batch, as CutMix after the
+    per-image transforms of a data loader)."""
+    f = len(view.cols)
+    if f > 1:
+        x = torch.cat([x.tensor_split(f, dim=3)[i] for i in view.cols.tolist()], 3)
+        x = torch.cat([x.tensor_split(f, dim=2)[i] for i in view.rows.tolist()], 2)
+    x = resized_crops(x, view.boxes)
+    x = torch.where(view.flips.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+    y0, y1, x0, x1 = view.mix_box.tolist()
+    if y1 > y0 and x1 > x0:
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[view.mix_from.to(x.device)][:, :, y0:y1, x0:x1]
+    return x

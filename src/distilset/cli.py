@@ -33,7 +33,8 @@ from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, 
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import preset_of
-from distilset.recipes import Standard, Teacher
+from distilset.recipes import Standard, Teacher, teacher_recipe
+from distilset.relabel import VIEWS_FILE, relabel
 from distilset.report import report
 from distilset.rundir import prepare_out
 from distilset.synset import SyntheticSet
@@ -291,6 +292,24 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relabel(args: argparse.Namespace) -> int:
+    syn = SyntheticSet.load(args.dir)
+    recipe = None
+    if not isinstance(syn.recipe, Teacher):  # the teacher recipe for its size, flips as the dataset allows
+        if args.dataset is None and syn.dataset not in SOURCES:
+            raise DistilsetError("pass --dataset: the set has no teacher recipe, and its flips depend on the dataset")
+        args.dataset = args.dataset or syn.dataset
+        flip = "flip" in _load(args).info.dsa_strategy
+        recipe = teacher_recipe(len(syn), syn.num_classes, flip)
+    teacher = load_teacher(args.teacher, args.device) if args.teacher is not None else None
+    taught = relabel(syn, teacher, recipe, top_k=args.top_k, seed=args.seed, device=args.device, progress=True)
+    taught.save(args.dir)
+    size = sum(p.stat().st_size for p in Path(args.dir).glob("synset.*"))
+    print(f"stored {taught.views.epochs} epochs x {len(syn)} views (top-{taught.views.top_k}) in {args.dir}/"
+          f"{VIEWS_FILE}: {taught.views.nbytes / 2**20:.2f} MB beside {size / 2**20:.2f} MB of set")  # fmt: skip
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     path = report(args.dirs, args.out, title=args.title)
     print(f"wrote {path} ({len(args.dirs)} set{'s' if len(args.dirs) > 1 else ''}); open it in a browser")
@@ -467,6 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
                        default_text="the set's teacher recipe, else the defaults for its size",
                        skip=tuple(s.name for s in field_specs(Standard)))  # fmt: skip
     p.set_defaults(func=cmd_evaluate, flags=_flags_of_parser(p))
+
+    p = sub.add_parser("relabel", help="store the teacher recipe's views and soft labels with a set (FKD)",
+                       description="Compute the teacher recipe's augmented views of a set and the teacher's soft "
+                                   "labels of them once, and store them with the set (views.safetensors), so that "
+                                   "training on it runs no teacher.")  # fmt: skip
+    p.add_argument("dir", help="set directory (its teacher and recipe are used unless --teacher is given)")
+    p.add_argument("--teacher", default=None, metavar="DIR", help="teacher directory (default: the set's own)")
+    p.add_argument("--top-k", type=int, default=None, help="probabilities kept per view (default: all, at most 100)")
+    _add_data_args(p, required=False)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_relabel, flags=_flags_of_parser(p))
 
     p = sub.add_parser("report", help="one self-contained HTML page: pictures, curves, evaluations, comparison")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="set directories (distill, baseline)")

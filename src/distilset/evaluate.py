@@ -11,7 +11,9 @@ Protocols (written into every result, with the full recipe used):
   SRe2L's and RDED's evaluation) applied to *any* set, with the teacher given (``teacher=``, ``--teacher DIR``)
   or the set's own; the set's own teacher recipe when it has one. Random real images trained this way are the
   like-for-like baseline of a set made for this recipe (DD-Ranking's point: the teacher's labels are part of the
-  recipe). Giving a teacher without a protocol chooses this one.
+  recipe). Giving a teacher without a protocol chooses this one. A set with stored views (``distilset relabel``:
+  FKD's stored crops and soft labels) trains on them, running no teacher, when it is trained by its own recipe
+  unchanged and with its own teacher.
 Options given to ``evaluate`` (``lr=``, ``epochs=``, ``optimizer=``, ... any field of ``recipes.Standard``, or of
 ``recipes.Teacher`` under the teacher protocol) override the chosen recipe.
 
@@ -43,6 +45,7 @@ from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
 from distilset.progress import Progress
 from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_to_json, teacher_recipe
+from distilset.relabel import StoredViews
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, load_teacher
 from distilset.train import accuracy, fit, replay
@@ -242,6 +245,7 @@ def evaluate(
     """
     protocol = protocol or ("teacher" if teacher is not None else "recipe")
     recipe = training_recipe(syn, protocol, flip="flip" in data.info.dsa_strategy, **overrides)
+    views = syn.views if syn.views is not None and teacher is None and recipe == syn.recipe else None
     teacher = _teacher_for(syn, recipe, teacher, device)
     if repeats < 1:
         raise ConfigError(f"`repeats` must be >= 1, got {repeats}")
@@ -286,7 +290,7 @@ def evaluate(
                 theta0 = init_pool[r % len(init_pool)]
         net_spec = (net, in_shape, init, net_kwargs)
         jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, bar.bar is not None and not ray,
-                     teacher))  # fmt: skip
+                     teacher, views))  # fmt: skip
     runs = run_jobs(_train_and_test, jobs, ray=ray, on_done=lambda i, acc: bar.update({"acc": acc}))
     bar.close()
     wall = time.perf_counter() - start
@@ -310,6 +314,7 @@ def evaluate(
             "init": init,
             "recipe_text": recipe.describe(),
             **({"teacher": teacher.spec()} if teacher is not None else {}),
+            **({"views": f"stored: {views.epochs} epochs, top-{views.top_k}"} if views is not None else {}),
         },  # fmt: skip
     )
 
@@ -344,10 +349,11 @@ def _train_and_test(
     device: str,
     bar: bool,
     teacher: TeacherNet | None = None,
+    views: StoredViews | None = None,
 ) -> float:
     """One repeat of ``evaluate``: a fresh net of ``net_spec`` (name, input shape, init, options) with seed ``seed``
     (started from ``theta0`` when given), trained on the set by its recipe (against ``teacher``'s outputs under a
-    teacher recipe), its test accuracy."""
+    teacher recipe, or the set's stored ``views``), its test accuracy."""
     net, in_shape, init, net_kwargs = net_spec
     model = create_net(net, in_shape, syn.num_classes, seed=seed, init=init, **net_kwargs).to(device)
     x, y = syn.images.to(device), syn.labels.to(device)
@@ -356,8 +362,8 @@ def _train_and_test(
             _load_init(model, theta0)
         replay(model, x, y, syn.lrs, syn.step_order)
     else:
-        module = teacher.module.to(device) if teacher is not None else None
-        fit(model, x, y, recipe, seed=seed, progress=bar, teacher=module)  # a bar per net on a terminal only
+        module = teacher.module.to(device) if teacher is not None and views is None else None
+        fit(model, x, y, recipe, seed=seed, progress=bar, teacher=module, views=views)  # a bar per net on a terminal
     return accuracy(model, test_x.to(device), test_y.to(device))
 
 

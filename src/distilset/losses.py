@@ -41,4 +41,9 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
 
 
+def kd_kl_probs(student_logits: torch.Tensor, probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``kd_kl`` against stored teacher probabilities (already softened by T): KL(probs || softmax(s / T))."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), probs, reduction="batchmean")
+
+
 LOSSES = {"ce": soft_cross_entropy, "mse": centred_mse}

@@ -136,7 +136,7 @@ class KernelRidge(Config):
 class Teacher(Config):
     """Knowledge distillation from a teacher on augmented views of the set (SRe2L / RDED's evaluation).
 
-    Every minibatch: ``shuffle_patches`` (RDED's patch shuffle, for stitched images), a random resized crop of
+    Every minibatch (``augment.draw_view``): RDED's patch shuffle (for stitched images), a random resized crop of
     each image back to its size, a random flip per image (when ``flip``), CutMix on the batch (when drawn with
     probability ``cutmix``); the teacher (eval mode, no gradient) labels that view; the student is trained on
     KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch, without the T^2 factor (both

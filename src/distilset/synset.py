@@ -29,6 +29,8 @@ from distilset.jsonread import load_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input, read_net_spec
 from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_from_json, recipe_to_json
+from distilset.relabel import NAMES as VIEW_NAMES
+from distilset.relabel import VIEWS_FILE, StoredViews
 from distilset.teachers import TEACHER_FILE, TeacherNet, load_teacher
 
 FORMAT = "distilset.synset"
@@ -53,7 +55,8 @@ class SyntheticSet:
     ``Replay`` recipe replays. init_params: the fixed initial weights of a fixed-init set.
     net: {"name", "kwargs", "init"} of the distillation net. config: the resolved config of the method.
     teacher: the trained network whose soft labels a ``Teacher`` recipe distils (SRe2L, RDED), saved beside the
-    set as ``teacher.safetensors`` with its spec in ``synset.json`` (``distilset.teachers``).
+    set as ``teacher.safetensors`` with its spec in ``synset.json`` (``distilset.teachers``). views: the teacher
+    recipe's views and the teacher's soft labels of them, stored (``distilset.relabel``; ``views.safetensors``).
     """
 
     images: torch.Tensor
@@ -71,6 +74,7 @@ class SyntheticSet:
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     teacher: TeacherNet | None = None
+    views: StoredViews | None = None
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -170,6 +174,10 @@ class SyntheticSet:
                 self.teacher.check_fits(self.image_shape, self.num_classes, self.norm, self.zca is not None)
             except DistilsetError as e:
                 raise SynsetFormatError(str(e)) from e
+        if self.views is not None:
+            if not isinstance(self.recipe, Teacher) or images.ndim != 4:
+                raise SynsetFormatError("stored views belong to a teacher recipe on images; this set has neither")
+            self.views.check(n, self.num_classes, tuple(images.shape[2:]), self.recipe)
         if isinstance(self.recipe, Replay):
             if self.lrs is None:
                 raise SynsetFormatError("a replay recipe needs the learned lrs and step order")
@@ -347,12 +355,16 @@ class SyntheticSet:
             "config": self.config,
             "extra": self.extra,
             "teacher": self.teacher.spec() if self.teacher is not None else None,
+            "views": None if self.views is None else {"epochs": self.views.epochs, "top_k": self.views.top_k,
+                                                      "batch_size": self.views.batch_size, "bytes": self.views.nbytes},
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
             },
         }
         if self.teacher is not None:
             self.teacher.save(out / TEACHER_FILE)
+        if self.views is not None:
+            save_tensors(out / VIEWS_FILE, self.views.tensors(), metadata={"format": FORMAT})
         save_tensors(out / TENSOR_FILE, tensors, metadata={"format": FORMAT})
         write_json(out / META_FILE, meta, default=_json)
         if grid and self.images.ndim == 4:
@@ -404,6 +416,8 @@ class SyntheticSet:
             fields = _fields_from_meta(meta, has_lrs="lrs" in tensors)
             if meta.get("teacher") is not None:
                 fields["teacher"] = load_teacher(d, spec=meta["teacher"])
+            if meta.get("views") is not None:
+                fields["views"] = _load_views(d, meta["views"])
             eps = fields.pop("zca_eps")
             zca = ZCA(tensors["zca.mean"], tensors["zca.matrix"], eps) if "zca.matrix" in tensors else None
             return cls(
@@ -424,6 +438,23 @@ class SyntheticSet:
 
 
 DAMAGED = "the set is damaged: restore it from a copy or make it again"
+
+
+def _load_views(d: Path, listing) -> StoredViews:
+    """The stored views listed in synset.json; their shapes and values are checked with the set (``validate``)."""
+    path = d / VIEWS_FILE
+    listing = jsonread.mapping(listing, "views")
+    if not path.is_file():
+        raise SynsetFormatError(f"{d} lists stored views but {VIEWS_FILE} is missing; relabel the set again "
+                                "(`distilset relabel`) or remove the views entry")  # fmt: skip
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SynsetFormatError(f"{path} is unreadable ({e}); relabel the set again (`distilset relabel`)") from e
+    if set(tensors) != set(VIEW_NAMES):
+        raise SynsetFormatError(f"{path} holds {sorted(tensors)}, not the views {sorted(VIEW_NAMES)}")
+    batch = jsonread.whole(listing.get("batch_size"), "views.batch_size", 1, 1 << 30)
+    return StoredViews(batch_size=batch, **tensors)
 
 
 def _check_listing(d: Path, listing, tensors: dict[str, torch.Tensor]) -> None:

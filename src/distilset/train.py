@@ -13,16 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from distilset.augment import cutmix, dsa, random_boxes, random_flip, resized_crops, shuffle_patches, toroidal_crop
+from distilset.augment import View, apply_view, draw_view, dsa, toroidal_crop
 from distilset.errors import DistilsetError
-from distilset.losses import LOSSES, kd_kl, soft_cross_entropy
+from distilset.losses import LOSSES, kd_kl, kd_kl_probs, soft_cross_entropy
 from distilset.progress import Progress
 from distilset.recipes import Standard, Teacher
+
+if TYPE_CHECKING:
+    from distilset.relabel import StoredViews
 
 
 def make_optimizer(params, recipe: Standard | Teacher) -> torch.optim.Optimizer:
@@ -38,18 +41,18 @@ def make_optimizer(params, recipe: Standard | Teacher) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+def teacher_views(recipe: Teacher, n: int, size: tuple[int, int], g: torch.Generator) -> View:
+    """The random choices of one minibatch view by the teacher recipe (``augment.draw_view`` with its settings)."""
+    return draw_view(n, size, g, patches=recipe.patches, scale=recipe.crop_scale, flip=recipe.flip,
+                     cutmix=recipe.cutmix)  # fmt: skip
+
+
 def teacher_view(x: torch.Tensor, recipe: Teacher, g: torch.Generator) -> torch.Tensor:
     """One augmented view of the minibatch ``x`` by the teacher recipe: patch shuffle, a random resized crop of
     each image, a flip per image, CutMix on the batch (see ``recipes.Teacher``)."""
     if x.ndim != 4:
         raise DistilsetError(f"the teacher recipe crops images (N, C, H, W); these inputs are {tuple(x.shape[1:])}")
-    x = shuffle_patches(x, recipe.patches, g)
-    x = resized_crops(x, random_boxes(len(x), tuple(x.shape[2:]), recipe.crop_scale, g))
-    if recipe.flip:
-        x = random_flip(x, g)
-    if recipe.cutmix and float(torch.rand((), generator=g)) < recipe.cutmix and len(x) > 1:
-        x = cutmix(x, g)
-    return x
+    return apply_view(x, teacher_views(recipe, len(x), tuple(x.shape[2:]), g))
 
 
 def fit(
@@ -66,6 +69,7 @@ def fit(
     on_state: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     desc: str = "train",
+    views: StoredViews | None = None,
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) by ``recipe``; y hard (N,) or soft (N, K).
 
@@ -79,9 +83,10 @@ def fit(
     view are the targets (``y`` is then unused).
     ``on_state(state)`` receives, after every epoch, what ``resume=state`` needs to continue the training exactly
     (the net's and optimiser's state, the generator, the step): a checkpoint, when the caller saves it.
-    ``desc`` names the progress bar.
+    ``desc`` names the progress bar. ``views`` (a teacher recipe's stored views, ``distilset.relabel``) replace the
+    minibatch order, the views and the teacher's outputs with the stored ones: no teacher is run.
     """
-    if isinstance(recipe, Teacher) and teacher is None:
+    if isinstance(recipe, Teacher) and teacher is None and views is None:
         raise DistilsetError("the teacher recipe trains against a teacher's outputs; give the teacher network")
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(net.parameters(), recipe)
@@ -106,7 +111,7 @@ def fit(
         step, epoch = int(resume["step"]), int(resume["epoch"])
     bar = Progress(total, desc, progress, initial=step, leave=False)
     while step < total:
-        for idx in batches.epoch(g):
+        for b, idx in enumerate(views.batches(epoch) if views is not None else batches.epoch(g)):
             if step == total:
                 break
             if step == decay_at and step > 0:
@@ -119,7 +124,10 @@ def fit(
             xb = x[idx]
             if getattr(recipe, "crop", None):
                 xb = toroidal_crop(xb, recipe.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
-            if isinstance(recipe, Teacher):
+            if isinstance(recipe, Teacher) and views is not None:  # stored views and soft labels (FKD)
+                out = net(apply_view(xb, views.view(epoch, b)))
+                loss = kd_kl_probs(out, views.targets(epoch, b, out.shape[1]).to(out.device), recipe.temperature)
+            elif isinstance(recipe, Teacher):
                 xb = teacher_view(xb, recipe, g)
                 with torch.no_grad():
                     target = teacher(xb)
