@@ -25,6 +25,11 @@ Nets: ``convnet-bn`` (ConvNet-3 with batch norm, width 128: the teacher's archit
 ``mlp`` (2 hidden layers of 128). Rows go to ``benchmarks/results/teacher.json`` as they finish, each with the
 command it stands for; sets and teachers are kept under ``$DISTILSET_BENCH_WORK`` (default /tmp/distilset-teacher).
 
+``--older`` trains every other method's set, made with default flags on ``--datasets`` (the defaults matrix's
+command, ``distilset distill METHOD --dataset NAME``), by its own recipe and by the teacher recipe with the dataset's
+teacher, each on the set's own net, beside random real images of the same count under the same teacher recipe and
+net: each method with and without a teacher (rows in ``benchmarks/results/teacher-older.json``).
+
 ``--cost`` measures what one image costs: a recovery iteration of SRe2L and a scored crop of RDED, on the default
 teacher at 28x28 and on ResNet-18 (batch norm, width 64) at 56x56, the compute of ImageNet's ResNet-18 at 224x224
 once its stem (stride 2, then max pooling) has reduced the input to 56x56 (the 7x7 stem conv is ~6 % of its
@@ -145,6 +150,45 @@ def score(syn: ds.SyntheticSet, data: ds.Dataset, recipe: str, net: str, teacher
         "recipe": r.recipe,
         "net_kwargs": r.net_kwargs,
     }
+
+
+OLDER = ("dd", "labels", "dm", "dc", "dsa", "mtt", "frepo", "kip", "ls")
+
+
+def older(args: argparse.Namespace) -> None:
+    """Each older method's default-flag set by its own recipe and by the teacher recipe, beside random real."""
+    torch.set_num_threads(args.threads)
+    results = ResultFile(RESULTS / "teacher-older.json", {"repeats": args.repeats})
+    for dataset in args.datasets:
+        data = ds.load_dataset(dataset)
+        teacher, facts = teacher_dir(data)
+        for method in OLDER:
+            if results.has({"dataset": dataset, "method": method}):
+                continue
+            out = WORK / f"{dataset}-default-{method}"
+            t0 = time.perf_counter()
+            if (out / "synset.json").exists():
+                syn, made = ds.SyntheticSet.load(out), "earlier run"
+            else:
+                syn = ds.distill(method, data, out=out, overwrite=out.exists(), progress=True)
+                made = round(time.perf_counter() - t0, 1)
+            own = ds.evaluate(syn, data, repeats=args.repeats)
+            net = "mlp" if own.net.startswith("kernel:") else own.net  # a kernel set's finite net: the MLP
+            kwargs = {} if own.net.startswith("kernel:") else own.net_kwargs
+            taught = ds.evaluate(syn, data, net=net, net_kwargs=kwargs, teacher=teacher, repeats=args.repeats)
+            real = ds.baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=0)
+            if len(real) != len(syn):
+                raise SystemExit(f"{method}: {len(syn)} items is no whole number per class; no random real twin")
+            base = ds.evaluate(real, data, net=net, net_kwargs=kwargs, teacher=teacher, repeats=args.repeats)
+            row = {"dataset": dataset, "method": method, "size": len(syn), "distill_s": made,
+                   "set_command": f"distilset distill {method} --dataset {dataset} --out {out}",
+                   **{name: {"net": r.net, "mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs,
+                             "recipe": r.settings.get("recipe_text"), "eval_s": round(r.wall_time_s, 1)}
+                      for name, r in (("own", own), ("teacher", taught), ("random_teacher", base))},
+                   **facts, "threads": torch.get_num_threads()}  # fmt: skip
+            print(f"{dataset} {method}: own {100 * own.accuracy_mean:.1f}, teacher {100 * taught.accuracy_mean:.1f}, "
+                  f"random real with the teacher {100 * base.accuracy_mean:.1f} ({net})", flush=True)  # fmt: skip
+            results.add(row)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -310,6 +354,17 @@ def table() -> None:
                     )
                     cells.append(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{gap}")
                 print(f"| {name} | " + " | ".join(cells) + " |")
+    older_file = RESULTS / "teacher-older.json"
+    if older_file.exists():
+        print("\n| method | items | own recipe | teacher recipe | random real, teacher recipe | net |")
+        print("|---|---|---|---|---|---|")
+        for r in json.loads(older_file.read_text())["rows"]:
+            own, taught, base = r["own"], r["teacher"], r["random_teacher"]
+            gap = 100 * (taught["mean"] - base["mean"])
+            print(
+                f"| {r['method']} | {r['size']} | {100 * own['mean']:.1f} ({own['net']}) | {100 * taught['mean']:.1f} "
+                f"({gap:+.1f}) | {100 * base['mean']:.1f} | {taught['net']} |"
+            )
     cost_file = RESULTS / "teacher-cost.json"
     if cost_file.exists():
         print()
@@ -327,12 +382,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cost", action="store_true", help="measure the per-image costs instead")
+    p.add_argument("--older", action="store_true", help="every other method with and without the teacher")
     p.add_argument("--table", action="store_true", help="print the tables from the JSON")
     args = p.parse_args()
     if args.table:
         table()
     elif args.cost:
         cost(args)
+    elif args.older:
+        older(args)
     else:
         run(args)
 
