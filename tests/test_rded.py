@@ -3,6 +3,8 @@ RDED's order; the scoring is the same on Ray; one class per iteration."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,15 +58,17 @@ def test_every_patch_is_a_real_crop_of_its_class_and_the_best_scored_of_its_cand
             assert syn.extra["patches"][items[i]][slot][0] == int(candidates[cand])
 
 
-def test_rded_takes_one_class_per_iteration_and_refuses_other_budgets(digits_teacher, digits):
+def test_rded_takes_one_class_per_iteration_and_refuses_other_budgets(digits_teacher, digits, tmp_path):
     with pytest.raises(ds.ConfigError, match="iterations must be 10"):
         ds.distill("rded", digits, iterations=3, teacher=str(digits_teacher))
     with pytest.raises(ds.ConfigError, match="factor 3 must divide"):
         ds.distill("rded", digits, factor=3, teacher=str(digits_teacher))
     with pytest.raises(ds.ConfigError, match="candidates 5 must be at least"):
         ds.distill("rded", digits, candidates=5, teacher=str(digits_teacher))
-    syn = ds.distill("rded", digits, ipc=2, candidates=10, teacher=str(digits_teacher))
+    syn = ds.distill("rded", digits, ipc=2, candidates=10, teacher=str(digits_teacher), eval_every=5, out=tmp_path)
     assert syn.recipe.kind == "teacher" and syn.teacher is not None and len(syn) == 20
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert "val_acc" not in history[4] and history[9]["val_acc"] > 0.5  # once every class is there
 
 
 @pytest.mark.heavy

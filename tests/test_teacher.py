@@ -215,6 +215,15 @@ def test_a_teacher_directory_that_holds_something_else_is_refused_before_any_wor
     ds.baseline("random", digits, ipc=1).save(tmp_path / "set")
     with pytest.raises(DistilsetError, match="holds no teacher"):
         ds.distill("rded", digits, teacher=str(tmp_path / "set"))
+    ds.distill("dm", digits, iterations=1, ipc=1, net_kwargs={"width": 4}, out=tmp_path / "run")  # a checkpoint too
+    with pytest.raises(DistilsetError, match="holds no teacher"):
+        ds.distill("sre2l", digits, teacher=str(tmp_path / "run"))
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").exists()
+    for typo in (tmp_path / "t" / "teacher.safetensors", tmp_path / "no" / "such" / "dir"):
+        with pytest.raises(DistilsetError, match="does not exist"):
+            ds.distill("rded", digits, teacher=str(typo))
+    with pytest.raises(ConfigError, match="ray runs CPU tasks"):
+        ds.distill("rded", digits, ray=True, device="cuda")
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["grid.png", "synset.json", "synset.safetensors"]
     line = _one_error_line(
         capsys, "distill", "sre2l", "--dataset", "digits", "--teacher", tmp_path / "set", "--out", tmp_path / "out"
@@ -252,7 +261,18 @@ def test_stored_views_hold_the_teachers_labels_and_train_without_running_it(digi
     assert result.settings["views"] == "stored: 20 epochs, top-10" and result.accuracy_mean > 0.6
     with pytest.raises(AssertionError, match="the teacher ran"):  # another recipe: the views do not apply
         ds.evaluate(loaded, digits, repeats=1, epochs=2)
-    state = load_file(str(tmp_path / "s" / VIEWS_FILE))
-    state["order"][0, 0] = state["order"][0, 1]  # an epoch that shows one item twice
-    save_tensors_file(state, str(tmp_path / "s" / VIEWS_FILE))
-    assert "must be a permutation" in _one_error_line(capsys, "evaluate", tmp_path / "s", "--repeats", "1")
+    for damage, needle in (
+        ("twice", "must be a permutation"),
+        ("float", "must hold integer values"),
+        ("classes", "top-k classes of a view must differ"),
+    ):
+        state = load_file(str(tmp_path / "s" / VIEWS_FILE))
+        if damage == "twice":
+            state["order"][0, 0] = state["order"][0, 1]  # an epoch that shows one item twice
+        elif damage == "float":
+            state["order"] = state["order"].double()
+        else:
+            state["classes"][0, 0, 1] = state["classes"][0, 0, 0]
+        save_tensors_file(state, str(tmp_path / "s" / VIEWS_FILE))
+        assert needle in _one_error_line(capsys, "evaluate", tmp_path / "s", "--repeats", "1")
+        taught.save(tmp_path / "s")

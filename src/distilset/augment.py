@@ -212,8 +212,8 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int] | 
 @dataclass(frozen=True)
 class View:
     """The random choices behind one minibatch view of the teacher recipe, so that a view can be stored and replayed
-    (FKD's stored crops): RDED's patch shuffle (``cols`` and ``rows``: permutations of the strips, identities when
-    there is one patch per side), each image's crop box (top, left, height, width) and flip, and CutMix's box
+    (FKD's stored crops): RDED's patch shuffle (``cols`` and ``rows``, (N, f): each image's permutations of its f
+    strips; one strip: nothing moves), each image's crop box (top, left, height, width) and flip, and CutMix's box
     (top, bottom, left, right; empty when the batch is not mixed) with the batch position pasted into each image."""
 
     cols: torch.Tensor
@@ -230,9 +230,13 @@ def draw_view(n: int, size: tuple[int, int], g: torch.Generator, patches: int = 
     boxes (``scale``: area shares), flips (when ``flip``), and with probability ``cutmix`` one CutMix box (Yun et al.
     2019: area share ``1 - lam``, lam ~ Beta(beta, beta)) pasted from a shuffled copy of the batch."""
     h, w = size
-    identity = torch.arange(patches)
-    cols = torch.randperm(patches, generator=g) if patches > 1 else identity
-    rows = torch.randperm(patches, generator=g) if patches > 1 else identity
+
+    def perms() -> torch.Tensor:  # one permutation of the strips per image (RDED's ShufflePatches is per sample)
+        if patches == 1:
+            return torch.zeros(n, 1, dtype=torch.int64)
+        return torch.stack([torch.randperm(patches, generator=g) for _ in range(n)])
+
+    cols, rows = perms(), perms()
     boxes = random_boxes(n, size, scale, g)
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     box, source = torch.zeros(4, dtype=torch.int64), torch.arange(n)
@@ -250,10 +254,15 @@ def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """The view of the batch ``x`` (N, C, H, W): patch shuffle, resized crops, flips, then the CutMix paste (the
     pasted content is the other image's view: the box is cut from the transformed batch, as CutMix after the
     per-image transforms of a data loader)."""
-    f = len(view.cols)
-    if f > 1:
-        x = torch.cat([x.tensor_split(f, dim=3)[i] for i in view.cols.tolist()], 3)
-        x = torch.cat([x.tensor_split(f, dim=2)[i] for i in view.rows.tolist()], 2)
+    n, c, h, w = x.shape
+    f = view.cols.shape[1]
+    if f > 1:  # each image's strips of columns, then of rows, in its own order
+        strips = torch.arange(w).tensor_split(f)
+        cols = torch.stack([torch.cat([strips[i] for i in perm]) for perm in view.cols.tolist()]).to(x.device)
+        x = x.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+        strips = torch.arange(h).tensor_split(f)
+        rows = torch.stack([torch.cat([strips[i] for i in perm]) for perm in view.rows.tolist()]).to(x.device)
+        x = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
     x = resized_crops(x, view.boxes)
     x = torch.where(view.flips.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
     y0, y1, x0, x1 = view.mix_box.tolist()

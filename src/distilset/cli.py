@@ -294,14 +294,15 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_relabel(args: argparse.Namespace) -> int:
     syn = SyntheticSet.load(args.dir)
+    teacher = load_teacher(args.teacher, args.device) if args.teacher is not None else syn.teacher
+    if teacher is None:
+        raise DistilsetError("the set carries no teacher: give --teacher, a directory made by `distilset teacher`")
     recipe = None
     if not isinstance(syn.recipe, Teacher):  # the teacher recipe for its size, flips as the dataset allows
         if args.dataset is None and syn.dataset not in SOURCES:
             raise DistilsetError("pass --dataset: the set has no teacher recipe, and its flips depend on the dataset")
         args.dataset = args.dataset or syn.dataset
-        flip = "flip" in _load(args).info.dsa_strategy
-        recipe = teacher_recipe(len(syn), syn.num_classes, flip)
-    teacher = load_teacher(args.teacher, args.device) if args.teacher is not None else None
+        recipe = teacher_recipe(len(syn), syn.num_classes, _load(args).flips)
     taught = relabel(syn, teacher, recipe, top_k=args.top_k, seed=args.seed, device=args.device, progress=True)
     taught.save(args.dir)
     size = sum(p.stat().st_size for p in Path(args.dir).glob("synset.*"))

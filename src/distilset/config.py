@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -165,6 +166,12 @@ class Config:
         return self, {}
 
     # ---- helpers for check() and resolve() ------------------------------------------------------------
+    def require_finite(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"`{name}` must be a finite number, got {value}")
+
     def require_positive(self, *names: str) -> None:
         for name in names:
             value = getattr(self, name)

@@ -244,9 +244,9 @@ def evaluate(
     Ray task (``distilset.jobs``; CPU only), with the seed it has here, so the accuracies are the sequential ones.
     """
     protocol = protocol or ("teacher" if teacher is not None else "recipe")
-    recipe = training_recipe(syn, protocol, flip="flip" in data.info.dsa_strategy, **overrides)
+    recipe = training_recipe(syn, protocol, flip=data.flips, **overrides)
     views = syn.views if syn.views is not None and teacher is None and recipe == syn.recipe else None
-    teacher = _teacher_for(syn, recipe, teacher, device)
+    teacher = _recipe_teacher(syn, recipe, teacher, device)
     if repeats < 1:
         raise ConfigError(f"`repeats` must be >= 1, got {repeats}")
     check_seed(seed)
@@ -319,7 +319,7 @@ def evaluate(
     )
 
 
-def _teacher_for(syn: SyntheticSet, recipe: Recipe, teacher: TeacherNet | str | os.PathLike | None,
+def _recipe_teacher(syn: SyntheticSet, recipe: Recipe, teacher: TeacherNet | str | os.PathLike | None,
                  device: str) -> TeacherNet | None:  # fmt: skip
     """The teacher a teacher recipe trains against (the one given, else the set's own), checked against the set;
     None for the other recipes, which refuse a teacher they would not use."""

@@ -34,16 +34,10 @@ def centred_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 0.5 * (outputs - t).pow(2).sum(1).mean()
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL divergence of the student's softened distribution from the teacher's, summed over classes, batch mean."""
-    log_p = F.log_softmax(student_logits / temperature, dim=1)
-    log_q = F.log_softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
-
-
-def kd_kl_probs(student_logits: torch.Tensor, probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``kd_kl`` against stored teacher probabilities (already softened by T): KL(probs || softmax(s / T))."""
-    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), probs, reduction="batchmean")
+def kd_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher_probs || softmax(student / T)) summed over classes, batch mean; ``teacher_probs`` are already
+    softened: softmax(teacher_logits / T), computed per batch or stored (``distilset.relabel``)."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), teacher_probs, reduction="batchmean")
 
 
 LOSSES = {"ce": soft_cross_entropy, "mse": centred_mse}

@@ -33,8 +33,8 @@ NAMES = ("order", "cols", "rows", "boxes", "flips", "mix_box", "mix_from", "prob
 @dataclass
 class StoredViews:
     """E epochs of views of a set of N items in batches of B (nb batches per epoch, the last one possibly smaller):
-    ``order`` (E, N) the items in the order of the epoch's minibatches; ``cols``/``rows`` (E, nb, f) the patch-strip
-    permutations; ``boxes`` (E, N, 4) crop boxes and ``flips`` (E, N) flips, by position in the order;
+    ``order`` (E, N) the items in the order of the epoch's minibatches; by position in that order, ``cols``/``rows``
+    (E, N, f) each image's patch-strip permutations, ``boxes`` (E, N, 4) crop boxes and ``flips`` (E, N) flips;
     ``mix_box`` (E, nb, 4) CutMix boxes (empty: no mix) and ``mix_from`` (E, N) the position in its batch pasted into
     each image; ``probs`` and ``classes`` (E, N, k) the teacher's top-k softened probabilities on each view."""
 
@@ -71,7 +71,7 @@ class StoredViews:
     def view(self, epoch: int, b: int) -> View:
         """The stored random choices of batch ``b`` of ``epoch``."""
         span = slice(b * self.batch_size, (b + 1) * self.batch_size)
-        return View(self.cols[epoch, b], self.rows[epoch, b], self.boxes[epoch, span].float(),
+        return View(self.cols[epoch, span], self.rows[epoch, span], self.boxes[epoch, span].float(),
                     self.flips[epoch, span].bool(), self.mix_box[epoch, b], self.mix_from[epoch, span])  # fmt: skip
 
     def targets(self, epoch: int, b: int, num_classes: int) -> torch.Tensor:
@@ -89,7 +89,13 @@ class StoredViews:
         e, bs = self.epochs, self.batch_size
         nb = -(-n // bs)
         f = recipe.patches
-        want = {"order": (e, n), "cols": (e, nb, f), "rows": (e, nb, f), "boxes": (e, n, 4), "flips": (e, n),
+        integers, floats = ("order", "cols", "rows", "flips", "mix_box", "mix_from", "classes"), ("boxes", "probs")
+        for name in integers + floats:
+            t = getattr(self, name)
+            if t.is_floating_point() != (name in floats) or t.dtype == torch.bool:
+                kind = "floating-point" if name in floats else "integer"
+                raise SynsetFormatError(f"{where}: {name} must hold {kind} values, got {t.dtype}")
+        want = {"order": (e, n), "cols": (e, n, f), "rows": (e, n, f), "boxes": (e, n, 4), "flips": (e, n),
                 "mix_box": (e, nb, 4), "mix_from": (e, n)}  # fmt: skip
         for name, shape in want.items():
             if tuple(getattr(self, name).shape) != shape:
@@ -107,7 +113,7 @@ class StoredViews:
         if not torch.equal(self.order.sort(1).values, torch.arange(n).expand(e, n)):
             raise SynsetFormatError(f"{where}: each epoch's order must be a permutation of the {n} items")
         for name in ("cols", "rows"):
-            if f > 1 and not torch.equal(getattr(self, name).sort(2).values, torch.arange(f).expand(e, nb, f)):
+            if f > 1 and not torch.equal(getattr(self, name).sort(2).values, torch.arange(f).expand(e, n, f)):
                 raise SynsetFormatError(f"{where}: {name} must be permutations of the {f} strips")
         h, w = size
         b = self.boxes.float()
@@ -117,13 +123,18 @@ class StoredViews:
         m = self.mix_box
         if (m < 0).any() or (m[..., :2] > h).any() or (m[..., 2:] > w).any():
             raise SynsetFormatError(f"{where}: CutMix boxes must lie inside the {h}x{w} images")
-        if (self.mix_from < 0).any() or (self.mix_from >= bs).any():
-            raise SynsetFormatError(f"{where}: mix_from must be positions in a batch of {bs}")
+        sizes = torch.full((n,), bs).index_fill_(0, torch.arange((nb - 1) * bs, n), n - (nb - 1) * bs)
+        if (self.mix_from < 0).any() or (self.mix_from >= sizes).any():
+            raise SynsetFormatError(f"{where}: mix_from must be positions in its batch ({bs} items, the last "
+                                    f"{n - (nb - 1) * bs})")  # fmt: skip
         p = self.probs.float()
         if not torch.isfinite(p).all() or (p < 0).any() or (p.sum(2) > 1 + 1e-2).any():
             raise SynsetFormatError(f"{where}: probs must be finite, non-negative, at most 1 in all per view")
         if (self.classes < 0).any() or (self.classes >= num_classes).any():
             raise SynsetFormatError(f"{where}: classes must lie in [0, {num_classes})")
+        ranked = self.classes.sort(2).values
+        if self.top_k > 1 and (ranked[..., 1:] == ranked[..., :-1]).any():
+            raise SynsetFormatError(f"{where}: the top-k classes of a view must differ")
 
 
 def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None = None, seed: int = 0,
@@ -139,13 +150,15 @@ def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None 
     teacher = teacher if teacher is None or isinstance(teacher, TeacherNet) else load_teacher(teacher, device)
     teacher = teacher or syn.teacher
     recipe = recipe or (syn.recipe if isinstance(syn.recipe, Teacher) else None)
-    if teacher is None or recipe is None:
-        raise DistilsetError("relabelling needs a teacher and a teacher recipe: give `teacher` (and, for a set "
-                             "without a teacher recipe, `recipe`)")  # fmt: skip
+    if teacher is None:
+        raise DistilsetError("relabelling needs a teacher and the set carries none: give `teacher`, a directory made "
+                             "by `distilset teacher`")  # fmt: skip
+    if recipe is None:
+        raise DistilsetError("the set has no teacher recipe: give the one to store views of (`recipe=`)")
     if syn.images.ndim != 4:
         raise DistilsetError("relabelling stores views of images (N, C, H, W); this set holds embeddings")
     k = syn.num_classes
-    top_k = top_k or min(k, 100)
+    top_k = min(k, 100) if top_k is None else top_k
     if not 1 <= top_k <= k:
         raise DistilsetError(f"`top_k` must be from 1 to the {k} classes, got {top_k}")
     teacher.check_fits(syn.image_shape, k, syn.norm, syn.zca is not None, syn.dataset)
@@ -173,9 +186,8 @@ def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None 
                                 ("probs", top.values), ("classes", top.indices)):  # fmt: skip
                 rows[name].append(value)
         parts["order"].append(order)
-        for name in ("cols", "rows", "mix_box"):
-            parts[name].append(torch.stack(rows[name]))
-        for name in ("boxes", "flips", "mix_from", "probs", "classes"):
+        parts["mix_box"].append(torch.stack(rows["mix_box"]))
+        for name in ("cols", "rows", "boxes", "flips", "mix_from", "probs", "classes"):
             parts[name].append(torch.cat(rows[name]))
         bar.update()
     bar.close()

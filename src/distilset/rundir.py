@@ -27,7 +27,8 @@ from distilset.errors import ConfigError
 
 RUN_FILES = (
     *("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json"),
-    *("nearest_words.txt", "nearest_sentences.txt", "teacher.safetensors", "teacher.json", "checkpoint"),
+    *("nearest_words.txt", "nearest_sentences.txt", "teacher.safetensors", "views.safetensors", "teacher.json"),
+    "checkpoint",
 )
 """What a run writes into its directory: a set (with its teacher, when it has one) or a teacher (``distilset
 teacher``). ``OUT/experts`` and ``OUT/teacher`` are reusable caches, not part of this list."""

@@ -11,6 +11,7 @@ converted: learned lrs become a ``Replay`` recipe, a learned ``train_lr`` / DSA 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from distilset import jsonread
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
-from distilset.io import atomic_write, save_tensors, write_json
+from distilset.io import atomic_write, write_together
 from distilset.jsonread import load_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input, read_net_spec
@@ -277,7 +279,8 @@ class SyntheticSet:
         images = ((x - mean) / std * ref_std + ref_mean).contiguous()
         flat = {"mean": mean, "std": std, "reference_mean": ref_mean, "reference_std": ref_std}
         learned = {k: v.flatten().tolist() for k, v in flat.items()}
-        return dataclasses.replace(self, images=images, extra={**self.extra, "learned_pixel_stats": learned})
+        extra = {**self.extra, "learned_pixel_stats": learned}
+        return dataclasses.replace(self, images=images, extra=extra, views=None)  # stored views were of other pixels
 
     def as_learned(self) -> SyntheticSet:
         """The set with the pixel statistics its method learned (undoes ``with_pixel_stats_of``); itself if its
@@ -291,7 +294,7 @@ class SyntheticSet:
         ).view(shape)
         images = (x * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)).contiguous()
         extra = {k: v for k, v in self.extra.items() if k != "learned_pixel_stats"}
-        return dataclasses.replace(self, images=images, extra=extra)
+        return dataclasses.replace(self, images=images, extra=extra, views=None)
 
     # ---- pixels and pictures -------------------------------------------------------------------------
     def to_pixels(self) -> torch.Tensor:
@@ -337,7 +340,8 @@ class SyntheticSet:
         return {k: v.detach().cpu().contiguous() for k, v in t.items()}
 
     def save(self, directory: str | os.PathLike, grid: bool = True) -> Path:
-        """Write synset.safetensors + synset.json (each atomically) and, for images, grid.png."""
+        """Write synset.safetensors + synset.json (with teacher.safetensors and views.safetensors when the set has
+        them; all together, ``io.write_together``) and, for images, grid.png."""
         self.validate()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -361,12 +365,13 @@ class SyntheticSet:
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
             },
         }
+        files = {out / TENSOR_FILE: safetensors_bytes(tensors, metadata={"format": FORMAT})}
         if self.teacher is not None:
-            self.teacher.save(out / TEACHER_FILE)
+            files[out / TEACHER_FILE] = self.teacher.to_bytes()
         if self.views is not None:
-            save_tensors(out / VIEWS_FILE, self.views.tensors(), metadata={"format": FORMAT})
-        save_tensors(out / TENSOR_FILE, tensors, metadata={"format": FORMAT})
-        write_json(out / META_FILE, meta, default=_json)
+            files[out / VIEWS_FILE] = safetensors_bytes(self.views.tensors(), metadata={"format": FORMAT})
+        files[out / META_FILE] = (json.dumps(meta, indent=2, default=_json) + "\n").encode()  # the listing: last
+        write_together(files)
         if grid and self.images.ndim == 4:
             self.save_grid(out / "grid.png")
             if self.is_texture:

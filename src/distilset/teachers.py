@@ -46,7 +46,7 @@ from distilset import jsonread
 from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset, Normalization
 from distilset.errors import ConfigError, DistilsetError, Interrupted, SynsetFormatError
-from distilset.io import save_tensors, save_torch, write_json
+from distilset.io import save_torch, write_bytes, write_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input, read_net_spec
 from distilset.recipes import Standard
@@ -55,7 +55,9 @@ from distilset.train import accuracy, fit
 FORMAT = "distilset.teacher"
 TEACHER_FILE = "teacher.safetensors"
 TEACHER_INFO = "teacher.json"
-CHECKPOINT = "checkpoint/state.pt"
+CHECKPOINT = "checkpoint/teacher.pt"
+"""The training state after the last finished epoch (not a distillation run's ``checkpoint/state.pt``, so that one
+directory is never taken for the other)."""
 MAX_CLASSES = 100_000
 
 
@@ -103,9 +105,15 @@ class TeacherNet:
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
 
+    def to_bytes(self) -> bytes:
+        """The teacher file: the weights, with the spec in the file's metadata."""
+        from safetensors.torch import save
+
+        return save(self.state(), metadata={"format": FORMAT, "spec": json.dumps(self.spec())})
+
     def save(self, path: str | Path) -> Path:
-        """Write the weights with the spec in the file's metadata (atomically)."""
-        return save_tensors(path, self.state(), metadata={"format": FORMAT, "spec": json.dumps(self.spec())})
+        """Write the teacher file (atomically)."""
+        return write_bytes(path, self.to_bytes())
 
     def check_fits(
         self,
@@ -264,9 +272,7 @@ class TeacherConfig(Config):
     """Random shifts (DSA's crop) and, where the dataset allows them, flips of every training image."""
 
     def check(self) -> None:
-        for name in ("lr", "momentum", "weight_decay"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
+        self.require_finite("lr", "momentum", "weight_decay")
         self.require_positive("lr", "epochs", "batch_size")
         self.require_at_least(0, "momentum", "weight_decay")
 
@@ -290,7 +296,7 @@ class TeacherConfig(Config):
     def recipe(self, data: Dataset) -> Standard:
         strategy = None
         if self.augment:
-            strategy = "crop_flip" if "flip" in data.info.dsa_strategy else "crop"
+            strategy = "crop_flip" if data.flips else "crop"
         return Standard(
             optimizer=self.optimizer,
             lr=self.lr,
@@ -455,23 +461,27 @@ def teacher_for(
     log: Callable[[str], None],
 ) -> TeacherNet:
     """The teacher a method distils with: the one in ``path`` (a teacher or set directory), trained there first if
-    it holds none yet; without ``path``, the one in ``OUT/teacher`` (trained there, or continued after an
-    interruption), or a fresh one kept in memory when there is no output directory."""
-    if path is not None and teacher_path(path).is_file():
-        teacher = load_teacher(path, device)
+    it holds none yet (a new directory under an existing one: a path that looks like a misspelt file or directory
+    is refused); without ``path``, the one in ``OUT/teacher`` (trained there, or continued after an interruption),
+    or a fresh one kept in memory when there is no output directory. A directory holding something else (a set
+    without a teacher, another run) is refused."""
+    where = Path(path) if path is not None else (out / "teacher" if out is not None else None)
+    if where is not None and teacher_path(where).is_file():
+        teacher = load_teacher(where, device)
     else:
-        where = Path(path) if path is not None else (out / "teacher" if out is not None else None)
-        if where is not None and (where / TEACHER_FILE).is_file():
-            teacher = load_teacher(where, device)
-        elif path is not None and where.is_dir() and any(where.iterdir()) and not (where / CHECKPOINT).is_file():
+        if path is not None and (where.suffix == ".safetensors" or not where.parent.is_dir()):
+            raise DistilsetError(
+                f"`teacher` {where} does not exist; give a teacher directory (`distilset teacher "
+                "--out DIR`), a set that carries one, or a new directory to train one into"
+            )
+        if path is not None and where.is_dir() and any(where.iterdir()) and not (where / CHECKPOINT).is_file():
             raise DistilsetError(
                 f"`teacher` {where} holds no teacher ({TEACHER_FILE}); give a directory made by "
                 "`distilset teacher` (or a set that carries one), or a new directory to train one into"
             )
-        else:
-            resume = where is not None and (where / CHECKPOINT).is_file()
-            log(f"training a teacher{f' into {where}' if where else ''}{' (continuing its checkpoint)' * resume}")
-            teacher = train_teacher(data, where, seed=seed, device=device, resume=resume, progress=progress, log=log)
+        resume = where is not None and (where / CHECKPOINT).is_file()
+        log(f"training a teacher{f' into {where}' if where else ''}{' (continuing its checkpoint)' * resume}")
+        teacher = train_teacher(data, where, seed=seed, device=device, resume=resume, progress=progress, log=log)
     teacher.check_fits(
         data.image_shape,
         data.num_classes,

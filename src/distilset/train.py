@@ -20,7 +20,7 @@ from torch import nn
 
 from distilset.augment import View, apply_view, draw_view, dsa, toroidal_crop
 from distilset.errors import DistilsetError
-from distilset.losses import LOSSES, kd_kl, kd_kl_probs, soft_cross_entropy
+from distilset.losses import LOSSES, kd_kl, soft_cross_entropy
 from distilset.progress import Progress
 from distilset.recipes import Standard, Teacher
 
@@ -126,11 +126,11 @@ def fit(
                 xb = toroidal_crop(xb, recipe.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
             if isinstance(recipe, Teacher) and views is not None:  # stored views and soft labels (FKD)
                 out = net(apply_view(xb, views.view(epoch, b)))
-                loss = kd_kl_probs(out, views.targets(epoch, b, out.shape[1]).to(out.device), recipe.temperature)
+                loss = kd_kl(out, views.targets(epoch, b, out.shape[1]).to(out.device), recipe.temperature)
             elif isinstance(recipe, Teacher):
                 xb = teacher_view(xb, recipe, g)
                 with torch.no_grad():
-                    target = teacher(xb)
+                    target = torch.softmax(teacher(xb) / recipe.temperature, 1)
                 loss = kd_kl(net(xb), target, recipe.temperature)
             else:
                 if recipe.dsa:

@@ -120,6 +120,11 @@ class Dataset:
             return (*self.train_x.shape[1:], self.token_embedding.shape[1])
         return tuple(self.train_x.shape[1:])
 
+    @property
+    def flips(self) -> bool:
+        """Whether a mirrored image keeps its class (the dataset's DSA strategy flips; the digits' does not)."""
+        return "flip" in self.info.dsa_strategy
+
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of ``train_x`` / ``test_x`` as float inputs: token ids looked up in ``token_embedding``."""
         return self.token_embedding[x] if self.token_embedding is not None else x

@@ -43,7 +43,7 @@ from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.jobs import run_jobs
 from distilset.methods.base import Context, MethodConfig, TeacherOption, prepare_teacher
-from distilset.methods.registry import Preset, register_method
+from distilset.methods.registry import Preset, register_method, validation_accuracy
 from distilset.recipes import teacher_recipe
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet
@@ -179,6 +179,12 @@ class RDED:
         self.selection[c] = {"candidates": candidates, "boxes": boxes.view(n, m, 4), "scores": scores, "kept": order}
         return {"loss": float(best[order].mean()), "worst_kept": float(best[order].max())}
 
+    def quick_eval(self, validation: Dataset) -> dict[str, float]:
+        """``--eval-every``: the validation accuracy once every class is selected (a partial set has none)."""
+        if (self.patches[:, :, 0] < 0).any():
+            return {}
+        return validation_accuracy(self, validation, self.device)
+
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.clone(), "patches": self.patches.clone(), "generator": self.generator.get_state()}
 
@@ -203,7 +209,7 @@ class RDED:
             labels=self.labels.clone(),
             method="rded",
             recipe=teacher_recipe(
-                len(self.labels), self.data.num_classes, "flip" in self.data.info.dsa_strategy, **extra_recipe
+                len(self.labels), self.data.num_classes, self.data.flips, **extra_recipe
             ),
             net={"name": t.net, "kwargs": dict(t.kwargs), "init": "default"},
             teacher=t,

@@ -190,6 +190,8 @@ def distill(
     if ray and not m.ray:
         offered = ", ".join(n for n in sorted(METHODS) if METHODS[n].ray) or "none"
         raise ConfigError(f"`distill {m.name}` has no Ray tasks (methods that do: {offered}); drop `ray`")
+    if ray and device.startswith("cuda"):
+        raise ConfigError("`ray` runs CPU tasks; distil on CUDA without `ray`, or on the CPU with it")
     chosen = preset_of(m.name, preset) if preset is not None else None
     objects = {k: options.pop(k) for k in m.objects if k in options}
     if eval_every < 0:
@@ -235,7 +237,7 @@ def distill(
     monitor = None
     if validation is not None:
         own = getattr(distiller, "quick_eval", None)
-        monitor = partial(own, validation) if own else partial(_validation_accuracy, distiller, validation, device)
+        monitor = partial(own, validation) if own else partial(validation_accuracy, distiller, validation, device)
     syn = run(distiller, identity, run_cfg, quick_eval=monitor, extra={"resolved": dict(notes)})
     if ctx.out is not None and syn.dataset in ("rotten-tomatoes", "rotten-tomatoes-sentences"):  # text: decode items
         from distilset.data import text
@@ -248,7 +250,7 @@ def distill(
     return syn
 
 
-def _validation_accuracy(distiller: Any, validation: Dataset, device: str) -> dict[str, float]:
+def validation_accuracy(distiller: Any, validation: Dataset, device: str) -> dict[str, float]:
     """Accuracy of the current set, trained once by its recipe, on the held-out training images."""
     res = evaluate(distiller.synthetic_set(), validation, repeats=1, seed=777, device=device)
     return {"val_acc": res.accuracy_mean}

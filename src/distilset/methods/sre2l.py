@@ -26,9 +26,9 @@ class, the real-image initialisation of SRe2L's successor EDC (Shao et al. 2024)
 under both the teacher recipe and DC's protocol (the ``sre2l-noise`` rows of ``benchmarks/teacher.py``); one Adam
 over all batches instead of a fresh one
 per batch (Adam is elementwise and each image's gradient comes from its own batch alone, so the updates are the
-same); the roll is by 0 .. ``roll``-1 pixels with ``roll`` = side // 8 + 1 (4 at 28-32 px, as the CIFAR script;
-2 on 8x8 digits, where the CIFAR script's range would be a third of the image); the images are kept as floats
-(the released code saves JPEGs).
+same); the roll's range is scaled with the side, 0 .. side // 8 pixels (the CIFAR script: 0 .. 4 at 32 px; 0 .. 1 on
+the 8x8 digits, where the script's range would be half the image); the images are kept as floats (the released
+code saves JPEGs).
 
 Scale: under torchrun each rank recovers the images of its classes (class c is rank ``c % world``'s): it runs the
 teacher on those only, adds its per-batch sums of the batch-norm inputs to the other ranks' (a differentiable
@@ -64,6 +64,7 @@ from distilset.methods.registry import Preset, register_method
 from distilset.recipes import teacher_recipe
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet
+from distilset.train import cosine_factor
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class SRe2LConfig(MethodConfig, TeacherOption):
     """Extra weight of the first batch-norm layer's statistics."""
     jitter: Literal["roll", "crop"] | None = auto("crop on inputs of 64 px or more (ImageNet), else roll (CIFAR)")
     """Per-iteration augmentation: roll only, or a random resized crop (area 0.08-1) and flip, then a roll."""
-    roll: int | None = auto("side // 8 + 1 pixels (4 at 28-32 px, as SRe2L's CIFAR script)")
-    """Rolls shift the images by 0 .. roll-1 pixels along each axis."""
+    roll: int | None = auto("side // 8 pixels (4 at 32 px, as SRe2L's CIFAR script; at least 1)")
+    """Rolls shift the images by 0 .. roll pixels along each axis (SRe2L's `randint(0, jitter)`)."""
     batch_classes: int = 100
     """Classes per recovery batch, one image each (the batch-norm statistics are a batch's)."""
     init: Literal["real", "noise"] = "real"
@@ -95,9 +96,7 @@ class SRe2LConfig(MethodConfig, TeacherOption):
     NONFINITE_HINT: ClassVar[str] = "lower `lr` or `r_bn`, or resume to continue from the last good state"
 
     def check(self) -> None:
-        for name in ("lr", "r_bn", "first_bn_multiplier"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
+        self.require_finite("lr", "r_bn", "first_bn_multiplier")
         self.require_positive("lr")
         self.require_at_least(0, "r_bn", "first_bn_multiplier")
         self.require_at_least(1, "ipc", "roll", "batch_classes")
@@ -120,7 +119,7 @@ class SRe2LConfig(MethodConfig, TeacherOption):
             jitter=("crop", f"{side} px inputs, ImageNet-like")
             if side >= 64
             else ("roll", f"{side} px inputs: SRe2L's CIFAR setting (no crop, a roll)"),
-            roll=(side // 8 + 1, f"side // 8 + 1 for {side} px"),
+            roll=(max(1, side // 8), f"side // 8 for {side} px, at least 1"),
         )
 
 
@@ -169,7 +168,7 @@ class SRe2L:
         shape = (1, -1, 1, 1)
         self.low = ((0 - torch.tensor(norm.mean)) / torch.tensor(norm.std)).view(shape).to(ctx.device)
         self.high = ((1 - torch.tensor(norm.mean)) / torch.tensor(norm.std)).view(shape).to(ctx.device)
-        self.flip = "flip" in data.info.dsa_strategy
+        self.flip = data.flips
 
     # ---- one recovery iteration -------------------------------------------------------------------------------
     def _jitter(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -181,7 +180,7 @@ class SRe2L:
             flips = torch.rand(nb, generator=g) < 0.5 if self.flip else torch.zeros(nb, dtype=torch.bool)
             x = resized_crops(x, boxes[batch])
             x = torch.where(flips[batch].view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
-        shifts = torch.randint(self.cfg.roll, (nb, 2), generator=g)[batch].to(x.device)
+        shifts = torch.randint(self.cfg.roll + 1, (nb, 2), generator=g)[batch].to(x.device)
         rows = (torch.arange(h, device=x.device) - shifts[:, :1]) % h  # torch.roll: out[i] = x[i - shift]
         cols = (torch.arange(w, device=x.device) - shifts[:, 1:]) % w
         n, c = x.shape[:2]
@@ -228,7 +227,7 @@ class SRe2L:
         return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
 
     def _step(self, iteration: int) -> dict[str, float]:
-        lr = self.cfg.lr * 0.5 * (1 + math.cos(math.pi * min(iteration, self.iterations) / self.iterations))
+        lr = self.cfg.lr * cosine_factor(iteration, self.iterations, 0, floor=0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,7 +283,7 @@ register_method(
         "sre2l-cifar100": Preset(
             "cifar100",
             1000,
-            {"ipc": 50, "lr": 0.25, "r_bn": 0.01, "jitter": "roll", "roll": 4},
+            {"ipc": 50, "lr": 0.25, "r_bn": 0.01, "jitter": "roll", "roll": 4, "init": "noise"},
             "the released CIFAR-100 recovery script (its teacher: ResNet-18, 200 epochs)",
         ),
     },

@@ -95,7 +95,7 @@ class OmniConfig(OneNet, TeachConfig):
 
     def resolve(self, data: Dataset) -> tuple[OmniConfig, dict[str, str]]:
         side = min(data.image_shape[1:])
-        flips = "flip" in data.info.dsa_strategy
+        flips = data.flips
         return self.fill_net(
             data,
             shift=(max(1, round(side / 14)), f"{side}-pixel images"),
