@@ -84,6 +84,21 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str
     return write_bytes(path, save(tensors, metadata=metadata))
 
 
+def load_torch(path: str | os.PathLike) -> Any:
+    """A checkpoint written by ``save_torch``, read with ``weights_only=True`` (tensors and plain values: a pickle
+    that would run code is refused); an unreadable file is a ``DistilsetError`` that says to delete it, without
+    repeating PyTorch's advice to turn ``weights_only`` off."""
+    import torch
+
+    from distilset.errors import DistilsetError
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DistilsetError(f"checkpoint {path} is unreadable ({reason}); delete it to start over") from e
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` atomically (checkpoints: tensors and plain values, read back with weights_only)."""
     import torch

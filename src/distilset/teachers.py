@@ -46,7 +46,7 @@ from distilset import jsonread
 from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset, Normalization
 from distilset.errors import ConfigError, DistilsetError, Interrupted, SynsetFormatError
-from distilset.io import save_torch, write_bytes, write_json
+from distilset.io import load_torch, save_torch, write_bytes, write_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input, read_net_spec
 from distilset.recipes import Standard
@@ -114,6 +114,11 @@ class TeacherNet:
     def save(self, path: str | Path) -> Path:
         """Write the teacher file (atomically)."""
         return write_bytes(path, self.to_bytes())
+
+    def check_data(self, data: Dataset) -> None:
+        """``check_fits`` for a dataset: its input shape, classes, normalisation, ZCA and name."""
+        self.check_fits(data.image_shape, data.num_classes, data.info.norm, data.zca is not None, data.info.name,
+                        what=f"the dataset {data.info.name}")  # fmt: skip
 
     def check_fits(
         self,
@@ -430,13 +435,7 @@ def _load_checkpoint(out: Path, identity: str) -> dict | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise DistilsetError(
-            f"the teacher checkpoint {path} is unreadable ({str(e).splitlines()[0][:160]}); delete "
-            f"{path.parent} to start over"
-        ) from e
+    state = load_torch(path)
     if not isinstance(state, dict) or not {"identity", "fit", "history"} <= set(state):
         raise DistilsetError(f"{path} is not a teacher checkpoint; delete {path.parent} to start over")
     if state["identity"] != identity:
@@ -482,14 +481,7 @@ def teacher_for(
         resume = where is not None and (where / CHECKPOINT).is_file()
         log(f"training a teacher{f' into {where}' if where else ''}{' (continuing its checkpoint)' * resume}")
         teacher = train_teacher(data, where, seed=seed, device=device, resume=resume, progress=progress, log=log)
-    teacher.check_fits(
-        data.image_shape,
-        data.num_classes,
-        data.info.norm,
-        data.zca is not None,
-        data.info.name,
-        what=f"the dataset {data.info.name}",
-    )
+    teacher.check_data(data)
     return teacher
 
 

@@ -34,7 +34,7 @@ import torch
 from distilset.config import Config, auto
 from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError, Interrupted
-from distilset.io import save_torch, write_json
+from distilset.io import load_torch, save_torch, write_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
 from distilset.progress import Progress
@@ -265,10 +265,7 @@ def load_checkpoint(out: Path) -> dict[str, Any] | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise DistilsetError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+    state = load_torch(path)
     problem = _checkpoint_problem(state)
     if problem:
         raise DistilsetError(f"checkpoint {path} is corrupt ({problem}); delete {path.parent} to start over")

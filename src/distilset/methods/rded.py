@@ -135,14 +135,7 @@ class RDED:
         cfg, _ = (cfg or RDEDConfig()).resolve(data)
         ctx = ctx or Context()
         self.data, self.cfg, self.teacher, self.device, self.ray = data, cfg, teacher, ctx.device, ctx.ray
-        teacher.check_fits(
-            data.image_shape,
-            data.num_classes,
-            data.info.norm,
-            data.zca is not None,
-            data.info.name,
-            what=f"the dataset {data.info.name}",
-        )
+        teacher.check_data(data)
         self.net = teacher.module.to(ctx.device).eval().requires_grad_(False)
         k, f = data.num_classes, cfg.factor
         self.generator = torch.Generator().manual_seed(ctx.seed)
@@ -208,9 +201,7 @@ class RDED:
             images=self.images.clone(),
             labels=self.labels.clone(),
             method="rded",
-            recipe=teacher_recipe(
-                len(self.labels), self.data.num_classes, self.data.flips, **extra_recipe
-            ),
+            recipe=teacher_recipe(len(self.labels), self.data.num_classes, self.data.flips, **extra_recipe),
             net={"name": t.net, "kwargs": dict(t.kwargs), "init": "default"},
             teacher=t,
             extra={"teacher_test_accuracy": t.test_accuracy, "patches": self.patches.tolist()},

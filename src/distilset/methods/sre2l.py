@@ -130,14 +130,7 @@ class SRe2L:
         cfg, _ = (cfg or SRe2LConfig()).resolve(data)
         ctx = ctx or Context()
         self.data, self.cfg, self.teacher, self.device = data, cfg, teacher, ctx.device
-        teacher.check_fits(
-            data.image_shape,
-            data.num_classes,
-            data.info.norm,
-            False,
-            data.info.name,
-            what=f"the dataset {data.info.name}",
-        )
+        teacher.check_data(data)
         self.net = teacher.module.to(ctx.device).eval().requires_grad_(False)
         self.norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.norms:
