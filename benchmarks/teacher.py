@@ -42,6 +42,7 @@ scheduling left out. Published GPU figures are context, with their source.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -80,7 +81,10 @@ def teacher_dir(data: ds.Dataset) -> tuple[Path, dict]:
         resume = (out / "checkpoint").exists()
         train_teacher(data, out, resume=resume, overwrite=not resume and out.exists(), progress=True, log=print)
     teacher = load_teacher(out)
+    info = json.loads((out / "teacher.json").read_text())
     facts = {
+        "teacher_train_s": info["seconds"],
+        "teacher_train_machine": info["machine"],
         "teacher": teacher.describe(),
         "teacher_test_acc": teacher.test_accuracy,
         "teacher_command": f"distilset teacher --dataset {data.info.name} --out {out}",
@@ -201,6 +205,8 @@ def run(args: argparse.Namespace) -> None:
         data = ds.load_dataset(dataset)
         teacher, facts = teacher_dir(data)
         print(f"{dataset}: {facts['teacher']}", flush=True)
+        if not results.has({"dataset": dataset, "row": "teacher"}):
+            results.add({"dataset": dataset, "row": "teacher", **facts, "command": facts["teacher_command"]})
         for ipc in args.ipc:
             for name in args.sets:
                 todo = [
@@ -328,7 +334,11 @@ def imagenet_table(cost_rows: list[dict]) -> list[str]:
 def table() -> None:
     import json
 
-    rows = json.loads(OUT.read_text())["rows"]
+    every = json.loads(OUT.read_text())["rows"]
+    rows = [r for r in every if "set" in r]
+    for r in every:
+        if r.get("row") == "teacher":
+            print(f"{r['dataset']}: {r['teacher']}, trained in {r['teacher_train_s']:.0f} s ({r['command']})")
     for dataset in sorted({r["dataset"] for r in rows}):
         for ipc in sorted({r["ipc"] for r in rows if r["dataset"] == dataset}):
             picked = [r for r in rows if r["dataset"] == dataset and r["ipc"] == ipc]

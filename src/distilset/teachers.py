@@ -21,7 +21,8 @@ network the spec builds; a missing, damaged or mismatched file is refused with o
 Defaults, sized for a CPU: a batch-norm ConvNet (RDED's CIFAR-10 "Conv3" teacher: width 128, depth fitted to the
 input; SRe2L's recovery needs batch-norm statistics), Adam lr 1e-3 with a cosine decay, batch 256, random shifts
 (DSA's crop, and flips where the dataset allows them), and ``ceil(100,000 / N)`` epochs for N training images
-(at least 3, at most 30): about ten minutes on two cores for Fashion-MNIST, seconds for the 8x8 digits. The
+(at least 3, at most 30; random shifts only on inputs of 16 px or more): 3 epochs of Fashion-MNIST (the benchmark
+rows record the teacher's training time), seconds for the 8x8 digits. The
 papers' teachers are ResNet-18s trained for 200 epochs with SGD (SRe2L on CIFAR-100) or torchvision's ImageNet
 weights; ``--net resnet18 --net-arg norm=batch --epochs 200`` asks for such a one.
 """
