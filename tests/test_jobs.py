@@ -121,3 +121,15 @@ def test_without_ray_nothing_imports_it(digits, tmp_path):
             "print('ray' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rded_scores_its_crop_shards_on_ray_as_the_process_does(digits, digits_teacher, cluster, monkeypatch):
+    from distilset.methods import rded
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(rded, "SHARD", 16)  # several tasks per class
+    args = {"ipc": 2, "candidates": 20, "crops": 2, "teacher": str(digits_teacher)}
+    here = ds.distill("rded", digits, **args)
+    on_ray = ds.distill("rded", digits, ray=cluster, **args)
+    assert torch.equal(here.images, on_ray.images)
+    assert here.extra["patches"] == on_ray.extra["patches"]

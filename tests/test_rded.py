@@ -69,15 +69,3 @@ def test_rded_takes_one_class_per_iteration_and_refuses_other_budgets(digits_tea
     assert syn.recipe.kind == "teacher" and syn.teacher is not None and len(syn) == 20
     history = json.loads((tmp_path / "history.json").read_text())
     assert "val_acc" not in history[4] and history[9]["val_acc"] > 0.5  # once every class is there
-
-
-@pytest.mark.heavy
-def test_ray_scores_the_shards_as_the_process_does(digits_teacher, digits, monkeypatch):
-    from distilset.methods import rded
-
-    monkeypatch.setattr(rded, "SHARD", 16)  # several tasks per class
-    args = {"ipc": 2, "candidates": 20, "crops": 2, "teacher": str(digits_teacher)}
-    here = ds.distill("rded", digits, **args)
-    on_ray = ds.distill("rded", digits, ray=True, **args)
-    assert torch.equal(here.images, on_ray.images)
-    assert here.extra["patches"] == on_ray.extra["patches"]

@@ -117,7 +117,8 @@ def test_help_lists_exactly_the_methods_options(method, capsys):
     [
         (
             ["distill", "labels", "--ipc", "3"],
-            "--ipc is not an option of `distill labels` (it belongs to dc, dd, dm, dsa, frepo, kip, ls, mtt)",
+            "--ipc is not an option of `distill labels` "
+            "(it belongs to dc, dd, dm, dsa, frepo, kip, ls, mtt, rded, sre2l)",
         ),
         (["distill", "mtt", "--steps", "7"], "--steps is not an option of `distill mtt` (it belongs to dd)"),
         (["distill", "dd", "--stepz", "7"], "unrecognized option --stepz for `distill dd`; did you mean --steps?"),

@@ -64,6 +64,10 @@ class StoredViews:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    def listing(self) -> dict[str, int]:
+        """What ``synset.json`` says of the views."""
+        return {"epochs": self.epochs, "top_k": self.top_k, "batch_size": self.batch_size, "bytes": self.nbytes}
+
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """The item indices of each minibatch of ``epoch``."""
         return list(self.order[epoch].split(self.batch_size))

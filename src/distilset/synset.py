@@ -359,8 +359,7 @@ class SyntheticSet:
             "config": self.config,
             "extra": self.extra,
             "teacher": self.teacher.spec() if self.teacher is not None else None,
-            "views": None if self.views is None else {"epochs": self.views.epochs, "top_k": self.views.top_k,
-                                                      "batch_size": self.views.batch_size, "bytes": self.views.nbytes},
+            "views": self.views.listing() if self.views is not None else None,
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
             },
