@@ -184,14 +184,31 @@ def older(args: argparse.Namespace) -> None:
             if len(real) != len(syn):
                 raise SystemExit(f"{method}: {len(syn)} items is no whole number per class; no random real twin")
             base = ds.evaluate(real, data, net=net, net_kwargs=kwargs, teacher=teacher, repeats=args.repeats)
-            row = {"dataset": dataset, "method": method, "size": len(syn), "distill_s": made,
-                   "set_command": f"distilset distill {method} --dataset {dataset} --out {out}",
-                   **{name: {"net": r.net, "mean": r.accuracy_mean, "std": r.accuracy_std, "runs": r.runs,
-                             "recipe": r.settings.get("recipe_text"), "eval_s": round(r.wall_time_s, 1)}
-                      for name, r in (("own", own), ("teacher", taught), ("random_teacher", base))},
-                   **facts, "threads": torch.get_num_threads()}  # fmt: skip
-            print(f"{dataset} {method}: own {100 * own.accuracy_mean:.1f}, teacher {100 * taught.accuracy_mean:.1f}, "
-                  f"random real with the teacher {100 * base.accuracy_mean:.1f} ({net})", flush=True)  # fmt: skip
+            row = {
+                "dataset": dataset,
+                "method": method,
+                "size": len(syn),
+                "distill_s": made,
+                "set_command": f"distilset distill {method} --dataset {dataset} --out {out}",
+                **{
+                    name: {
+                        "net": r.net,
+                        "mean": r.accuracy_mean,
+                        "std": r.accuracy_std,
+                        "runs": r.runs,
+                        "recipe": r.settings.get("recipe_text"),
+                        "eval_s": round(r.wall_time_s, 1),
+                    }
+                    for name, r in (("own", own), ("teacher", taught), ("random_teacher", base))
+                },
+                **facts,
+                "threads": torch.get_num_threads(),
+            }
+            print(
+                f"{dataset} {method}: own {100 * own.accuracy_mean:.1f}, teacher {100 * taught.accuracy_mean:.1f}, "
+                f"random real with the teacher {100 * base.accuracy_mean:.1f} ({net})",
+                flush=True,
+            )
             results.add(row)
 
 
