@@ -34,7 +34,8 @@ NAMES = ("order", "cols", "rows", "boxes", "flips", "mix_box", "mix_from", "prob
 class StoredViews:
     """E epochs of views of a set of N items in batches of B (nb batches per epoch, the last one possibly smaller):
     ``order`` (E, N) the items in the order of the epoch's minibatches; by position in that order, ``cols``/``rows``
-    (E, N, f) each image's patch-strip permutations, ``boxes`` (E, N, 4) crop boxes and ``flips`` (E, N) flips;
+    (E, N, f) each image's patch-strip permutations, ``boxes`` (E, N, 4) crop boxes (whole pixels) and ``flips``
+    (E, N) flips;
     ``mix_box`` (E, nb, 4) CutMix boxes (empty: no mix) and ``mix_from`` (E, N) the position in its batch pasted into
     each image; ``probs`` and ``classes`` (E, N, k) the teacher's top-k softened probabilities on each view."""
 
@@ -70,13 +71,19 @@ class StoredViews:
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """The item indices of each minibatch of ``epoch``."""
-        return list(self.order[epoch].split(self.batch_size))
+        return list(self.order[epoch].long().split(self.batch_size))
 
     def view(self, epoch: int, b: int) -> View:
         """The stored random choices of batch ``b`` of ``epoch``."""
         span = slice(b * self.batch_size, (b + 1) * self.batch_size)
-        return View(self.cols[epoch, span], self.rows[epoch, span], self.boxes[epoch, span].float(),
-                    self.flips[epoch, span].bool(), self.mix_box[epoch, b], self.mix_from[epoch, span])  # fmt: skip
+        return View(
+            self.cols[epoch, span].long(),
+            self.rows[epoch, span].long(),
+            self.boxes[epoch, span].float(),
+            self.flips[epoch, span].bool(),
+            self.mix_box[epoch, b].long(),
+            self.mix_from[epoch, span].long(),
+        )
 
     def targets(self, epoch: int, b: int, num_classes: int) -> torch.Tensor:
         """The soft labels of batch ``b`` of ``epoch``: the stored top-k probabilities, the rest of the mass spread
@@ -93,18 +100,26 @@ class StoredViews:
         e, bs = self.epochs, self.batch_size
         nb = -(-n // bs)
         f = recipe.patches
-        integers, floats = ("order", "cols", "rows", "flips", "mix_box", "mix_from", "classes"), ("boxes", "probs")
+        integers, floats = ("order", "cols", "rows", "boxes", "flips", "mix_box", "mix_from", "classes"), ("probs",)
         for name in integers + floats:
             t = getattr(self, name)
             if t.is_floating_point() != (name in floats) or t.dtype == torch.bool:
                 kind = "floating-point" if name in floats else "integer"
                 raise SynsetFormatError(f"{where}: {name} must hold {kind} values, got {t.dtype}")
-        want = {"order": (e, n), "cols": (e, n, f), "rows": (e, n, f), "boxes": (e, n, 4), "flips": (e, n),
-                "mix_box": (e, nb, 4), "mix_from": (e, n)}  # fmt: skip
+        want = {
+            "order": (e, n),
+            "cols": (e, n, f),
+            "rows": (e, n, f),
+            "boxes": (e, n, 4),
+            "flips": (e, n),
+            "mix_box": (e, nb, 4),
+            "mix_from": (e, n),
+        }
         for name, shape in want.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise SynsetFormatError(f"{where}: {name} has shape {tuple(getattr(self, name).shape)}, the set and "
-                                        f"its recipe need {shape}")  # fmt: skip
+                raise SynsetFormatError(
+                    f"{where}: {name} has shape {tuple(getattr(self, name).shape)}, the set and its recipe need {shape}"
+                )
         if self.probs.ndim != 3 or self.probs.shape[:2] != (e, n) or self.classes.shape != self.probs.shape:
             raise SynsetFormatError(f"{where}: probs and classes must both be ({e}, {n}, k)")
         if not 1 <= self.top_k <= num_classes:
@@ -114,23 +129,29 @@ class StoredViews:
         steps = recipe.steps or recipe.epochs * nb
         if e != math.ceil(steps / nb):
             raise SynsetFormatError(f"{where}: {e} epochs stored, the recipe trains {math.ceil(steps / nb)}")
-        if not torch.equal(self.order.sort(1).values, torch.arange(n).expand(e, n)):
+        if not torch.equal(self.order.long().sort(1).values, torch.arange(n).expand(e, n)):
             raise SynsetFormatError(f"{where}: each epoch's order must be a permutation of the {n} items")
         for name in ("cols", "rows"):
-            if f > 1 and not torch.equal(getattr(self, name).sort(2).values, torch.arange(f).expand(e, n, f)):
+            if f > 1 and not torch.equal(getattr(self, name).long().sort(2).values, torch.arange(f).expand(e, n, f)):
                 raise SynsetFormatError(f"{where}: {name} must be permutations of the {f} strips")
         h, w = size
         b = self.boxes.float()
-        if not torch.isfinite(b).all() or (b[..., :2] < 0).any() or (b[..., 2:] < 1).any() or \
-                (b[..., 0] + b[..., 2] > h).any() or (b[..., 1] + b[..., 3] > w).any():  # fmt: skip
+        if (
+            not torch.isfinite(b).all()
+            or (b[..., :2] < 0).any()
+            or (b[..., 2:] < 1).any()
+            or (b[..., 0] + b[..., 2] > h).any()
+            or (b[..., 1] + b[..., 3] > w).any()
+        ):
             raise SynsetFormatError(f"{where}: crop boxes must lie inside the {h}x{w} images")
         m = self.mix_box
         if (m < 0).any() or (m[..., :2] > h).any() or (m[..., 2:] > w).any():
             raise SynsetFormatError(f"{where}: CutMix boxes must lie inside the {h}x{w} images")
         sizes = torch.full((n,), bs).index_fill_(0, torch.arange((nb - 1) * bs, n), n - (nb - 1) * bs)
         if (self.mix_from < 0).any() or (self.mix_from >= sizes).any():
-            raise SynsetFormatError(f"{where}: mix_from must be positions in its batch ({bs} items, the last "
-                                    f"{n - (nb - 1) * bs})")  # fmt: skip
+            raise SynsetFormatError(
+                f"{where}: mix_from must be positions in its batch ({bs} items, the last {n - (nb - 1) * bs})"
+            )
         p = self.probs.float()
         if not torch.isfinite(p).all() or (p < 0).any() or (p.sum(2) > 1 + 1e-2).any():
             raise SynsetFormatError(f"{where}: probs must be finite, non-negative, at most 1 in all per view")
@@ -141,8 +162,15 @@ class StoredViews:
             raise SynsetFormatError(f"{where}: the top-k classes of a view must differ")
 
 
-def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None = None, seed: int = 0,
-            device: str = "cpu", progress: bool = False):  # fmt: skip
+def relabel(
+    syn,
+    teacher=None,
+    recipe: Teacher | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+):
     """The set with stored views (module docstring): ``teacher`` (default: the set's own) labels every view the
     teacher recipe (default: the set's own) draws from ``seed``; the set returned carries that recipe, the teacher
     and the views. ``top_k``: probabilities kept per view (default: all classes up to 100, else 100)."""
@@ -155,8 +183,10 @@ def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None 
     teacher = teacher or syn.teacher
     recipe = recipe or (syn.recipe if isinstance(syn.recipe, Teacher) else None)
     if teacher is None:
-        raise DistilsetError("relabelling needs a teacher and the set carries none: give `teacher`, a directory made "
-                             "by `distilset teacher`")  # fmt: skip
+        raise DistilsetError(
+            "relabelling needs a teacher and the set carries none: give `teacher`, a directory made "
+            "by `distilset teacher`"
+        )
     if recipe is None:
         raise DistilsetError("the set has no teacher recipe: give the one to store views of (`recipe=`)")
     if syn.images.ndim != 4:
@@ -185,9 +215,16 @@ def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None 
             with torch.no_grad():
                 probs = torch.softmax(net(apply_view(x[idx.to(device)], view)) / recipe.temperature, 1).cpu()
             top = probs.topk(top_k, dim=1)
-            for name, value in (("cols", view.cols), ("rows", view.rows), ("boxes", view.boxes),
-                                ("flips", view.flips), ("mix_box", view.mix_box), ("mix_from", view.mix_from),
-                                ("probs", top.values), ("classes", top.indices)):  # fmt: skip
+            for name, value in (
+                ("cols", view.cols),
+                ("rows", view.rows),
+                ("boxes", view.boxes),
+                ("flips", view.flips),
+                ("mix_box", view.mix_box),
+                ("mix_from", view.mix_from),
+                ("probs", top.values),
+                ("classes", top.indices),
+            ):
                 rows[name].append(value)
         parts["order"].append(order)
         parts["mix_box"].append(torch.stack(rows["mix_box"]))
@@ -195,10 +232,19 @@ def relabel(syn, teacher=None, recipe: Teacher | None = None, top_k: int | None 
             parts[name].append(torch.cat(rows[name]))
         bar.update()
     bar.close()
-    dtypes = {"boxes": torch.float32, "flips": torch.uint8, "probs": torch.float16, "classes": torch.int32}
-    stacked = {name: torch.stack(v).to(dtypes.get(name, torch.int64)) for name, v in parts.items()}
+    stacked = {name: torch.stack(v).to(_dtype(name, n, k, recipe.patches)) for name, v in parts.items()}
     views = StoredViews(batch_size=min(recipe.batch_size, n), **stacked)
     return dataclasses.replace(syn, recipe=recipe, teacher=teacher, views=views)
+
+
+def _dtype(name: str, n: int, num_classes: int, patches: int) -> torch.dtype:
+    """The smallest dtype each stored tensor needs (boxes are whole pixels; soft labels in half precision)."""
+    if name == "probs":
+        return torch.float16
+    if name in ("cols", "rows", "flips"):
+        return torch.uint8 if patches < 256 else torch.int16
+    bound = {"order": n, "mix_from": n, "classes": num_classes}.get(name, 1 << 15)  # boxes, mix_box: pixels
+    return torch.int16 if bound < 1 << 15 else torch.int32
 
 
 __all__ = ["VIEWS_FILE", "StoredViews", "relabel"]

@@ -118,8 +118,14 @@ class TeacherNet:
 
     def check_data(self, data: Dataset) -> None:
         """``check_fits`` for a dataset: its input shape, classes, normalisation, ZCA and name."""
-        self.check_fits(data.image_shape, data.num_classes, data.info.norm, data.zca is not None, data.info.name,
-                        what=f"the dataset {data.info.name}")  # fmt: skip
+        self.check_fits(
+            data.image_shape,
+            data.num_classes,
+            data.info.norm,
+            data.zca is not None,
+            data.info.name,
+            what=f"the dataset {data.info.name}",
+        )
 
     def check_fits(
         self,
