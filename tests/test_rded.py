@@ -69,3 +69,31 @@ def test_rded_takes_one_class_per_iteration_and_refuses_other_budgets(digits_tea
     assert syn.recipe.kind == "teacher" and syn.teacher is not None and len(syn) == 20
     history = json.loads((tmp_path / "history.json").read_text())
     assert "val_acc" not in history[4] and history[9]["val_acc"] > 0.5  # once every class is there
+
+
+def test_a_run_stopped_by_a_signal_resumes_bit_for_bit(tmp_path, digits_teacher, digits, monkeypatch):
+    import os
+    import signal
+
+    from distilset.errors import Interrupted
+
+    args = {"ipc": 2, "candidates": 10, "teacher": str(digits_teacher), "checkpoint_every": 1}
+    full = ds.distill("rded", digits, out=tmp_path / "full", **args)
+    step = RDED.step
+
+    def interrupting(self, iteration):
+        metrics = step(self, iteration)
+        if iteration == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(RDED, "step", interrupting)
+        with pytest.raises(Interrupted, match="after iteration 5 of 10"):
+            ds.distill("rded", digits, out=tmp_path / "cut", **args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.undo()
+    resumed = ds.distill("rded", digits, out=tmp_path / "cut", resume=True, **args)
+    assert torch.equal(full.images, resumed.images) and full.extra["patches"] == resumed.extra["patches"]
