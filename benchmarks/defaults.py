@@ -12,7 +12,8 @@ seed 0) under the same evaluations:
 
 - ``recipe``: the set's own training recipe (DD: the replay of its learned steps from its init; MTT: SGD with
   the learned lr and DSA, 1000 epochs; labels: Adam, the base batch, the estimated steps). Random real
-  images get the same recipe where it is plain training; for a replay recipe they get DC's protocol.
+  images get the same recipe where it is plain training (SRe2L, RDED: the teacher recipe with the set's own
+  teacher); for a replay recipe they get DC's protocol.
 - ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs, or 1000 with the set's DSA) on the set's net.
 - ``transfer``: DC's protocol on each network of ``TRANSFER_NETS`` the set was not distilled with (LeNet, an
   MLP, ConvNet-3 with instance norm and with batch norm; the ConvNets at width 32 to fit the CPU), 2 fresh nets
@@ -58,7 +59,7 @@ from _common import (
 
 import distilset as ds
 from distilset.io import write_text
-from distilset.recipes import KernelRidge
+from distilset.recipes import KernelRidge, Teacher
 from distilset.report import results_page
 
 WORK = Path("/tmp/distilset-defaults")
@@ -80,11 +81,14 @@ ABLATIONS = (
 
 def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
     """Random real images of the set's size (class-balanced, seed 0), trained by the set's recipe if it is
-    plain training or kernel regression (then with their one-hot labels), else (a replay) by DC's protocol."""
+    plain training or kernel regression (then with their one-hot labels) or the teacher recipe (then with the set's
+    teacher), else (a replay) by DC's protocol."""
     real = ds.baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=0)
     real.net = syn.net  # the same network, initialised the same way
     if isinstance(syn.recipe, (ds.Standard, KernelRidge)):
         real.recipe = syn.recipe
+    if isinstance(syn.recipe, Teacher):  # SRe2L, RDED: the same recipe with the same teacher (DD-Ranking's pairing)
+        real.recipe, real.teacher = syn.recipe, syn.teacher
     return real
 
 
