@@ -292,3 +292,22 @@ def test_a_checkpoint_older_than_a_setting_resumes_when_the_setting_is_at_its_de
     Identity("mtt", 0, cfg).check(json.dumps(stored), tmp_path)  # no error
     with pytest.raises(ds.DistilsetError, match="made with .?syn_steps.? 20, this run has 7"):
         Identity("mtt", 0, MTTConfig(syn_steps=7)).check(json.dumps(stored), tmp_path)
+
+
+def test_net_options_given_again_match_experts_fitted_to_the_input(digits, tmp_path):
+    # `distilset experts --net-arg width=8` fits the ConvNet's depth to 8x8 digits (depth 2); passing the same
+    # `--net-arg width=8` to `distill mtt --experts-dir` must fit it the same way, not refuse the experts
+    out = tmp_path / "experts"
+    train_experts(digits, out, 1, ExpertConfig(net="convnet", net_kwargs={"width": 8}, epochs=2, batch_size=256))
+    cfg, notes = MTTConfig(
+        ipc=1, net_kwargs={"width": 8}, experts_dir=str(out), max_start_epoch=1, expert_epochs=1
+    ).resolve(digits)
+    assert cfg.net_kwargs == json.loads((out / "manifest.json").read_text())["config"]["net_kwargs"]
+    assert cfg.net_kwargs["depth"] == 2 and "net_kwargs" in notes
+    MTT(digits, out, cfg)  # the experts are accepted
+    with pytest.raises(DistilsetError, match="were trained with"):  # another width is still refused
+        MTT(
+            digits,
+            out,
+            MTTConfig(ipc=1, net_kwargs={"width": 16}, experts_dir=str(out), max_start_epoch=1, expert_epochs=1),
+        )

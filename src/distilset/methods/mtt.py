@@ -166,6 +166,10 @@ class MTTConfig(MethodConfig, PixelStatsOption):
             )
             if cfg.net == made["net"] and not cfg.net_kwargs and made["net_kwargs"]:
                 cfg, notes = replace(cfg, net_kwargs=made["net_kwargs"]), {**notes, "net_kwargs": "the experts'"}
+            elif cfg.net_kwargs:  # fitted as `distilset experts` fitted the same options (e.g. depth 2 on 8x8)
+                kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
+                if why:
+                    cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
         else:
             cfg, notes = self.fill(net=("convnet", "MTT's ConvNet"))
             kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
