@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import distilset as ds
-from distilset.errors import Interrupted
+from distilset.errors import ConfigError, Interrupted
 from distilset.methods.base import Context
 from distilset.methods.sre2l import SRe2L, SRe2LConfig
 from distilset.teachers import load_teacher
@@ -34,10 +34,12 @@ def _batch_stats(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, to
     return stats
 
 
-def test_recovery_lowers_the_statistics_loss_and_matches_the_running_statistics(digits_teacher, digits):
+@pytest.mark.parametrize("init", ["real", "noise"])
+def test_recovery_lowers_the_statistics_loss_and_matches_the_running_statistics(digits_teacher, digits, init):
     teacher = load_teacher(digits_teacher)
-    cfg = SRe2LConfig(ipc=10, batch_classes=10)
+    cfg = SRe2LConfig(ipc=10, batch_classes=10, init=init)
     run = SRe2L(digits, teacher, cfg, Context(seed=0, iterations=300))
+    start = run.images.detach().clone()
     history = [run.step(i) for i in range(300)]
     first, last = history[0], history[-1]
     assert last["bn"] < 0.2 * first["bn"] and last["ce"] < first["ce"]
@@ -59,7 +61,8 @@ def test_recovery_lowers_the_statistics_loss_and_matches_the_running_statistics(
             )
         return torch.tensor(gaps).max(0).values.tolist()
 
-    recovered, noise = worst(syn.images), worst(torch.randn_like(syn.images))
+    recovered, noise, before = worst(syn.images), worst(torch.randn_like(syn.images)), worst(start)
+    assert recovered[0] < 0.5 * before[0], (recovered, before)  # recovery moved the statistics, not its start
     assert recovered[0] < 0.05 and max(recovered) < 0.35, recovered  # the first layer counts 10x (SRe2L)
     assert min(noise) > 0.3 and max(noise) > 0.5, noise  # noise misses them: the tolerances say something
     norm = digits.info.norm
@@ -91,6 +94,8 @@ def test_a_run_stopped_by_a_signal_resumes_bit_for_bit_and_its_set_carries_the_t
     monkeypatch.undo()
     resumed = ds.distill("sre2l", digits, out=tmp_path / "cut", resume=True, **args)
     assert torch.equal(full.images, resumed.images)
+    with pytest.raises(ConfigError, match="planned for 8 iterations"):  # its cosine spans 8: no silent restart
+        ds.distill("sre2l", digits, out=tmp_path / "cut", resume=True, **{**args, "iterations": 16})
     loaded = ds.SyntheticSet.load(tmp_path / "cut")
     assert loaded.method == "sre2l" and loaded.recipe.kind == "teacher" and loaded.teacher is not None
     assert loaded.net["name"] == "convnet-bn" and torch.equal(loaded.images, full.images)

@@ -13,7 +13,7 @@ import distilset as ds
 from distilset.cli import main
 from distilset.errors import ConfigError, DistilsetError, Interrupted, SynsetFormatError
 from distilset.recipes import Teacher, teacher_batch, teacher_recipe
-from distilset.teachers import TEACHER_FILE, TeacherConfig, load_teacher, train_teacher
+from distilset.teachers import TEACHER_FILE, TeacherConfig, load_teacher, teacher_for, train_teacher
 from distilset.train import accuracy, fit
 
 
@@ -37,6 +37,13 @@ def test_a_teacher_round_trips_exactly_and_knows_its_data(digits_teacher, digits
         teacher.check_fits((1, 8, 8), 3, digits.info.norm, False)
     with pytest.raises(DistilsetError, match=r"dataset digits, the set is of mnist5k"):
         teacher.check_fits((1, 8, 8), 10, digits.info.norm, False, "mnist5k")
+    assert teacher.train_images == len(digits.train_x)
+    # a run that holds training images out for validation is told the teacher saw them
+    notes = []
+    teacher_for(digits_teacher, digits, None, 0, "cpu", False, notes.append)
+    assert notes == []
+    teacher_for(digits_teacher, digits.validation_split()[0], None, 0, "cpu", False, notes.append)
+    assert len(notes) == 1 and f"trained on {len(digits.train_x)} images" in notes[0] and "optimistic" in notes[0]
 
 
 def test_teacher_training_resumes_after_an_interruption_bit_for_bit(tmp_path, digits):

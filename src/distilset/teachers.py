@@ -76,6 +76,8 @@ class TeacherNet:
     norm: Normalization = field(default_factory=Normalization)
     zca: bool = False
     test_accuracy: float | None = None
+    train_images: int | None = None
+    """How many training images it was trained on (None: not recorded)."""
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -87,6 +89,7 @@ class TeacherNet:
             **self.norm.to_json(),
             "zca": self.zca,
             "test_accuracy": self.test_accuracy,
+            "train_images": self.train_images,
         }
 
     def describe(self) -> str:
@@ -175,6 +178,9 @@ def read_spec(obj: Any, where: str) -> dict[str, Any]:
             accuracy_ = jsonread.number(accuracy_, "test_accuracy")
             if not 0 <= accuracy_ <= 1:
                 raise DistilsetError(f"test_accuracy must be a fraction from 0 to 1, got {accuracy_}")
+        seen = spec.get("train_images")
+        if seen is not None:
+            seen = jsonread.whole(seen, "train_images", 1, 10**10)
         zca = spec.get("zca", False)
         if not isinstance(zca, bool):
             raise DistilsetError(f"zca must be true or false, got {zca!r:.40}")
@@ -187,6 +193,7 @@ def read_spec(obj: Any, where: str) -> dict[str, Any]:
             "norm": Normalization(spec.get("mean", [0.0]), spec.get("std", [1.0])),
             "zca": zca,
             "test_accuracy": accuracy_,
+            "train_images": seen,
         }
     except DistilsetError as e:
         raise SynsetFormatError(f"{where}: the teacher's spec is invalid ({e}); {DAMAGED}") from e
@@ -417,6 +424,7 @@ def train_teacher(
         norm=data.info.norm,
         zca=data.zca is not None,
         test_accuracy=acc,
+        train_images=len(data.train_x),
     )
     log(f"teacher: {100 * acc:.2f} % test accuracy after {cfg.epochs} epochs ({time.perf_counter() - t0:.0f} s)")
     if out is not None:
@@ -489,6 +497,12 @@ def teacher_for(
         log(f"training a teacher{f' into {where}' if where else ''}{' (continuing its checkpoint)' * resume}")
         teacher = train_teacher(data, where, seed=seed, device=device, resume=resume, progress=progress, log=log)
     teacher.check_data(data)
+    if teacher.train_images is not None and teacher.train_images != len(data.train_x):
+        log(
+            f"note: the teacher was trained on {teacher.train_images} images and this run distils from "
+            f"{len(data.train_x)} (`eval_every` holds some out for validation): where the teacher saw the held-out "
+            "images, the validation accuracy of students taught by it is optimistic"
+        )
     return teacher
 
 

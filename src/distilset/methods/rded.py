@@ -18,8 +18,9 @@ teacher's label of whatever the view shows; nothing is stored per region). Each 
 ``extra["patches"]``: [training index, top, left, height, width] of the crop behind every slot.
 
 Defaults are the released scripts' (300 candidates, 5 crops each, crop areas 0.08-1; ``factor`` 2 on ImageNet-
-sized inputs, 1 on CIFAR and Tiny-ImageNet); ``ipc`` 10. Deviations, named: the patch is resized with antialiased
-bilinear interpolation (the released code uses torchvision's default); at ``factor`` 1 the student recipe keeps the
+sized inputs, 1 on CIFAR and Tiny-ImageNet); ``ipc`` 10. Patches are resized with antialiased bilinear
+interpolation, as the released ``RandomResizedCrop(..., antialias=True)``. Deviations, named: at ``factor`` 1 the
+student recipe keeps the
 teacher recipe's default crop range (0.5-1) where RDED's range, 1 / factor to 1, would crop nothing, so the set's
 recipe is the one every other set gets under the teacher protocol; the images are kept as floats (the released
 code stores JPEGs); the seed of the run governs the sampling (the released synthesis is unseeded).

@@ -27,7 +27,8 @@ under both the teacher recipe and DC's protocol (the ``sre2l-noise`` rows of ``b
 over all batches instead of a fresh one
 per batch (Adam is elementwise and each image's gradient comes from its own batch alone, so the updates are the
 same); the roll's range is scaled with the side, 0 .. side // 8 pixels (the CIFAR script: 0 .. 4 at 32 px; 0 .. 1 on
-the 8x8 digits, where the script's range would be half the image); the images are kept as floats (the released
+the 8x8 digits, where the script's range would be half the image; its Tiny-ImageNet script rolls by -4 .. 4 after
+the crop, here 0 .. 8 at 64 px); the images are kept as floats (the released
 code saves JPEGs).
 
 Scale: under torchrun each rank recovers the images of its classes (class c is rank ``c % world``'s): it runs the
@@ -237,12 +238,19 @@ class SRe2L:
     # ---- checkpointing and result --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
+            "iterations": self.iterations,
             "images": self.images.detach().cpu(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        planned = state.get("iterations", self.iterations)
+        if planned != self.iterations:  # the cosine spans the run: another length is another schedule
+            raise ConfigError(
+                f"this SRe2L run was planned for {planned} iterations (its lr's cosine spans them); resume it with "
+                f"`iterations` {planned}, or start a new run for {self.iterations}"
+            )
         with torch.no_grad():
             self.images.copy_(state["images"])
         restore_optimizer(self.optimizer, state["optimizer"], self.cfg.lr)
@@ -277,7 +285,9 @@ register_method(
             "cifar100",
             1000,
             {"ipc": 50, "lr": 0.25, "r_bn": 0.01, "jitter": "roll", "roll": 4, "init": "noise"},
-            "the released CIFAR-100 recovery script (its teacher: ResNet-18, 200 epochs)",
+            "the released CIFAR-100 recovery script; give it its teacher with --teacher (a ResNet-18 trained 200 "
+            "epochs: distilset teacher --net resnet18 --net-arg norm=batch --epochs 200); students train by the "
+            "teacher recipe (FKD's ImageNet settings), not the released relabel_cifar script",
         ),
     },
     data_parallel=True,
