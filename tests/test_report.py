@@ -149,3 +149,24 @@ def test_the_page_renders_in_a_browser(sets, tmp_path):
     assert tables >= 1 + 4 and plots and all(w > 0 for w in plots)
     assert errors == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_replaces_its_own_page_and_refuses_any_other_file(sets, tmp_path, capsys):
+    target = tmp_path / "random"
+    shutil.copytree(sets / "random", target)
+    page = tmp_path / "r.html"
+    assert main(["report", str(target), "--out", str(page)]) == 0
+    assert main(["report", str(target), "--out", str(page), "--title", "again"]) == 0  # its own page: replaced
+    assert "<title>again</title>" in page.read_text()
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my notes</html>")
+    link = tmp_path / "link.html"
+    link.symlink_to(page)
+    before = {p: p.read_bytes() for p in (mine, target / "synset.json", target / "grid.png")}
+    for out in (mine, target / "synset.json", target / "grid.png", link, ""):
+        assert main(["report", str(target), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("distilset: error:") == 1 and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in before} == before and link.is_symlink()
+    assert main(["report", str(target), "--out", str(page / "x.html")]) == 2  # a file where a folder should be
+    assert "cannot write the report" in capsys.readouterr().err

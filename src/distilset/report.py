@@ -206,10 +206,14 @@ def _section(entry: Entry, entries: Sequence[Entry]) -> str:
     return "\n".join(parts)
 
 
+GENERATOR = '<meta name="generator" content="distilset">'
+"""Marks a page distilset wrote, so ``report`` replaces its own pages and nothing else."""
+
+
 def _page(title: str, body: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n"
         f'<p class="muted">made by distilset on {stamp}</p>\n{body}\n</body></html>\n'
@@ -234,10 +238,25 @@ def report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str
     if not dirs:
         raise DistilsetError("name at least one set directory to report on")
     out = Path(out)
+    if not str(out):
+        raise DistilsetError("`out` is empty; give the page's file name, such as report.html")
     if out.is_dir():
         raise DistilsetError(f"`out` {out} is a directory; give a file name such as {out / 'report.html'}")
+    if out.exists() or out.is_symlink():
+        try:
+            head = out.read_bytes()[:8192] if out.is_file() and not out.is_symlink() else b""
+            ours = GENERATOR.encode() in head or b'<p class="muted">made by distilset on' in head  # or an older page
+        except OSError:
+            ours = False
+        if not ours:
+            raise DistilsetError(
+                f"`out` {out} exists and is not a page distilset wrote; it is left as it is: give a new file name"
+            )
     entries = [load_entry(d) for d in dirs]
-    return write_text(out, render(entries, title))
+    try:
+        return write_text(out, render(entries, title))
+    except OSError as e:
+        raise DistilsetError(f"cannot write the report to {out} ({e.strerror or e}); give a writable path") from e
 
 
 # ---- benchmark results ---------------------------------------------------------------------------------------
