@@ -135,6 +135,47 @@ def test_planted_links_at_temp_and_final_paths_are_never_followed(tmp_path, digi
     assert outside.read_text() == "precious" and not (out / "checkpoint" / "state.pt").is_symlink()
 
 
+def test_overwrite_deletes_only_what_distilset_wrote(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(capsys, "distill", "dd", "--dataset", "digits", "--iterations", "2", *FAST_FLAGS, "--out", out)[0] == 0
+    (out / "checkpoint" / "model_epoch90.pt").write_bytes(b"the user's own checkpoint")
+    code, _ = _cli(capsys, "baseline", "random", "--dataset", "digits", "--ipc", "1", "--out", out, "--overwrite")
+    assert code == 0 and ds.SyntheticSet.load(out).method == "random"
+    # the run's state.pt and history.json are gone, the user's file in checkpoint/ (and so the folder) stays
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["model_epoch90.pt"]
+    assert not (out / "history.json").exists()
+    # a file under a run's name that distilset did not write: refused before anything is deleted
+    (out / "history.json").write_text('{"loss": [0.9, 0.5], "note": "my training log"}')
+    before = _snapshot(out)
+    code, err = _cli(capsys, "baseline", "random", "--dataset", "digits", "--ipc", "2", "--out", out, "--overwrite")
+    assert code == 2
+    _one_error_line(err, "history.json", "distilset did not write", "nothing was deleted")
+    assert _snapshot(out) == before
+    (out / "history.json").unlink()
+    (out / "synset.json").write_text('{"format": "someone.else"}')  # a set file of another program
+    code, err = _cli(capsys, "baseline", "random", "--dataset", "digits", "--ipc", "2", "--out", out, "--overwrite")
+    assert code == 2
+    _one_error_line(err, "synset.json", "grid.png")  # its picture is not claimed either
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "dd", "--dataset", "digits", *FAST_FLAGS],
+        ["baseline", "random", "--dataset", "digits"],
+        ["teacher", "--dataset", "digits"],
+        ["experts", "--dataset", "digits"],
+        ["teach", "omni", "--dataset", "digits"],
+    ],
+)
+def test_an_empty_out_is_refused_not_taken_for_the_current_directory(tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(capsys, *argv, "--out", "")
+    assert code == 2
+    _one_error_line(err, "out is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overwrite_removes_a_planted_link_not_its_target(tmp_path, capsys):
     target = tmp_path / "elsewhere"
     target.mkdir()

@@ -7,7 +7,10 @@ network is fitted) and decides what may happen to ``out``:
 - a directory holding a run (a saved set, ``history.json`` or ``checkpoint/``) is refused, naming what it
   holds, unless ``resume`` (continue its checkpoint; the settings are compared when the checkpoint is read)
   or ``overwrite`` (the run's files are deleted first; files distilset did not write, trained experts in
-  ``OUT/experts`` and a teacher in ``OUT/teacher`` are kept);
+  ``OUT/experts`` and a teacher in ``OUT/teacher`` are kept). A file under one of a run's names that distilset
+  did not write (a user's own ``history.json``; a ``synset.json`` of another format) makes ``overwrite`` refuse
+  before anything is deleted, as the new run would replace it; in ``checkpoint/`` only distilset's checkpoint
+  files are deleted, and the folder only when nothing else is left in it;
 - ``resume`` on a directory holding a set but no checkpoint is refused: there is nothing to continue.
 
 It then creates the directory and proves it writable with a real temporary file (``mkstemp``, removed at
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +34,8 @@ RUN_FILES = (
 )
 """What a run writes into its directory: a set (with its teacher, when it has one) or a teacher (``distilset
 teacher``). ``OUT/experts`` and ``OUT/teacher`` are reusable caches, not part of this list."""
+CHECKPOINT_FILES = ("state.pt", "teacher.pt")
+"""What distilset writes into ``OUT/checkpoint/`` (a run's state; a teacher's training state)."""
 TEACH_FILES = ("report.json", "labels.safetensors", "teach.png")
 """What a ``distilset teach`` run writes besides ``models/*.safetensors``; they count as a run's only when
 ``report.json`` is a teach report (names a ``system``), so a user's own ``models/`` folder is never taken for one."""
@@ -45,12 +49,63 @@ def _teach_run(out: Path) -> bool:
     return isinstance(report, dict) and "system" in report
 
 
+def _json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text()) if path.stat().st_size < 1 << 28 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The ``format`` entry of a safetensors file's metadata (distilset's files name theirs), or None."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 1 << 26 else {}
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta.get("format") if isinstance(meta, dict) else None
+
+
+def _records(value: object, key: str) -> bool:
+    return isinstance(value, list) and all(isinstance(e, dict) and key in e for e in value)
+
+
+def _written_here(out: Path, name: str) -> bool:
+    """Whether ``out / name`` (one of ``RUN_FILES``, not a symlink) is a file distilset wrote: its JSON or
+    safetensors files say so by their format or shape; pictures and word lists count when they sit beside a
+    set or teacher distilset wrote."""
+    path = out / name
+    if name in ("synset.json", "teacher.json"):
+        value = _json(path)
+        return isinstance(value, dict) and value.get("format") in ("distilset.synset", "distilset.teacher")
+    if name == "history.json":  # one entry per logged iteration
+        return _records(_json(path), "iteration")
+    if name == "evaluations.json":
+        return _records(_json(path), "protocol")
+    if name.endswith(".safetensors"):
+        return _safetensors_format(path) in ("distilset.synset", "distilset.teacher")
+    return any(_written_here(out, owner) for owner in ("synset.json", "teacher.json") if (out / owner).is_file())
+
+
 def _run_files(out: Path) -> list[Path]:
-    """The files and folders of a run in ``out`` that ``overwrite`` deletes."""
-    files = [out / name for name in RUN_FILES]
+    """The files and folders of a run in ``out`` that ``overwrite`` deletes (``checkpoint/``: its own files)."""
+    files = [out / name for name in RUN_FILES if name != "checkpoint"]
+    files += [out / "checkpoint" / name for name in CHECKPOINT_FILES]
     if _teach_run(out):
         files += [out / name for name in TEACH_FILES] + sorted((out / "models").glob("*.safetensors"))
     return files
+
+
+def _foreign(out: Path) -> list[str]:
+    """Files under a run's names in ``out`` that distilset did not write (``overwrite`` would replace them)."""
+    names = [n for n in RUN_FILES if n != "checkpoint" and (out / n).exists() and not (out / n).is_symlink()]
+    found = [n for n in names if not (out / n).is_file() or not _written_here(out, n)]
+    found += [f"checkpoint/{n}" for n in CHECKPOINT_FILES if (out / "checkpoint" / n).is_dir()]
+    if (out / "checkpoint").exists() and not (out / "checkpoint").is_dir():
+        found.append("checkpoint")
+    return found
 
 
 def describe_run(out: Path) -> str | None:
@@ -83,6 +138,8 @@ def prepare_out(
     """Apply the policy of the module docstring to ``out``; return it as a Path, created and writable.
 
     ``offers``: the options the caller has (named in the message that refuses a directory holding a run)."""
+    if not os.fspath(out):  # Path("") is the current directory: never write there by accident
+        raise ConfigError("`out` is empty; give the output directory's name (use . for the current directory)")
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("`resume` continues the run in `out` and `overwrite` deletes it; give one of them")
@@ -99,13 +156,20 @@ def prepare_out(
         give = " or ".join(ways[o] for o in offers if o in ways)
         give = f"give {give}, or " if give else ""
         raise ConfigError(f"`out` {out} already holds {held}; {give}choose another directory")
+    if held and overwrite and (foreign := _foreign(out)):
+        raise ConfigError(
+            f"`out` {out} holds {', '.join(foreign)}, which distilset did not write, under a name a run writes; "
+            "nothing was deleted: move it away or choose another output directory"
+        )
     try:
         if held and overwrite:
             for path in _run_files(out):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)  # a symlink is removed, never followed
+                path.unlink(missing_ok=True)  # a file, or a symlink: removed, never followed
+            checkpoint = out / "checkpoint"
+            if checkpoint.is_symlink():
+                checkpoint.unlink()
+            elif checkpoint.is_dir() and not any(checkpoint.iterdir()):
+                checkpoint.rmdir()
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".distilset-write-test.")
         os.close(fd)
