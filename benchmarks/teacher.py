@@ -413,8 +413,8 @@ def table() -> None:
             acc = picked[0].get("teacher_test_acc")
             print(f"\n{dataset}, {ipc} images per class (teacher {100 * acc:.1f} % test):\n")
             cols = [(rec, net) for rec in RECIPES for net in NETS]
-            print("| set | " + " | ".join(f"{rec} {net}" for rec, net in cols) + " |")
-            print("|---|" + "---|" * len(cols))
+            print("| set | " + " | ".join(f"{rec} {net}" for rec, net in cols) + " | made in |")
+            print("|---|" + "---|" * (len(cols) + 1))
             base = {(r["recipe"], r["net"]): r["mean"] for r in picked if r["set"] == "random"}
             for name in [*SETS, *VARIANTS]:
                 if not any(r["set"] == name for r in picked):
@@ -431,7 +431,9 @@ def table() -> None:
                         else f" ({100 * (r['mean'] - base[rec, net]):+.1f})"
                     )
                     cells.append(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{gap}")
-                print(f"| {name} | " + " | ".join(cells) + " |")
+                made = next((r for r in picked if r["set"] == name and "distill_s" in r), {})
+                took = made.get("distill_s", 0) + made.get("experts_s", 0)
+                print(f"| {name} | " + " | ".join(cells) + f" | {took / 60:.1f} min |" if made else " | - |")
     older_file = RESULTS / "teacher-older.json"
     if older_file.exists():
         print("\n| method | items | own recipe | teacher recipe | random real, teacher recipe | net |")

@@ -336,6 +336,29 @@ def test_sigkill_at_a_random_iteration_then_resume_is_bit_identical(tmp_path):
     assert [r["loss"] for r in json.loads(history.read_text())] == full_losses
 
 
+def test_a_second_run_on_a_busy_directory_fails_at_once_naming_the_first(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["distill", "dd", "--dataset", "digits", "--iterations", "400", *FAST_FLAGS, "--out", out]
+    first = _cli_process(*args)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "history.json").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, first.stderr.read()
+        t0 = time.monotonic()
+        for second in (args, [*args[:-2], "--out", out, "--overwrite"], ["baseline", "random", "--dataset", "digits", "--out", out]):
+            code, err = _cli(capsys, *second)
+            assert code == 2
+            _one_error_line(err, "in use by another distilset run", f"PID {first.pid}")
+        assert time.monotonic() - t0 < 10  # at once, not after training
+    finally:
+        first.kill()
+        first.wait()
+    # a killed run leaves no lock behind: the directory can be resumed at once
+    code, err = _cli(capsys, *args[:-2], "--iterations", "2", "--out", out, "--overwrite")
+    assert code == 0, err
+
+
 # ---- 8. a set names its dataset as a hint, never as a path to open --------------------------------------
 def test_a_set_cannot_make_evaluate_open_a_path(tmp_path, capsys, digits):
     syn = ds.baseline("random", digits, ipc=1)

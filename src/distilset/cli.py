@@ -36,7 +36,7 @@ from distilset.methods.registry import preset_of
 from distilset.recipes import Standard, Teacher, teacher_recipe
 from distilset.relabel import VIEWS_FILE, relabel
 from distilset.report import report
-from distilset.rundir import prepare_out
+from distilset.rundir import prepare_out, releases_locks
 from distilset.synset import SyntheticSet
 from distilset.teach import SYSTEMS, teach
 from distilset.teachers import TeacherConfig, load_teacher, train_teacher
@@ -210,6 +210,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+@releases_locks
 def cmd_baseline(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     out = prepare_out(args.out, overwrite=args.overwrite, offers=("overwrite",))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import distilset as ds
-from distilset.rundir import prepare_out
+from distilset.rundir import prepare_out, releases_locks
 
 
 def _row(name: str, images: int, res: ds.EvalResult, seconds: float) -> str:
@@ -25,6 +25,7 @@ def _row(name: str, images: int, res: ds.EvalResult, seconds: float) -> str:
     return f"| {name:<38} | {images:>6} | {acc:>13} | {res.protocol:<8} | {res.repeats:>4} | {seconds:>6.1f} |"
 
 
+@releases_locks
 def main(out: str = "out/demo") -> None:
     data = ds.load_dataset("digits")
     print(f"{data}\n")

@@ -13,6 +13,12 @@ network is fitted) and decides what may happen to ``out``:
   files are deleted, and the folder only when nothing else is left in it;
 - ``resume`` on a directory holding a set but no checkpoint is refused: there is nothing to continue.
 
+One process at a time: ``prepare_out`` takes an exclusive lock on the directory (``flock`` on the directory
+itself, so nothing is added to it) before it looks inside, and a second run on the same directory fails at once,
+naming the first one's PID. The lock is released when the entry point that took it returns (``releases_locks``)
+or its process ends, however it ends (the kernel drops a dead process's locks: a run killed with SIGKILL leaves
+none behind).
+
 It then creates the directory and proves it writable with a real temporary file (``mkstemp``, removed at
 once), so a read-only directory, a path under /proc or a file in the way fails in one line, not after
 training. The files themselves are written by ``distilset.io`` (a fresh temporary name and a rename).
@@ -20,10 +26,14 @@ training. The files themselves are written by ``distilset.io`` (a fresh temporar
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from distilset.errors import ConfigError
 
@@ -129,6 +139,58 @@ def describe_run(out: Path) -> str | None:
     return what if (out / "synset.json").exists() else f"files of an earlier run ({', '.join(present)})"
 
 
+_LOCKS: dict[Path, int] = {}
+"""Directories this process holds locked, and the descriptor holding each lock."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _holder(fd: int) -> str:
+    """The PID holding a lock on the file of ``fd``, from /proc/locks (Linux), or words when unknown."""
+    st = os.fstat(fd)
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK":
+                dev_inode = fields[5].split(":")
+                if len(dev_inode) == 3 and int(dev_inode[2]) == st.st_ino:
+                    return f"PID {fields[4]}"
+    except (OSError, ValueError):
+        pass
+    return "another process"
+
+
+def _lock(out: Path) -> None:
+    key = out.resolve()
+    if key in _LOCKS:  # this process holds it already (a nested step of the same run)
+        return
+    fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(fd)
+        os.close(fd)
+        raise ConfigError(
+            f"`out` {out} is in use by another distilset run ({who}); wait for it to finish or choose another directory"
+        ) from None
+    _LOCKS[key] = fd
+
+
+def releases_locks(fn: F) -> F:
+    """Decorate an entry point that calls ``prepare_out``: the directories it locked are unlocked when it returns
+    or raises (those locked before the call, by an enclosing run, stay locked)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = set(_LOCKS)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for key in set(_LOCKS) - before:
+                os.close(_LOCKS.pop(key))  # closing the descriptor drops its lock
+
+    return wrapper  # type: ignore[return-value]
+
+
 def prepare_out(
     out: str | os.PathLike,
     resume: bool = False,
@@ -145,7 +207,12 @@ def prepare_out(
         raise ConfigError("`resume` continues the run in `out` and `overwrite` deletes it; give one of them")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"`out` {out} is a file, not a directory; choose another output directory")
-    held = describe_run(out) if out.is_dir() else None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write to `out` {out} ({e.strerror or e}); choose a writable directory") from e
+    _lock(out)  # before looking inside: a second run on this directory stops here
+    held = describe_run(out)
     if held and resume and not (out / "checkpoint").exists():
         raise ConfigError(f"`out` {out} holds {held} but no checkpoint, so there is nothing to resume; "
                           "choose a new output directory, or give `overwrite` to replace it")  # fmt: skip
@@ -170,7 +237,6 @@ def prepare_out(
                 checkpoint.unlink()
             elif checkpoint.is_dir() and not any(checkpoint.iterdir()):
                 checkpoint.rmdir()
-        out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".distilset-write-test.")
         os.close(fd)
         os.unlink(probe)

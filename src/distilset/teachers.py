@@ -51,6 +51,7 @@ from distilset.io import load_torch, save_torch, write_bytes, write_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input, read_net_spec
 from distilset.recipes import Standard
+from distilset.rundir import releases_locks
 from distilset.train import accuracy, fit
 
 FORMAT = "distilset.teacher"
@@ -328,6 +329,7 @@ class TeacherConfig(Config):
         )
 
 
+@releases_locks
 def train_teacher(
     data: Dataset,
     out: str | Path | None = None,

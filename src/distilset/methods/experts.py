@@ -38,7 +38,7 @@ from distilset.jsonread import load_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import SIZE_BOUNDS
 from distilset.recipes import Standard
-from distilset.rundir import prepare_out
+from distilset.rundir import prepare_out, releases_locks
 from distilset.train import accuracy, fit
 
 MANIFEST = "manifest.json"
@@ -125,6 +125,7 @@ def _manifest_settings(data: Dataset, cfg: ExpertConfig) -> dict:
     }
 
 
+@releases_locks
 def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfig | None = None,
                   seed: int = 0, device: str = "cpu", progress: bool = False,
                   ray: bool | str | None = None) -> ExpertBuffer:  # fmt: skip

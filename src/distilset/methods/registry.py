@@ -26,7 +26,7 @@ from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.evaluate import evaluate
 from distilset.methods.base import Context, Distiller, Identity, MethodConfig, RunConfig, dataset_identity, run
-from distilset.rundir import prepare_out
+from distilset.rundir import prepare_out, releases_locks
 from distilset.synset import SyntheticSet
 
 
@@ -156,6 +156,7 @@ def describe_config(cfg: MethodConfig, notes: Mapping[str, str]) -> list[str]:
     return lines
 
 
+@releases_locks
 def distill(
     method: str,
     data: Dataset,

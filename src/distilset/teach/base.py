@@ -42,7 +42,7 @@ from distilset.methods.registry import describe_config
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for
 from distilset.recipes import Standard
-from distilset.rundir import prepare_out
+from distilset.rundir import prepare_out, releases_locks
 from distilset.train import accuracy, fit
 
 
@@ -174,6 +174,7 @@ def register_system(name: str, config: type[TeachConfig], run: Callable[..., Tau
     return SYSTEMS[name]
 
 
+@releases_locks
 def teach(
     system: str,
     data: Dataset,
