@@ -653,3 +653,29 @@ def test_fuzz_npz(tmp_path_factory, capsys, n, shape, x_dtype, y, pixel, names):
     else:
         syn = SyntheticSet.load(tmp / "o")
         assert syn.num_classes >= 2 and torch.isfinite(syn.images).all()
+
+
+def _rate_fields() -> list[tuple[str, type, str]]:
+    from distilset.config import field_specs
+    from distilset.methods.experts import ExpertConfig
+    from distilset.methods.registry import METHODS
+    from distilset.teach.base import SYSTEMS
+    from distilset.teachers import TeacherConfig
+
+    configs = [(f"distill {n}", m.config) for n, m in sorted(METHODS.items())]
+    configs += [(f"teach {n}", s.config) for n, s in sorted(SYSTEMS.items())]
+    configs += [("experts", ExpertConfig), ("teacher", TeacherConfig)]
+    return [
+        (where, cls, spec.name)
+        for where, cls in configs
+        for spec in field_specs(cls)
+        if spec.name == "lr" or spec.name.endswith("_lr") or spec.name.startswith("lr_")
+    ]
+
+
+@pytest.mark.parametrize("where,cls,name", _rate_fields(), ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0, 0.0])
+def test_every_learning_rate_is_checked_finite_and_positive_before_any_work(where, cls, name, value):
+    # the options are checked as the config is made, before any data is loaded or network trained
+    with pytest.raises(ds.DistilsetError, match=rf"{name}`? must be (> 0|a finite number)"):
+        cls(**{name: value})

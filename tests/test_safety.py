@@ -346,7 +346,8 @@ def test_a_second_run_on_a_busy_directory_fails_at_once_naming_the_first(tmp_pat
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()
         t0 = time.monotonic()
-        for second in (args, [*args[:-2], "--out", out, "--overwrite"], ["baseline", "random", "--dataset", "digits", "--out", out]):
+        baseline = ["baseline", "random", "--dataset", "digits", "--out", out]
+        for second in (args, [*args[:-2], "--out", out, "--overwrite"], baseline):
             code, err = _cli(capsys, *second)
             assert code == 2
             _one_error_line(err, "in use by another distilset run", f"PID {first.pid}")

@@ -175,6 +175,8 @@ class Config:
     def require_positive(self, *names: str) -> None:
         for name in names:
             value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # inf would train to NaN, or not at all
+                raise ConfigError(f"`{name}` must be a finite number > 0, got {value}")
             if value is not None and not value > 0:
                 raise ConfigError(f"`{name}` must be > 0, got {value}")
 
