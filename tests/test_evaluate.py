@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import distilset as ds
+from distilset.cli import main
 from distilset.data.dataset import Normalization
 from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import training_recipe, transfer_accuracy
+from distilset.evaluate import load_evaluations, training_recipe, transfer_accuracy
 from distilset.losses import soft_cross_entropy
 from distilset.nets import create_net
 from distilset.recipes import Replay, Standard
@@ -200,3 +201,15 @@ def test_cli_evaluate_nets_prints_a_table_and_refuses_net_options(digits, tmp_pa
     assert main([*argv, "--nets", "convnet,mlp", "--net", "lenet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("distilset: error: --nets takes each network"), err
+
+
+def test_a_result_at_chance_is_flagged_in_the_output_and_the_json(digits, tmp_path, capsys):
+    syn = ds.baseline("random", digits, ipc=1)
+    good = ds.evaluate(syn, digits, net="mlp", protocol="standard", epochs=30, repeats=1)
+    assert good.accuracy_mean > 0.2 and good.warning == ""  # 10 real images learn something
+    syn.images.zero_()  # every image the same: nothing to learn, the net answers one class
+    syn.save(tmp_path / "blank")
+    args = ["--dataset", "digits", "--net", "mlp", "--protocol", "standard", "--epochs", "30", "--repeats", "1"]
+    assert main(["evaluate", str(tmp_path / "blank"), *args, "--save"]) == 0
+    assert "at chance (10.0 % for 10 classes): the training diverged or did not learn" in capsys.readouterr().out
+    assert "at chance" in load_evaluations(tmp_path / "blank")[-1]["warning"]

@@ -71,6 +71,8 @@ class EvalResult:
     accuracy_std: float
     wall_time_s: float
     settings: dict = field(default_factory=dict)
+    warning: str = ""
+    """Set when the accuracy is at chance (``at_chance``): the numbers are not a result to compare."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,8 +81,18 @@ class EvalResult:
         return (
             f"{100 * self.accuracy_mean:.2f} ± {100 * self.accuracy_std:.2f} % test accuracy "
             f"({self.repeats} nets, protocol {self.protocol}: {self.settings.get('recipe_text', '')}; "
-            f"{self.net}, {self.wall_time_s:.1f} s)"
+            f"{self.net}, {self.wall_time_s:.1f} s)" + (f"; {self.warning}" if self.warning else "")
         )
+
+
+def at_chance(accuracy: float, num_classes: int) -> str:
+    """A warning when ``accuracy`` is within a quarter of chance (1 / classes) of it or below, else ""."""
+    if accuracy <= 1.25 / num_classes:
+        return (
+            f"at chance ({100 / num_classes:.1f} % for {num_classes} classes): the training diverged or did not "
+            "learn; try a lower learning rate or another recipe"
+        )
+    return ""
 
 
 EVALUATIONS = "evaluations.json"
@@ -308,6 +320,7 @@ def evaluate(
         accuracy_mean=mean,
         accuracy_std=std,
         wall_time_s=wall,
+        warning=at_chance(mean, data.num_classes),
         settings={
             "device": device,
             "set_size": len(syn),
@@ -382,6 +395,7 @@ def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, de
     return EvalResult(protocol="recipe", net=f"kernel:{recipe.arch}", net_kwargs={"depth": recipe.depth},
                       dataset=data.info.name, recipe=recipe_to_json(recipe), repeats=1, seeds=[0], runs=[acc],
                       accuracy_mean=acc, accuracy_std=0.0, wall_time_s=time.perf_counter() - start,
+                      warning=at_chance(acc, data.num_classes),
                       settings={"device": device, "set_size": len(syn), "recipe_text": recipe.describe()})  # fmt: skip
 
 
