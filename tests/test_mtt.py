@@ -311,3 +311,16 @@ def test_net_options_given_again_match_experts_fitted_to_the_input(digits, tmp_p
             out,
             MTTConfig(ipc=1, net_kwargs={"width": 16}, experts_dir=str(out), max_start_epoch=1, expert_epochs=1),
         )
+
+
+def test_experts_overwrite_replaces_the_experts_and_nothing_else(tmp_path, capsys):
+    out = tmp_path / "experts"
+    flags = ["experts", "--dataset", "digits", "--experts", "2", "--net", "mlp", "--batch-size", "64", "--out", out]
+    assert main([*map(str, flags), "--epochs", "2"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([*map(str, flags), "--epochs", "3"]) == 2  # other settings: refused, naming the way out
+    err = capsys.readouterr().err
+    assert "holds experts made with other settings" in err and "give --overwrite to replace them" in err
+    assert main([*map(str, flags), "--epochs", "3", "--overwrite"]) == 0
+    buf = ExpertBuffer(out)
+    assert buf.epochs == 3 and len(buf) == 2 and (out / "notes.txt").read_text() == "mine"

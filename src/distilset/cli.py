@@ -322,7 +322,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     cfg = ExpertConfig(**config_options(args, ExpertConfig))
     buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True,
-                        ray=_ray_of(args))  # fmt: skip
+                        ray=_ray_of(args), overwrite=args.overwrite)  # fmt: skip
     accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
     print(f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
           f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="experts directory (resumable: finished experts are kept)")
     p.add_argument("--experts", type=int, default=5, help="number of experts (default: 5)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the experts in --out (files and manifest only), train anew"
+    )
     p.add_argument("--zca", action="store_true", help="train on ZCA-whitened data")
     _add_ray_arg(p, "each expert is a Ray task")
     _add_run_args(p)

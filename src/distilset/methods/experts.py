@@ -20,6 +20,7 @@ the one training loop (``distilset.train.fit``). Deviation, named: on small trai
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,9 +129,10 @@ def _manifest_settings(data: Dataset, cfg: ExpertConfig) -> dict:
 @releases_locks
 def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfig | None = None,
                   seed: int = 0, device: str = "cpu", progress: bool = False,
-                  ray: bool | str | None = None) -> ExpertBuffer:  # fmt: skip
+                  ray: bool | str | None = None, overwrite: bool = False) -> ExpertBuffer:  # fmt: skip
     """Train ``experts`` experts into ``out``, skipping those already there (resume). Expert i has seed
-    ``seed + i`` and file ``expert_i``; with ``ray`` each is a Ray task (``distilset.jobs``)."""
+    ``seed + i`` and file ``expert_i``; with ``ray`` each is a Ray task (``distilset.jobs``). ``overwrite``
+    deletes the experts already there (their files and manifest; nothing else) and trains all anew."""
     cfg, _ = (cfg or ExpertConfig()).resolve(data)
     if experts < 1:
         raise ConfigError(f"`experts` must be >= 1, got {experts}")
@@ -140,13 +142,19 @@ def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfi
     out = prepare_out(out, offers=()).resolve()  # refuses a directory holding a run; absolute for Ray workers
     settings = _manifest_settings(data, cfg)
     manifest = {"format": "distilset.experts", "version": 2, **settings, "experts": {}}
+    if overwrite and (out / MANIFEST).exists():
+        for path in out.glob("expert_*.safetensors"):
+            if re.fullmatch(r"expert_\d{4,}\.safetensors", path.name):
+                path.unlink()
+        (out / MANIFEST).unlink()
     if (out / MANIFEST).exists():
         old = ExpertBuffer.read_manifest(out)
         different = [k for k in settings if old.get(k) != settings[k]]
         if different:
             raise DistilsetError(
                 f"{out} holds experts made with other settings ({different[0]}: {old.get(different[0])} here, "
-                f"{settings[different[0]]} asked for); use another experts directory or the same settings"
+                f"{settings[different[0]]} asked for); use another experts directory or the same settings, or give "
+                "`overwrite` to replace them"
             )
         manifest["experts"] = {k: v for k, v in old["experts"].items() if expert_path(out, int(k)).exists()}
     todo = [i for i in range(experts) if str(i) not in manifest["experts"]]
