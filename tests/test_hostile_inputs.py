@@ -679,3 +679,15 @@ def test_every_learning_rate_is_checked_finite_and_positive_before_any_work(wher
     # the options are checked as the config is made, before any data is loaded or network trained
     with pytest.raises(ds.DistilsetError, match=rf"{name}`? must be (> 0|a finite number)"):
         cls(**{name: value})
+
+
+@pytest.mark.parametrize("arg", ["width=0", "width=-5", "width=100000000", "width=abc", "depth=99"])
+@pytest.mark.parametrize("command", [["distill", "dm", "--iterations", "1"], ["evaluate", "SET", "--net", "convnet"]])
+def test_net_size_options_are_ranged_before_any_allocation(sets, tmp_path, capsys, arg, command):
+    argv = [str(sets / "plain") if a == "SET" else a for a in command]
+    code = main(
+        [*argv, "--dataset", "digits", "--net-arg", arg, *(["--out", str(tmp_path / "o")] * (argv[0] == "distill"))]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err
+    assert "must be a whole number in 1.." in err

@@ -13,9 +13,9 @@ from distilset.errors import DistilsetError, SynsetFormatError
 from distilset.nets.init import INIT_SCHEMES, init_weights
 
 NETS: dict[str, Callable[..., nn.Module]] = {}
-SIZE_BOUNDS = {"width": (1, 4096), "depth": (1, 8)}
-"""Sane ranges of the nets' size options, enforced on nets named by files (a ConvNet of depth 8 already needs
-256x256 inputs; width 4096 is 32x DC's 128)."""
+SIZE_BOUNDS = {"width": (1, 4096), "depth": (1, 8), "maps": (1, 4096)}
+"""Sane ranges of the nets' size options, enforced on every net built and on nets named by files (a ConvNet of
+depth 8 already needs 256x256 inputs; width 4096 is 32x DC's 128)."""
 
 
 def register_net(name: str, **defaults):
@@ -45,6 +45,9 @@ def create_net(
     """
     if name not in NETS:
         raise DistilsetError(f"unknown `net` {name!r}; known: {', '.join(sorted(NETS))}")
+    for option, (low, high) in SIZE_BOUNDS.items():  # before any allocation: width 0 or 10^8 fails here, in words
+        if option in kw:
+            jsonread.whole(kw[option], f"net option {option} (`net_kwargs`)", low, high)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
