@@ -242,6 +242,11 @@ JSON_CASES = {
     "mean of strings": ("plain", lambda m: m.update(mean=["0.5"]), ["mean", "list of numbers"]),
     "mean with two channels": ("plain", lambda m: m.update(mean=[0.1, 0.2], std=[1, 1]), ["mean", "channel"]),
     "std null": ("plain", lambda m: m.update(std=None), ["std"]),
+    "std 1e30": ("plain", lambda m: m.update(std=[1e30]), ["std", "10000"]),
+    "mean 1e30": ("plain", lambda m: m.update(mean=[1e30]), ["mean", "10000"]),
+    "recipe epochs 1e9": ("plain", lambda m: m["recipe"].update(epochs=10**9), ["epochs", "100000"]),
+    "recipe steps 1e12": ("plain", lambda m: m["recipe"].update(steps=10**12), ["steps", "1e+08"]),
+    "recipe batch 1e9": ("plain", lambda m: m["recipe"].update(batch_size=10**9), ["batch_size", "1e+06"]),
     "class_names null": ("plain", lambda m: m.update(class_names=None), ["class_names", "list of strings"]),
     "class_names numbers": ("plain", lambda m: m.update(class_names=list(range(10))), ["class_names", "strings"]),
     "class_names too few": ("plain", lambda m: m.update(class_names=["a", "b"]), ["class_names"]),
@@ -691,3 +696,14 @@ def test_net_size_options_are_ranged_before_any_allocation(sets, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err
     assert "must be a whole number in 1.." in err
+
+
+@pytest.mark.parametrize("row", [{"accuracy_mean": 57.0}, {"accuracy_std": -0.1}, {"runs": [57.0]}])
+def test_recorded_accuracies_outside_zero_to_one_are_refused(sets, tmp_path, capsys, row):
+    d = _copy(sets, "plain", tmp_path)
+    good = {"protocol": "recipe", "net": "mlp", "runs": [0.5], "accuracy_mean": 0.5, "accuracy_std": 0.0}
+    (d / "evaluations.json").write_text(json.dumps([{**good, "wall_time_s": 1.0, **row}]))
+    code = main(["report", str(d), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and "entry 0 is not an evaluation" in err
+    assert not (tmp_path / "r.html").exists()

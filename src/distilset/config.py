@@ -180,6 +180,12 @@ class Config:
             if value is not None and not value > 0:
                 raise ConfigError(f"`{name}` must be > 0, got {value}")
 
+    def require_at_most(self, high: int | float, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not value <= high:
+                raise ConfigError(f"`{name}` must be <= {high:g}, got {value}")
+
     def require_at_least(self, low: int | float, *names: str) -> None:
         for name in names:
             value = getattr(self, name)

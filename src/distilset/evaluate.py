@@ -120,8 +120,9 @@ def load_evaluations(directory: str | os.PathLike) -> list[dict]:
         ok = (
             isinstance(row, dict)
             and all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in numbers)
+            and all(0 <= row[k] <= 1 for k in ("accuracy_mean", "accuracy_std"))  # fractions, not percentages
             and isinstance(row.get("runs"), list)
-            and all(isinstance(r, (int, float)) for r in row["runs"])
+            and all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in row["runs"])
             and isinstance(row.get("protocol"), str)
             and isinstance(row.get("net"), str)
         )

@@ -31,6 +31,11 @@ from distilset.errors import ConfigError, DistilsetError, SynsetFormatError
 INIT_REGIMES = ("fixed", "random", "fixed-pretrained", "random-pretrained")
 
 
+MAX_EPOCHS, MAX_STEPS, MAX_BATCH = 100_000, 100_000_000, 1_000_000
+"""Upper bounds of a recipe's length and batch (far above any paper's), so a damaged or hostile stored recipe
+cannot start a run of years."""
+
+
 @dataclass(frozen=True)
 class Standard(Config):
     """Minibatch training of a fresh network on the set; defaults are DC's evaluation protocol."""
@@ -67,6 +72,9 @@ class Standard(Config):
         self.require_finite("lr", "momentum", "weight_decay")
         self.require_positive("lr", "batch_size", "epochs", "steps")
         self.require_at_least(0, "momentum", "weight_decay", "warmup")
+        self.require_at_most(MAX_EPOCHS, "epochs")  # a stored recipe must not run for days unasked
+        self.require_at_most(MAX_STEPS, "steps", "warmup")
+        self.require_at_most(MAX_BATCH, "batch_size")
         if self.dsa is not None:
             from distilset.augment import check_strategy
 
@@ -123,6 +131,7 @@ class KernelRidge(Config):
 
     def check(self) -> None:
         self.require_positive("depth")
+        self.require_at_most(32, "depth")
         if not math.isfinite(self.reg) or self.reg < 0:
             raise ConfigError(f"`reg` must be a finite number >= 0, got {self.reg}")
 
@@ -184,6 +193,10 @@ class Teacher(Config):
         self.require_finite("lr", "momentum", "weight_decay", "temperature", "cutmix")
         self.require_positive("lr", "batch_size", "epochs", "steps", "temperature", "patches")
         self.require_at_least(0, "momentum", "weight_decay", "warmup")
+        self.require_at_most(MAX_EPOCHS, "epochs")
+        self.require_at_most(MAX_STEPS, "steps", "warmup")
+        self.require_at_most(MAX_BATCH, "batch_size")
+        self.require_at_most(64, "patches")
         low, high = self.crop_scale
         if not (0 < low <= high <= 1):
             raise ConfigError(f"`crop_scale` must be two area shares 0 < low <= high <= 1, got {self.crop_scale}")

@@ -40,8 +40,8 @@ class Normalization:
             values = tuple(values)
             if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
                 raise DistilsetError(f"{name} must be a list of numbers, one per channel, got {list(values)!r}")
-            if not all(math.isfinite(v) for v in values):
-                raise DistilsetError(f"{name} must be finite numbers, got {list(values)}")
+            if not all(math.isfinite(v) and abs(v) <= 1e4 for v in values):  # pixels in [0, 1]; embeddings near it
+                raise DistilsetError(f"{name} must be finite numbers from -10000 to 10000, got {list(values)}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if len(self.mean) != len(self.std) or not self.mean:
             raise DistilsetError(f"mean and std need one value per channel, got {self.mean} and {self.std}")
