@@ -707,3 +707,12 @@ def test_recorded_accuracies_outside_zero_to_one_are_refused(sets, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and "entry 0 is not an evaluation" in err
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist5k", "rotten-tomatoes-sentences"])
+def test_a_data_path_for_a_dataset_that_takes_none_is_refused(tmp_path, capsys, dataset):
+    out = tmp_path / "o"
+    code = main(["baseline", "random", "--dataset", dataset, "--data-path", "missing-dir", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and "takes no data path" in err, err
+    assert not out.exists()

