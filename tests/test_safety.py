@@ -264,6 +264,21 @@ def test_corrupt_checkpoints_are_refused(tmp_path, capsys, digits, how, needle):
     _one_error_line(err, needle)
 
 
+@pytest.mark.parametrize("content", [b"garbage" * 10, "pickle with code"])
+def test_an_unreadable_checkpoint_never_advises_turning_weights_only_off(tmp_path, capsys, digits, content):
+    ds.distill("dd", digits, iterations=2, out=tmp_path, checkpoint_every=1, **FAST)
+    path = tmp_path / CHECKPOINT
+    if content == "pickle with code":
+        torch.save({"distiller": Interrupted("not a plain value")}, path)  # an object weights_only refuses
+    else:
+        path.write_bytes(content)
+    code, err = _cli(capsys, "distill", "dd", "--dataset", "digits", "--iterations", "4", *FAST_FLAGS,
+                     "--out", tmp_path, "--resume")  # fmt: skip
+    assert code == 2
+    _one_error_line(err, "is unreadable", "delete it to start over")
+    assert "weights_only" not in err and "can still be loaded" not in err and "trust" not in err
+
+
 # ---- 7. interrupts save the state; kills lose at most the iterations since the last checkpoint ----------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_iteration_and_resume_is_exact(tmp_path, digits, monkeypatch, sig):

@@ -95,7 +95,11 @@ def load_torch(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        text = str(e)
+        if "weights only load failed" in text.lower() or "weights_only" in text:  # PyTorch's advice is to trust it
+            reason = "it is not a checkpoint of plain tensors and values, or it is damaged"
+        else:
+            reason = text.splitlines()[0][:160] if text else type(e).__name__
         raise DistilsetError(f"checkpoint {path} is unreadable ({reason}); delete it to start over") from e
 
 
