@@ -716,3 +716,16 @@ def test_a_data_path_for_a_dataset_that_takes_none_is_refused(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and "takes no data path" in err, err
     assert not out.exists()
+
+
+def test_evaluate_nets_checks_every_nets_recipe_before_training_any(sets, tmp_path, capsys, monkeypatch):
+    evaluate_module = sys.modules["distilset.evaluate"]  # the package's `evaluate` is the function
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a net was trained before the options were refused")
+
+    monkeypatch.setattr(evaluate_module, "_train_and_test", no_training)
+    d = _copy(sets, "replay", tmp_path)  # its own net (mlp) replays its steps: --epochs does not apply to it
+    code = main(["evaluate", str(d), "--dataset", "digits", "--nets", "lenet,convnet,mlp", "--epochs", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err

@@ -426,6 +426,10 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
         jobs.append(
             (syn, data, None if name == own else name, chosen, {**kwargs, "progress": False} if ray else kwargs)
         )
+    overrides = {k: v for k, v in kwargs.items() if k in STANDARD_FIELDS or k in TEACHER_FIELDS}
+    for _, _, _, chosen, _ in jobs:  # every net's recipe is checked before the first trains
+        training_recipe(syn, chosen or ("teacher" if kwargs.get("teacher") is not None else "recipe"),
+                        flip=data.flips, **overrides)  # fmt: skip
     return run_jobs(_evaluate_job, jobs, ray=ray)
 
 
