@@ -729,3 +729,35 @@ def test_evaluate_nets_checks_every_nets_recipe_before_training_any(sets, tmp_pa
     code = main(["evaluate", str(d), "--dataset", "digits", "--nets", "lenet,convnet,mlp", "--epochs", "10"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' is not a process count"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR, MASTER_PORT is not set"),
+    ],
+)
+def test_a_torchrun_environment_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch, env, needle):
+    for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = main(["distill", "dm", "--dataset", "digits", "--iterations", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["distill", "dm", "--preset", "nope"], "its presets: dm-paper-ipc10, dm-paper-ipc50"),
+        (["distill", "dd", "--init-lr", "1e30"], "--init-lr must be <= 1000"),
+    ],
+)
+def test_more_bad_options_are_one_line_before_any_work(tmp_path, capsys, argv, needle):
+    code = main([*argv, "--dataset", "digits", "--iterations", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("distilset: error:") == 1 and needle in err and "Traceback" not in err, err
+    assert "sre2l-cifar100" not in err  # another method's presets are not listed

@@ -27,7 +27,7 @@ from distilset.baselines import BASELINES, baseline
 from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
-from distilset.distributed import current, init_from_env
+from distilset.distributed import current, init_from_env, world_size
 from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
 from distilset.methods import METHODS, distill
@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             raise _foreign_option_error(args, extra)
         if hasattr(args, "device"):
             _check_device(args.device)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+        if world_size() > 1:  # under torchrun
             if args.command != "distill":
                 parallel = "|".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
                 raise UsageError(f"`{args.command}` runs in one process; only `distill {parallel}` runs under "

@@ -128,10 +128,25 @@ def current() -> Shards:
     return Shards()
 
 
+def world_size() -> int:
+    """The process count torchrun sets in ``WORLD_SIZE`` (1 when unset), refused in one line when not a count."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise DistilsetError(f"WORLD_SIZE={raw!r} is not a process count; launch with torchrun, or unset WORLD_SIZE")
+    return int(raw)
+
+
 def init_from_env(device: str) -> tuple[Shards, str]:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1); return the shards and
     this rank's device (``cuda`` becomes ``cuda:LOCAL_RANK``)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k, "").strip()]
+        if missing:
+            raise DistilsetError(
+                f"WORLD_SIZE={world} asks for {world} processes, but {', '.join(missing)} is not set: launch with "
+                "`torchrun --nproc-per-node N -m distilset.cli ...`, or unset WORLD_SIZE to run in one process"
+            )
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         return current(), device
     if not dist.is_available():
@@ -144,4 +159,4 @@ def init_from_env(device: str) -> tuple[Shards, str]:
     return current(), device
 
 
-__all__ = ["Shards", "current", "init_from_env"]
+__all__ = ["Shards", "current", "init_from_env", "world_size"]

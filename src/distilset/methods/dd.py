@@ -118,6 +118,7 @@ class DDConfig(MethodConfig):
         self.require_at_least(1, "steps", "epochs", "ipc", "items", "n_nets", "real_batch", "pool_size",
                               "pretrain_epochs", "segment", "outer_chunk")  # fmt: skip
         self.require_positive("lr", "init_lr", "decay_epochs", "decay_factor")
+        self.require_at_most(1000, "init_lr")  # the learned lrs live in [0, 1000] (a set's check on load)
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"`betas` must lie in [0, 1), got {self.betas}")
         if self.attack is not None and self.attack[0] == self.attack[1]:

@@ -122,6 +122,9 @@ def find_preset(name: str) -> tuple[Method, Preset]:
 
 def preset_of(method: str, name: str) -> Preset:
     """Preset ``name``, which must belong to ``method``."""
+    if not any(name in m.presets for m in METHODS.values()):
+        own = ", ".join(METHODS[method].presets) if method in METHODS else ""
+        raise DistilsetError(f"unknown preset {name!r} for `distill {method}`; its presets: {own or 'none'}")
     owner, preset = find_preset(name)
     if owner.name != method:
         raise DistilsetError(f"preset {name} is for `distill {owner.name}`, not `distill {method}`")
