@@ -439,7 +439,7 @@ def table() -> None:
     if older_file.exists():
         print("\n| method | items | own recipe | teacher recipe | random real, teacher recipe | net |")
         print("|---|---|---|---|---|---|")
-        for r in json.loads(older_file.read_text())["rows"]:
+        for r in (r for r in json.loads(older_file.read_text())["rows"] if "taught" in r):
             own, taught, base = r["own"], r["taught"], r["random_teacher"]
             gap = 100 * (taught["mean"] - base["mean"])
             print(

@@ -22,8 +22,9 @@ Read beside the paper's Section 3 and its released ``recover/data_synthesis.py``
 
 Defaults are the released code's CIFAR settings (lr 0.25, r_bn 0.01, first-layer multiplier 10, 1000 iterations,
 roll-only jitter below 64 px); ``ipc`` 10. Deviations, named: the images start from random real images of their
-class, the real-image initialisation of SRe2L's successor EDC (Shao et al. 2024), because it scores higher than noise
-under both the teacher recipe and DC's protocol (the ``sre2l-noise`` rows of ``benchmarks/teacher.py``); one Adam
+class, the real-image initialisation of SRe2L's successor EDC (Shao et al. 2024), because it scored higher than noise in
+5 of 6 cells on digits at one image per class, under the teacher recipe and DC's protocol on three networks (the
+``sre2l-noise`` rows of ``benchmarks/teacher.py``); one Adam
 over all batches instead of a fresh one
 per batch (Adam is elementwise and each image's gradient comes from its own batch alone, so the updates are the
 same); the roll's range is scaled with the side, 0 .. side // 8 pixels (the CIFAR script: 0 .. 4 at 32 px; 0 .. 1 on
