@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 import pytest
 import torch
@@ -51,3 +53,25 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(THREADS)
+
+
+@contextlib.contextmanager
+def sigint_after(monkeypatch, distiller: type, iteration: int):
+    """Within the block, ``distiller.step`` sends this process SIGINT after ``iteration`` (the run loop then stops
+    after that iteration and saves its state), with Python's handler installed even where pytest runs with SIGINT
+    ignored; both are undone on exit."""
+    step = distiller.step
+
+    def interrupting(self, it):
+        metrics = step(self, it)
+        if it == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(distiller, "step", interrupting)
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sigint_after
 
 import distilset as ds
+from distilset.errors import Interrupted
 from distilset.methods.base import Context
 from distilset.methods.rded import RDED, RDEDConfig, cut_patch
 from distilset.teachers import load_teacher
@@ -72,28 +74,9 @@ def test_rded_takes_one_class_per_iteration_and_refuses_other_budgets(digits_tea
 
 
 def test_a_run_stopped_by_a_signal_resumes_bit_for_bit(tmp_path, digits_teacher, digits, monkeypatch):
-    import os
-    import signal
-
-    from distilset.errors import Interrupted
-
     args = {"ipc": 2, "candidates": 10, "teacher": str(digits_teacher), "checkpoint_every": 1}
     full = ds.distill("rded", digits, out=tmp_path / "full", **args)
-    step = RDED.step
-
-    def interrupting(self, iteration):
-        metrics = step(self, iteration)
-        if iteration == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return metrics
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        monkeypatch.setattr(RDED, "step", interrupting)
-        with pytest.raises(Interrupted, match="after iteration 5 of 10"):
-            ds.distill("rded", digits, out=tmp_path / "cut", **args)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    monkeypatch.undo()
+    with sigint_after(monkeypatch, RDED, 4), pytest.raises(Interrupted, match="after iteration 5 of 10"):
+        ds.distill("rded", digits, out=tmp_path / "cut", **args)
     resumed = ds.distill("rded", digits, out=tmp_path / "cut", resume=True, **args)
     assert torch.equal(full.images, resumed.images) and full.extra["patches"] == resumed.extra["patches"]

@@ -3,11 +3,9 @@ teacher and the teacher recipe."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
+from conftest import sigint_after
 from torch import nn
 
 import distilset as ds
@@ -76,22 +74,8 @@ def test_a_run_stopped_by_a_signal_resumes_bit_for_bit_and_its_set_carries_the_t
 ):
     args = {"ipc": 2, "teacher": str(digits_teacher), "iterations": 8}
     full = ds.distill("sre2l", digits, out=tmp_path / "full", **args)
-    step = SRe2L.step
-
-    def interrupting(self, iteration):
-        metrics = step(self, iteration)
-        if iteration == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # the loop stops after this iteration and saves the state
-        return metrics
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        monkeypatch.setattr(SRe2L, "step", interrupting)
-        with pytest.raises(Interrupted, match="after iteration 4 of 8"):
-            ds.distill("sre2l", digits, out=tmp_path / "cut", **args)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    monkeypatch.undo()
+    with sigint_after(monkeypatch, SRe2L, 3), pytest.raises(Interrupted, match="after iteration 4 of 8"):
+        ds.distill("sre2l", digits, out=tmp_path / "cut", **args)
     resumed = ds.distill("sre2l", digits, out=tmp_path / "cut", resume=True, **args)
     assert torch.equal(full.images, resumed.images)
     with pytest.raises(ConfigError, match="planned for 8 iterations"):  # its cosine spans 8: no silent restart
