@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import distilset as ds
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import SynsetFormatError
@@ -172,3 +173,16 @@ def test_a_recipe_that_breaks_its_own_rules_is_refused(tmp_path):
         (tmp_path / "synset.json").write_text(json.dumps({**meta, "recipe": bad}))
         with pytest.raises(SynsetFormatError, match=message):
             SyntheticSet.load(tmp_path)
+
+
+def test_a_set_prints_as_one_line_and_settings_print_rounded(digits):
+    from distilset.methods.dd import DDConfig
+    from distilset.methods.registry import describe_config
+
+    syn = ds.baseline("random", digits, ipc=2)
+    line = repr(syn)
+    assert "\n" not in line and "tensor(" not in line and str(syn) == line
+    assert line.startswith("SyntheticSet(20 items of (1, 8, 8), 10 classes, hard labels, method random")
+    cfg, notes = DDConfig().resolve(digits)
+    printed = " ".join(describe_config(cfg, notes))
+    assert f"decay_epochs={cfg.decay_epochs:.6g}" in printed and repr(cfg.decay_epochs) not in printed

@@ -82,6 +82,16 @@ class SyntheticSet:
         self.class_names = tuple(self.class_names)
         self.validate()
 
+    def __repr__(self) -> str:
+        """One line (the tensors are summarised, not printed)."""
+        labels = "soft labels" if self.labels.is_floating_point() else "hard labels"
+        net = f", net {self.net['name']}" if self.net else ""
+        more = "".join(f", {what}" for what, has in (("a teacher", self.teacher), ("stored views", self.views)) if has)
+        return (
+            f"SyntheticSet({len(self)} items of {tuple(self.image_shape)}, {self.num_classes} classes, {labels}, "
+            f"method {self.method or '-'}, dataset {self.dataset or '-'}, recipe {self.recipe.kind}{net}{more})"
+        )
+
     @classmethod
     def for_dataset(cls, data, images: torch.Tensor, labels: torch.Tensor, method: str, **fields) -> SyntheticSet:
         """A set in ``data``'s space: its class names, normalisation, name and ZCA come along."""

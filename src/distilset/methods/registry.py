@@ -147,7 +147,7 @@ def make_config(method: Method, options: Mapping[str, Any], preset: Preset | Non
 
 def describe_config(cfg: MethodConfig, notes: Mapping[str, str]) -> list[str]:
     """Lines for the start of a run: every setting, then why each resolved one has its value."""
-    items = [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.to_json().items()]
+    items = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.to_json().items()]
     lines, line = [], " "
     for item in items:
         if len(line) + len(item) > 110:
