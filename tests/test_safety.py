@@ -353,7 +353,7 @@ def test_sigkill_at_a_random_iteration_then_resume_is_bit_identical(tmp_path):
 
 def test_a_second_run_on_a_busy_directory_fails_at_once_naming_the_first(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["distill", "dd", "--dataset", "digits", "--iterations", "400", *FAST_FLAGS, "--out", out]
+    args = ["distill", "dd", "--dataset", "digits", "--iterations", "5000", *FAST_FLAGS, "--out", out]  # runs long
     first = _cli_process(*args)
     try:
         deadline = time.monotonic() + 60
