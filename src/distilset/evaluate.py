@@ -428,8 +428,7 @@ def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: s
         )
     overrides = {k: v for k, v in kwargs.items() if k in STANDARD_FIELDS or k in TEACHER_FIELDS}
     for _, _, _, chosen, _ in jobs:  # every net's recipe is checked before the first trains
-        training_recipe(syn, chosen or ("teacher" if kwargs.get("teacher") is not None else "recipe"),
-                        flip=data.flips, **overrides)  # fmt: skip
+        training_recipe(syn, chosen or "recipe", flip=data.flips, **overrides)
     return run_jobs(_evaluate_job, jobs, ray=ray)
 
 
