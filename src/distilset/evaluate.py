@@ -292,7 +292,9 @@ def evaluate(
     test_x, test_y = align_test_data(syn, data)
     seeds = [seed + r for r in range(repeats)]
     start = time.perf_counter()
-    bar = Progress(len(seeds), f"evaluate ({protocol})", progress)
+    bar = Progress(len(seeds), f"evaluate {net} ({protocol}), nets", progress)
+    # inside each net: its own bar on a terminal; in a log, the nets' line hears how far the training is
+    inner = False if ray else (True if bar.bar is not None else bar if bar.lines else False)
     in_shape = data.image_shape if syn.images.ndim != 4 else tuple(test_x.shape[1:])  # texture crops: the test size
     jobs = []
     for r, s in enumerate(seeds):
@@ -302,8 +304,7 @@ def evaluate(
             if recipe.init == "random-pretrained":
                 theta0 = init_pool[r % len(init_pool)]
         net_spec = (net, in_shape, init, net_kwargs)
-        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, bar.bar is not None and not ray,
-                     teacher, views))  # fmt: skip
+        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, inner, teacher, views))
     runs = run_jobs(_train_and_test, jobs, ray=ray, on_done=lambda i, acc: bar.update({"acc": acc}))
     bar.close()
     wall = time.perf_counter() - start
@@ -361,7 +362,7 @@ def _train_and_test(
     test_y: torch.Tensor,
     seed: int,
     device: str,
-    bar: bool,
+    bar: bool | Progress,
     teacher: TeacherNet | None = None,
     views: StoredViews | None = None,
 ) -> float:

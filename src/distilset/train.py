@@ -61,7 +61,7 @@ def fit(
     y: torch.Tensor,
     recipe: Standard | Teacher,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | Progress = False,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     batches: BatchPlan | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -83,7 +83,9 @@ def fit(
     view are the targets (``y`` is then unused).
     ``on_state(state)`` receives, after every epoch, what ``resume=state`` needs to continue the training exactly
     (the net's and optimiser's state, the generator, the step): a checkpoint, when the caller saves it.
-    ``desc`` names the progress bar. ``views`` (a teacher recipe's stored views, ``distilset.relabel``) replace the
+    ``desc`` names the progress bar; ``progress`` may instead be a caller's ``Progress`` (evaluate's, over its
+    nets), which then hears how far this training is (``Progress.within``) and no bar of its own is drawn.
+    ``views`` (a teacher recipe's stored views, ``distilset.relabel``) replace the
     minibatch order, the views and the teacher's outputs with the stored ones: no teacher is run.
     """
     if isinstance(recipe, Teacher) and teacher is None and views is None:
@@ -109,7 +111,8 @@ def fit(
         opt.load_state_dict(resume["optimizer"])
         g.set_state(resume["generator"])
         step, epoch = int(resume["step"]), int(resume["epoch"])
-    bar = Progress(total, desc, progress, initial=step, leave=False)
+    outer = progress if isinstance(progress, Progress) else None
+    bar = Progress(total, desc, outer is None and bool(progress), initial=step, leave=False)
     while step < total:
         for b, idx in enumerate(views.batches(epoch) if views is not None else batches.epoch(g)):
             if step == total:
@@ -143,6 +146,8 @@ def fit(
             opt.step()
             step += 1
             bar.update(n=1)
+            if outer is not None:
+                outer.within(step / total)
         else:
             epoch += 1
             if on_epoch is not None:

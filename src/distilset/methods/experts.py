@@ -103,13 +103,14 @@ def _flat(net: torch.nn.Module) -> torch.Tensor:
 
 
 def train_expert(data: Dataset, cfg: ExpertConfig, seed: int, device: str = "cpu",
-                 progress: bool = False) -> tuple[list[torch.Tensor], float]:  # fmt: skip
-    """Train one expert; returns the flat parameters at epochs 0..E and its final test accuracy."""
+                 progress: bool = False, desc: str = "expert") -> tuple[list[torch.Tensor], float]:  # fmt: skip
+    """Train one expert; returns the flat parameters at epochs 0..E and its final test accuracy. ``desc`` names
+    its progress."""
     cfg, _ = cfg.resolve(data)
     net = create_net(cfg.net, data.image_shape, data.num_classes, seed=seed, **cfg.net_kwargs).to(device)
     snapshots = [_flat(net)]
     fit(net, data.train_x.to(device), data.train_y.to(device), cfg.recipe(data), seed=seed, progress=progress,
-        on_epoch=lambda epoch, model: snapshots.append(_flat(model)))  # fmt: skip
+        desc=desc, on_epoch=lambda epoch, model: snapshots.append(_flat(model)))  # fmt: skip
     return snapshots, accuracy(net, data.test_x.to(device), data.test_y.to(device))
 
 
@@ -175,7 +176,7 @@ def expert_job(data: Dataset, cfg: ExpertConfig, seed: int, device: str, out: Pa
     """Train expert ``index`` and write its file (atomically, under its own name: a rerun replaces it whole);
     returns its manifest entry."""
     t0 = time.perf_counter()
-    snaps, acc = train_expert(data, cfg, seed=seed, device=device, progress=progress)
+    snaps, acc = train_expert(data, cfg, seed=seed, device=device, progress=progress, desc=f"expert {index}")
     dtype = DTYPES[cfg.dtype]
     save_tensors(expert_path(out, index), {f"epoch_{e:03d}": s.to(dtype).contiguous() for e, s in enumerate(snaps)})
     return {"seed": seed, "test_accuracy": acc, "train_s": time.perf_counter() - t0}

@@ -257,6 +257,7 @@ class _Setting:
     pooled_idx: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    progress: bool = False
 
     @property
     def offset(self) -> int:
@@ -271,7 +272,15 @@ def _set_up_party(s: _Setting, i: int, spec: str, idx: torch.Tensor) -> tuple[Pa
     model = Model.fresh(name, kwargs, data.image_shape, offset + cfg.private_classes, seed=s.seed + i, device=s.device)
     model.outputs = (*public.info.class_names, *data.info.class_names[: cfg.private_classes])
     steps = cfg.public_epochs * -(-len(public.train_x) // cfg.batch_size)
-    train(model, public.train_x, public.train_y, cfg.recipe(steps, schedule="constant"), seed=s.seed + i)
+    train(
+        model,
+        public.train_x,
+        public.train_y,
+        cfg.recipe(steps, schedule="constant"),
+        seed=s.seed + i,
+        progress=s.progress,
+        desc=f"fedmd: party {i} on the public set",
+    )
     public_acc = private_accuracy(model, public.test_x, public.test_y, 0) if offset else 0.0
 
     def private_fit(m: Model, rows: torch.Tensor, seed: int) -> None:
@@ -301,7 +310,9 @@ def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
         dealt = [i.to(data.train_x.device) for i in deal(data.train_y, len(cfg.nets), cfg, g)]
     test_mask = data.test_y < cfg.private_classes
     test_x, test_y = data.test_x[test_mask], data.test_y[test_mask] + offset
-    setting = _Setting(data, public, cfg, ctx.seed, ctx.device, torch.cat(dealt), test_x, test_y)
+    setting = _Setting(
+        data, public, cfg, ctx.seed, ctx.device, torch.cat(dealt), test_x, test_y, progress=ctx.progress and not ctx.ray
+    )
     set_up = run_jobs(_set_up_party, [(setting, i, spec, dealt[i]) for i, spec in enumerate(cfg.nets)], ray=ctx.ray)
     parties = [p for p, _, _ in set_up]
     public_acc, pooled = [a for _, a, _ in set_up], [b for _, _, b in set_up]

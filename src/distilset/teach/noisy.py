@@ -146,7 +146,15 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
     fresh = lambda offset: Model.fresh(cfg.net, cfg.net_kwargs, shape, k, seed=ctx.seed + offset, device=ctx.device)  # noqa: E731
 
     teacher = fresh(0)
-    train(teacher, data.train_x[fit_idx], data.train_y[fit_idx], cfg.recipe(cfg.teacher_steps), seed=ctx.seed)
+    train(
+        teacher,
+        data.train_x[fit_idx],
+        data.train_y[fit_idx],
+        cfg.recipe(cfg.teacher_steps),
+        seed=ctx.seed,
+        progress=ctx.progress,
+        desc="noisy: teacher",
+    )
     acc_teacher = test_accuracy(teacher, data)
     ctx.log(f"  teacher (clean only): {100 * acc_teacher:.2f} % test accuracy")
     graph = confusion_graph(teacher, x_val, y_val, k, cfg.temperature) if cfg.graph == "confusion" else None
@@ -164,7 +172,15 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
     for n, lam in enumerate(lambdas):
         pseudo = lam * y_noisy + (1 - lam) * soft
         student = fresh(1 + n)
-        train(student, x_all, torch.cat([y_clean, pseudo]), cfg.recipe(cfg.student_steps), seed=ctx.seed + 1 + n)
+        train(
+            student,
+            x_all,
+            torch.cat([y_clean, pseudo]),
+            cfg.recipe(cfg.student_steps),
+            seed=ctx.seed + 1 + n,
+            progress=ctx.progress,
+            desc=f"noisy: student, lambda {lam:g}",
+        )
         row = {"lambda": lam, "validation": accuracy(student.module, x_val, y_val),
                "test": test_accuracy(student, data)}  # fmt: skip
         sweep.append(row)
@@ -184,7 +200,8 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
         finetuned = fresh(99)
         finetuned.module.load_state_dict(students[1.0].module.state_dict())
         train(finetuned, data.train_x[fit_idx], data.train_y[fit_idx],
-              cfg.recipe(cfg.teacher_steps, lr=cfg.lr / 10), seed=ctx.seed + 99)  # fmt: skip
+              cfg.recipe(cfg.teacher_steps, lr=cfg.lr / 10), seed=ctx.seed + 99,
+              progress=ctx.progress, desc="noisy: clean fine-tuning")  # fmt: skip
         report["finetuned_accuracy"] = test_accuracy(finetuned, data)
         models["finetuned"] = finetuned
         ctx.log(f"  noisy labels then clean fine-tuning: {100 * report['finetuned_accuracy']:.2f} %")

@@ -158,7 +158,18 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
     ctx.log(f"  A: {len(xa)} labelled images, B: {len(xb)} unlabelled")
 
     teacher = fresh(0)
-    curves = {"teacher": train(teacher, xa, ya, cfg.recipe(cfg.teacher_steps), seed=ctx.seed, test=data)}
+    curves = {
+        "teacher": train(
+            teacher,
+            xa,
+            ya,
+            cfg.recipe(cfg.teacher_steps),
+            seed=ctx.seed,
+            test=data,
+            progress=ctx.progress,
+            desc="omni: teacher",
+        )
+    }
     ctx.log(f"  teacher: {100 * curves['teacher'][-1][1]:.2f} % test accuracy")
 
     def student(name: str, labels: torch.Tensor, kept: torch.Tensor, offset: int) -> tuple[Model, float]:
@@ -167,7 +178,7 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
         plan = MixedBatches(len(xa), int(kept.sum()), cfg.batch_size, cfg.real_share)
         model = fresh(offset)
         curves[name] = train(model, x, y, cfg.recipe(cfg.student_steps), seed=ctx.seed + offset, test=data,
-                             batches=plan)  # fmt: skip
+                             batches=plan, progress=ctx.progress, desc=f"omni: {name}")  # fmt: skip
         ctx.log(f"  {name}: {100 * curves[name][-1][1]:.2f} % test accuracy")
         return model, curves[name][-1][1]
 
@@ -200,7 +211,7 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
         models["student-soft"], acc_soft = student("student-soft", soft, torch.ones_like(kept), 3)
         long_teacher = fresh(4)  # the teacher on the student's schedule: is the student's gain just more steps?
         curves["teacher-long"] = train(long_teacher, xa, ya, cfg.recipe(cfg.student_steps), seed=ctx.seed + 4,
-                                       test=data)  # fmt: skip
+                                       test=data, progress=ctx.progress, desc="omni: teacher-long")  # fmt: skip
         acc_long = curves["teacher-long"][-1][1]
         models["teacher-long"] = long_teacher
         ctx.log(f"  teacher-long: {100 * acc_long:.2f} % test accuracy")
