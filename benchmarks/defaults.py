@@ -59,7 +59,6 @@ from _common import (
 
 import distilset as ds
 from distilset.io import write_text
-from distilset.recipes import KernelRidge, Teacher
 from distilset.report import results_page
 
 WORK = Path("/tmp/distilset-defaults")
@@ -77,19 +76,6 @@ ABLATIONS = (
     ("mnist5k", "labels", {"net": "convnet", "net_kwargs": {"width": 32}}, "learned with ConvNet-3 width 32"),
     ("fashion-mnist", "labels", {"variant": "second-order"}, "the second-order variant"),
 )
-
-
-def real_twin(syn: ds.SyntheticSet, data: ds.Dataset) -> ds.SyntheticSet:
-    """Random real images of the set's size (class-balanced, seed 0), trained by the set's recipe if it is
-    plain training or kernel regression (then with their one-hot labels) or the teacher recipe (then with the set's
-    teacher), else (a replay) by DC's protocol."""
-    real = ds.baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=0)
-    real.net = syn.net  # the same network, initialised the same way
-    if isinstance(syn.recipe, (ds.Standard, KernelRidge)):
-        real.recipe = syn.recipe
-    if isinstance(syn.recipe, Teacher):  # SRe2L, RDED: the same recipe with the same teacher (DD-Ranking's pairing)
-        real.recipe, real.teacher = syn.recipe, syn.teacher
-    return real
 
 
 def score(syn: ds.SyntheticSet, data: ds.Dataset, repeats: int) -> dict:
@@ -145,7 +131,7 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
     distill_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     distilled = score(syn, data, repeats)
-    real = score(real_twin(syn, data), data, repeats)
+    real = score(ds.random_real_like(syn, data), data, repeats)
     if method == "labels":  # the same base images with one-hot labels, by the same recipe
         classes = torch.tensor(syn.extra["base_classes"])
         twin = ds.SyntheticSet(syn.images, classes, syn.class_names, syn.norm, recipe=syn.recipe, net=syn.net)

@@ -7,7 +7,7 @@ print(ds.evaluate(syn, data, repeats=5))     # trains fresh nets by the set's ow
 syn.save("out/"); ds.SyntheticSet.load("out/")
 """
 
-from distilset.baselines import baseline
+from distilset.baselines import baseline, random_real_like
 from distilset.data import Dataset, Normalization, list_datasets, load_dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.evaluate import EvalResult, evaluate, evaluate_nets, record_evaluation
@@ -50,6 +50,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "load_teacher",
+    "random_real_like",
     "record_evaluation",
     "relabel",
     "register_method",

@@ -19,6 +19,7 @@ from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.progress import Progress
+from distilset.recipes import KernelRidge, Replay, Standard, Teacher
 from distilset.synset import SyntheticSet
 
 BASELINES = ("random", "mean", "kmeans", "herding", "full")
@@ -133,3 +134,38 @@ def baseline(
         images, labels = _per_class(data, ipc, pick, seed, bar)
         config["features"] = "embed" if embed is not None else "pixels"
     return _make_set(data, images, labels, name, config)
+
+
+def random_real_like(syn: SyntheticSet, data: Dataset, seed: int = 0) -> SyntheticSet:
+    """Random real images as many as ``syn`` holds (class-balanced, drawn with ``seed``), set up to be scored like
+    for like: the same network with the same options and init, and the same recipe wherever real images can follow
+    it (plain training; kernel regression, then with their one-hot labels; the teacher recipe, with the set's
+    teacher, DD-Ranking's pairing). A replay of learned steps (Dataset Distillation) is followed too: each real
+    image takes the place of a synthetic one of its class, so the same init, step order and learned lrs train on
+    it. A replay set whose classes are not balanced has no such twin; its twin trains by DC's protocol (compare it
+    with the set under ``protocol="standard"``)."""
+    real = baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=seed)
+    real.net = dict(syn.net) if syn.net else syn.net
+    if isinstance(syn.recipe, (Standard, KernelRidge)):
+        real.recipe = syn.recipe
+    elif isinstance(syn.recipe, Teacher):
+        real.recipe, real.teacher = syn.recipe, syn.teacher
+    elif isinstance(syn.recipe, Replay) and len(real) == len(syn):
+        slots = syn.hard_labels()
+        if all(int((slots == c).sum()) == int((real.labels == c).sum()) for c in range(data.num_classes)):
+            order = torch.cat([torch.nonzero(real.labels == c).flatten() for c in range(data.num_classes)])
+            where = torch.cat([torch.nonzero(slots == c).flatten() for c in range(data.num_classes)])
+            images, labels = torch.empty_like(real.images), torch.empty_like(real.labels)
+            images[where], labels[where] = real.images[order], real.labels[order]
+            real.images, real.labels = images, labels
+            real.recipe, real.lrs, real.step_order, real.init_params = (
+                syn.recipe,
+                syn.lrs,
+                syn.step_order,
+                syn.init_params,
+            )
+        else:
+            real.recipe = Standard()
+    else:
+        real.recipe = Standard()
+    return real
