@@ -203,7 +203,7 @@ def run(redo: list[str]) -> None:
 
 
 def table() -> None:
-    rows = ResultFile(OUT, SETTINGS).data["rows"]
+    rows = json.loads(OUT.read_text())["rows"]
     print("| workload | unit | 1 worker | 2 workers | parallel efficiency |")
     print("|---|---|---|---|---|")
     for name, (unit, key) in UNITS.items():

@@ -373,7 +373,7 @@ def run(names: list[str], redo: list[str], threads: int, iterations: int) -> Non
 
 
 def table(threads: int = 2) -> None:
-    data = ResultFile(OUT, SETTINGS).data
+    data = json.loads(OUT.read_text())
     rows = {r["row"]: r for r in data["rows"] if r.get("threads") == threads}
     classic_of = {v: k for k, v in CLASSIC.items()}
     print("| workload | s/iteration | peak RSS (MB) | iteration heap (MB) | paired with the classic loop: ours / "
@@ -429,7 +429,7 @@ def table(threads: int = 2) -> None:
 
 
 def profile_table(name: str, threads: int = 2, top: int = 8) -> None:
-    rows = {r["row"]: r for r in ResultFile(OUT, SETTINGS).data["rows"] if r.get("threads") == threads}
+    rows = {r["row"]: r for r in json.loads(OUT.read_text())["rows"] if r.get("threads") == threads}
     r = rows.get(name)
     if r is None:
         return

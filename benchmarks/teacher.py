@@ -400,12 +400,14 @@ def imagenet_table(cost_rows: list[dict]) -> list[str]:
     return lines
 
 
-def table() -> None:
+def table(part: str = "all") -> None:
+    """Print the tables: ``sets`` (each dataset's sets under both recipes), ``older`` (every older method with and
+    without the teacher), ``cost`` (ImageNet-1k from the measured rates), or ``all``."""
     import json
 
     every = named_recipes(json.loads(OUT.read_text())["rows"])
-    rows = [r for r in every if "set" in r]
-    for r in every:
+    rows = [r for r in every if "set" in r] if part in ("all", "sets") else []
+    for r in every if part in ("all", "sets") else []:
         if r.get("row") == "teacher":
             print(f"{r['dataset']}: {r['teacher']}, trained in {r['teacher_train_s']:.0f} s ({r['command']})")
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -436,7 +438,7 @@ def table() -> None:
                 took = made.get("distill_s", 0) + made.get("experts_s", 0)
                 print(f"| {name} | " + " | ".join(cells) + f" | {took / 60:.1f} min |" if made else " | - |")
     older_file = RESULTS / "teacher-older.json"
-    if older_file.exists():
+    if older_file.exists() and part in ("all", "older"):
         print("\n| method | items | own recipe | teacher recipe | random real, teacher recipe | net |")
         print("|---|---|---|---|---|---|")
         for r in (r for r in json.loads(older_file.read_text())["rows"] if "taught" in r):
@@ -447,7 +449,7 @@ def table() -> None:
                 f"({gap:+.1f}) | {100 * base['mean']:.1f} | {taught['net']} |"
             )
     cost_file = RESULTS / "teacher-cost.json"
-    if cost_file.exists():
+    if cost_file.exists() and part in ("all", "cost"):
         print()
         for line in imagenet_table(json.loads(cost_file.read_text())["rows"]):
             print(line)
