@@ -16,7 +16,7 @@ from distilset.losses import soft_cross_entropy
 from distilset.nets import create_net
 from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
-from distilset.train import accuracy, fit
+from distilset.train import accuracy
 
 SMALL = {"width": 32}
 
@@ -97,21 +97,6 @@ def test_standard_options_need_a_standard_recipe(digits):
     assert training_recipe(labels, epochs=7).steps is None  # an epoch count replaces the step budget
     with pytest.raises(ConfigError, match="unknown training option"):
         ds.evaluate(labels, digits, momentun=0.5)
-
-
-def test_fit_by_steps_and_epochs(digits):
-    x, y = digits.train_x[:100], digits.train_y[:100]
-    seen = []
-    fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, epochs=3),
-        on_epoch=lambda e, net: seen.append(e))  # fmt: skip
-    assert seen == [1, 2, 3]  # four minibatches an epoch, a callback after each full epoch
-    seen.clear()
-    fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9),
-        on_epoch=lambda e, net: seen.append(e))  # fmt: skip
-    assert seen == [1, 2]  # 9 steps: two full epochs and one minibatch of the third
-    a = fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9), seed=4)
-    b = fit(create_net("mlp", (1, 8, 8), 10, seed=0), x, y, Standard(batch_size=30, steps=9), seed=4)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_test_data_follows_the_sets_normalisation(digits):

@@ -208,10 +208,20 @@ def test_cli_teach_runs_and_refuses_bad_input(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "interior lambda" in printed and (out / "models" / "student.safetensors").is_file()
     for argv, message in [
-        (["teach", "omni", "--out", str(tmp_path / "a"), "--labelled", "1.5"], "--labelled must be a share"),
-        (["teach", "noisy", "--out", str(tmp_path / "b"), "--ipc", "3"], "see `distilset teach noisy --help`"),
-        (["teach", "fedmd", "--out", str(tmp_path / "c"), "--nets", "mlp"], "--nets needs at least 2 parties"),
-        (["teach", "omni", "--out", str(out)], "already holds"),
+        (
+            ["teach", "omni", "--dataset", "digits", "--out", str(tmp_path / "a"), "--labelled", "1.5"],
+            "--labelled must be a share",
+        ),
+        (
+            ["teach", "noisy", "--dataset", "digits", "--out", str(tmp_path / "b"), "--ipc", "3"],
+            "see `distilset teach noisy --help`",
+        ),
+        (
+            ["teach", "fedmd", "--dataset", "fashion-mnist", "--out", str(tmp_path / "c"), "--nets", "mlp"],
+            "--nets needs at least 2 parties",
+        ),
+        (["teach", "omni", "--dataset", "digits", "--out", str(out)], "already holds"),
+        (["teach", "omni", "--out", str(tmp_path / "d")], "the following arguments are required: --dataset"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -152,10 +152,12 @@ def _flags_of_parser(p: argparse.ArgumentParser) -> dict[str, str]:
 
 
 # ---- commands -------------------------------------------------------------------------------------------
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True, unless: str = "") -> None:
+    """``--dataset`` (required, or when ``unless`` says where it otherwise comes from, optional and saying so) and
+    the options that locate its files."""
     p.add_argument("--dataset", required=required,
                    help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH"
-                        + (f" (default: {default})" if default else ""))  # fmt: skip
+                        + (f" (required unless {unless})" if unless else ""))  # fmt: skip
     p.add_argument("--data-root", default=None, help="directory of raw dataset files (default $DISTILSET_DATA_ROOT)")
     p.add_argument("--data-path", default=None,
                    help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)")  # fmt: skip
@@ -356,7 +358,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_teach(args: argparse.Namespace) -> int:
     system = SYSTEMS[args.system]
-    args.dataset = args.dataset or system.config.DATASET
     data = _load(args)
     taught = teach(
         system.name, data, out=args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
@@ -373,7 +374,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
 
 def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     shared = p.add_argument_group("options of every method")
-    _add_data_args(shared, required=False)
+    _add_data_args(shared, required=False, unless="--preset names one")
     shared.add_argument("--zca", action="store_true", help="distil in ZCA-whitened space (the set carries the ZCA)")
     shared.add_argument("--out", required=True, help="output directory (set, grid.png, history.json, checkpoint/)")
     presets = ", ".join(method.presets) or "none"
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     for system in SYSTEMS.values():
         m = systems.add_parser(system.name, help=system.summary, description=system.summary)
         shared = m.add_argument_group("options of every system")
-        _add_data_args(shared, required=False, default=system.config.DATASET)
+        _add_data_args(shared)
         shared.add_argument("--out", required=True, help="output directory (models/, labels, report.json, teach.png)")
         shared.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
         _add_run_args(shared)
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="train fresh nets on a saved set and report test accuracy")
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")
-    _add_data_args(p, required=False)
+    _add_data_args(p, required=False, unless="the set names a registered dataset, which is then used")
     p.add_argument("--net", default=None, help="network (default: the set's own, else convnet)")
     p.add_argument("--nets", default=None, metavar="A,B,...",
                    help="evaluate with each of these networks (e.g. convnet,convnet-bn,lenet,mlp,resnet18): a table "
@@ -499,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="set directory (its teacher and recipe are used unless --teacher is given)")
     p.add_argument("--teacher", default=None, metavar="DIR", help="teacher directory (default: the set's own)")
     p.add_argument("--top-k", type=int, default=None, help="probabilities kept per view (default: all, at most 100)")
-    _add_data_args(p, required=False)
+    _add_data_args(p, required=False, unless="the set names a registered dataset, which is then used")
     _add_run_args(p)
     p.set_defaults(func=cmd_relabel, flags=_flags_of_parser(p))
 

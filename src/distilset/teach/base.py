@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -49,9 +49,6 @@ from distilset.train import accuracy, fit
 @dataclass(frozen=True)
 class TeachConfig(Config):
     """Base of the systems' configs: how every network here is trained (one optimiser for all its trainings)."""
-
-    DATASET: ClassVar[str] = "digits"
-    """The dataset a run uses when none is named."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
     """Optimiser of every training in the run (SGD uses momentum 0.9)."""

@@ -46,7 +46,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +73,6 @@ SMALL_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "mlp:width
 class FedMDConfig(TeachConfig):
     """FedMD (Li & Wang 2019): parties with different networks share knowledge by agreeing on class scores on
     public data (consensus, digest, revisit), then train on their few private images."""
-
-    DATASET: ClassVar[str] = "fashion-mnist"
 
     public: str | None = auto("the dataset's classes outside the private task")
     """Public dataset every party pre-trains on and scores in each round (same input shape as the private one);
