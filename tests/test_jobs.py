@@ -33,6 +33,7 @@ def _experts(data, out, ray_arg):
     return ds.train_experts(data, out, 3, cfg, seed=5, ray=ray_arg)
 
 
+@pytest.mark.heavy
 def test_experts_on_ray_match_the_sequential_run(digits, tmp_path, cluster):
     seq, par = _experts(digits, tmp_path / "seq", None), _experts(digits, tmp_path / "ray", cluster)
     assert par.ids == seq.ids == [0, 1, 2]
@@ -43,6 +44,7 @@ def test_experts_on_ray_match_the_sequential_run(digits, tmp_path, cluster):
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "seq").iterdir())
 
 
+@pytest.mark.heavy
 def test_evaluation_sweep_on_ray_matches_the_sequential_run(digits, cluster):
     torch.set_num_threads(1)
     syn = ds.baseline("random", digits, ipc=5, seed=0)
@@ -54,6 +56,7 @@ def test_evaluation_sweep_on_ray_matches_the_sequential_run(digits, cluster):
         assert a.runs == pytest.approx(b.runs, abs=1e-9)
 
 
+@pytest.mark.heavy
 def test_evaluation_repeats_on_ray_match_the_sequential_run(digits, cluster):
     torch.set_num_threads(1)
     syn = ds.baseline("random", digits, ipc=5, seed=0)
@@ -64,6 +67,7 @@ def test_evaluation_repeats_on_ray_match_the_sequential_run(digits, cluster):
     assert len(set(seq.runs)) > 1  # three different networks, not one
 
 
+@pytest.mark.heavy
 def test_fedmd_parties_on_ray_match_the_sequential_run(digits, cluster):
     """3 parties on the 2-CPU cluster's 2 actors: one actor holds parties 0 and 2, so the crowd's dealing and
     reassembly of calls, results and state is exercised."""
@@ -103,6 +107,7 @@ def _flaky(marker: str, out: str, i: int) -> int:
     return i * i
 
 
+@pytest.mark.heavy
 def test_a_killed_job_is_run_again_without_duplicates(tmp_path, cluster):
     marker = tmp_path / "killed-once"
     done = []
@@ -123,6 +128,7 @@ def test_without_ray_nothing_imports_it(digits, tmp_path):
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.heavy
 def test_rded_scores_its_crop_shards_on_ray_as_the_process_does(digits, digits_teacher, cluster, monkeypatch):
     from distilset.methods import rded
 

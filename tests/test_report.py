@@ -125,6 +125,7 @@ def test_benchmark_results_render_in_the_same_style(tmp_path):
     assert page.count("<tr>") >= 2 * len(rows) + 2 and rows[0]["command"] in page
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/setup.sh installs it as root on Debian)")
 def test_the_page_renders_in_a_browser(sets, tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright

@@ -32,6 +32,7 @@ def _batch_stats(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, to
     return stats
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("init", ["real", "noise"])
 def test_recovery_lowers_the_statistics_loss_and_matches_the_running_statistics(digits_teacher, digits, init):
     teacher = load_teacher(digits_teacher)

@@ -66,6 +66,7 @@ def test_teacher_training_resumes_after_an_interruption_bit_for_bit(tmp_path, di
         train_teacher(digits, tmp_path / "cut", cfg, seed=3, resume=True)
 
 
+@pytest.mark.heavy
 def test_the_teacher_recipe_on_a_slice_of_the_training_data_reproduces_the_teacher(digits_teacher, digits):
     """A student trained by the teacher recipe on 30 training images per class (300 of 1438) comes within 2 points
     of the teacher's test accuracy and agrees with it on 97 % of that slice; the same slice with hard labels (DC's

@@ -51,6 +51,7 @@ def test_encoder_gives_unit_vectors_that_follow_meaning(encoder):
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
 
 
+@pytest.mark.heavy
 def test_dd_default_flags_beat_random_real_sentence_embeddings(rt_slice):
     """`distill dd` with nothing set (20 items: 10 steps x 1 per class, an MLP, fixed init) on an 800-snippet
     slice, scored by its recipe, against 20 random real snippets trained by DC's protocol on the same MLP."""
