@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import traceback
 import zlib
@@ -522,6 +523,15 @@ def test_bad_image_folders_are_one_line(tmp_path, capsys, case):
     assert _refused(*_cli(capsys, tmp_path, *argv)[::2], *needles)
 
 
+def test_an_empty_class_folder_is_named(tmp_path, capsys):
+    root = _image_folder(tmp_path)
+    (root / "b0-empty").mkdir()  # sorts between a and b: class 1
+    argv = ["baseline", "random", "--dataset", f"folder:{root}", "--ipc", "1", "--out", tmp_path / "o"]
+    code, _, err = _cli(capsys, tmp_path, *argv)
+    assert _refused(code, err, "class folder 'b0-empty' holds no images", "remove the folder")
+    assert "or less" not in err
+
+
 def test_the_valid_data_files_load(tmp_path, capsys):
     x, y = _digits_arrays()
     _npz(tmp_path / "d.npz", x_train=x, y_train=y)
@@ -740,13 +750,26 @@ def test_evaluate_nets_checks_every_nets_recipe_before_training_any(sets, tmp_pa
     ],
 )
 def test_a_torchrun_environment_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch, env, needle):
-    for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     code = main(["distill", "dm", "--dataset", "digits", "--iterations", "1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and needle in err, err
+
+
+def test_a_full_rendezvous_address_without_torchrun_is_refused_not_awaited(tmp_path):
+    """WORLD_SIZE=2 with RANK, MASTER_ADDR and MASTER_PORT but no torchrun: nothing would ever start rank 1, so
+    joining the group would wait forever; the run is refused at once instead (a subprocess, so a hang fails)."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    env.update(WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "distilset.cli", "distill", "dm", "--dataset", "digits",
+                           "--iterations", "1", "--out", str(tmp_path / "o")], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("distilset: error:") == 1, done.stderr
+    assert "not started by torchrun" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

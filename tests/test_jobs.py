@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import distilset as ds
+from distilset import DistilsetError
 from distilset.io import write_text
 from distilset.jobs import run_jobs
 
@@ -139,3 +141,16 @@ def test_rded_scores_its_crop_shards_on_ray_as_the_process_does(digits, digits_t
     on_ray = ds.distill("rded", digits, ray=cluster, **args)
     assert torch.equal(here.images, on_ray.images)
     assert here.extra["patches"] == on_ray.extra["patches"]
+
+
+def test_an_unreachable_cluster_address_is_refused_at_once():
+    """Ray would retry such an address for minutes, printing warnings; the probe refuses it in one line."""
+    from distilset.jobs import _probe
+
+    start = time.monotonic()
+    with pytest.raises(DistilsetError, match="nothing answers at the Ray address 127.0.0.1:1"):
+        _probe("127.0.0.1:1")
+    assert time.monotonic() - start < 10
+    with pytest.raises(DistilsetError, match="is not HOST:PORT"):
+        _probe("no-port-here")
+    _probe("auto")  # Ray's own lookup: not probed

@@ -65,6 +65,24 @@ def test_distillation_reads_only_the_epochs_it_can_sample(digits, experts_dir, m
     assert read and max(read) <= SMALL["max_start_epoch"] - 1 + SMALL["expert_epochs"]
 
 
+def test_every_expert_file_is_checked_before_the_first_iteration(digits, experts_dir, tmp_path):
+    """A NaN in one expert's last samplable epoch, or a missing expert, fails when the run is built, not when a
+    step happens to sample it."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    for f in experts_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    last = SMALL["max_start_epoch"] - 1 + SMALL["expert_epochs"]
+    tensors = load_file(str(expert_path(out, 1)))
+    tensors[f"epoch_{last:03d}"] = torch.full_like(tensors[f"epoch_{last:03d}"], float("nan"))
+    save_file(tensors, str(expert_path(out, 1)))
+    with pytest.raises(DistilsetError, match=f"epoch {last} of expert 1 .* is NaN or inf"):
+        MTT(digits, out, MTTConfig(**SMALL))
+    expert_path(out, 1).unlink()
+    with pytest.raises(DistilsetError, match="cannot read epoch 0 of expert 1"):
+        MTT(digits, out, MTTConfig(**SMALL))
+
+
 def test_loss_is_zero_when_the_student_reproduces_the_expert(digits, experts_dir, tmp_path):
     out = tmp_path / "exp"
     out.mkdir()

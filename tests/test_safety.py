@@ -265,6 +265,21 @@ def test_corrupt_checkpoints_are_refused(tmp_path, capsys, digits, how, needle):
     _one_error_line(err, needle)
 
 
+def test_a_fixed_init_of_another_shape_in_the_checkpoint_is_refused_before_a_step(tmp_path, capsys, digits):
+    fixed = {**FAST, "init": "fixed"}
+    ds.distill("dd", digits, iterations=2, out=tmp_path, checkpoint_every=1, **fixed)
+    path = tmp_path / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    key = next(iter(state["distiller"]["fixed_init"]))
+    state["distiller"]["fixed_init"][key] = torch.zeros(7, 3)
+    torch.save(state, path)
+    flags = [f if f != "random" else "fixed" for f in FAST_FLAGS]
+    code, err = _cli(capsys, "distill", "dd", "--dataset", "digits", "--iterations", "4", *flags, "--out", tmp_path,
+                     "--resume")  # fmt: skip
+    assert code == 2
+    _one_error_line(err, f"fixed_init.{key} is (7, 3)", "delete")
+
+
 @pytest.mark.parametrize("content", [b"garbage" * 10, "pickle with code"])
 def test_an_unreadable_checkpoint_never_advises_turning_weights_only_off(tmp_path, capsys, digits, content):
     ds.distill("dd", digits, iterations=2, out=tmp_path, checkpoint_every=1, **FAST)

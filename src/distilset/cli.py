@@ -32,7 +32,7 @@ from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
-from distilset.methods.registry import preset_of
+from distilset.methods.registry import data_parallel_methods, preset_of
 from distilset.recipes import Standard, Teacher, teacher_recipe
 from distilset.relabel import VIEWS_FILE, relabel
 from distilset.report import report
@@ -547,9 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             _check_device(args.device)
         if world_size() > 1:  # under torchrun
             if args.command != "distill":
-                parallel = "|".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
-                raise UsageError(f"`{args.command}` runs in one process; only `distill {parallel}` runs under "
-                                 "torchrun")  # fmt: skip
+                raise UsageError(f"`{args.command}` runs in one process; under torchrun only `distill` runs, with "
+                                 f"one of {', '.join(data_parallel_methods())}")  # fmt: skip
             _, args.device = init_from_env(args.device)
         return args.func(args)
     except Interrupted as e:

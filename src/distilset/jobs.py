@@ -18,6 +18,7 @@ Install with ``pip install "distilset[ray]"``.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,6 +75,7 @@ def connect(ray: bool | str) -> Any:
         raise DistilsetError('`ray` needs Ray: pip install "distilset[ray]" (or run without `ray`)') from e
     if not ray_mod.is_initialized():
         address = None if ray is True else str(ray)
+        _probe(address)
         try:
             threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
             ray_mod.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -82,6 +84,25 @@ def connect(ray: bool | str) -> Any:
             raise DistilsetError(f"cannot reach the Ray cluster at {address or 'this machine'} ({e}); start one "
                                  "with `ray start --head` or give its address to `ray`") from e  # fmt: skip
     return ray_mod
+
+
+def _probe(address: str | None) -> None:
+    """Refuse at once a cluster address nothing answers at (Ray itself retries for minutes, logging warnings)."""
+    if address in (None, "auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise DistilsetError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_S):
+            pass
+    except OSError as e:
+        raise DistilsetError(f"nothing answers at the Ray address {address} ({e.strerror or e}); start the cluster "
+                             "there with `ray start --head`, or check the address") from e  # fmt: skip
+
+
+PROBE_S = 5.0
+"""How long a cluster address may take to accept a connection before it is refused."""
 
 
 class Crowd:

@@ -155,6 +155,9 @@ class Dataset:
         """Refuse ``n`` images per class when a class has fewer, naming the smallest class and the largest n."""
         sizes = torch.bincount(self.train_y, minlength=self.num_classes)
         c = int(sizes.argmin())
+        if int(sizes[c]) == 0:
+            raise DistilsetError(f"class {c} ({self.info.class_names[c]!r}) has no training images, so {what} {n} "
+                                 "cannot be drawn from it; give every class training images")  # fmt: skip
         if n > int(sizes[c]):
             raise DistilsetError(
                 f"{what} {n} needs {n} training images of every class; class {c} ({self.info.class_names[c]!r}) has "

@@ -159,6 +159,11 @@ def _read_class_folders(root: Path) -> tuple[list[np.ndarray], list[int], tuple[
                 )
             images.append(arr)
             labels.append(label)
+        if not labels or labels[-1] != label:
+            raise DistilsetError(
+                f"folder:{root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add "
+                "its images or remove the folder"
+            )
     if not images:
         raise DistilsetError(f"folder:{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders")
     return images, labels, classes

@@ -301,6 +301,15 @@ def _tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 
 
 def _restore(distiller: Distiller, state: dict[str, Any], where: Path) -> None:
+    """Load the checkpoint's state, first checking every tensor this run also holds (the images, a fixed init, ...)
+    has this run's shape and dtype: a tensor of another shape would fail only later, inside a step."""
+    mine = dict(_tensors(distiller.state_dict()))
+    for key, tensor in _tensors(state):
+        if key in mine and (mine[key].shape != tensor.shape or mine[key].dtype != tensor.dtype):
+            raise DistilsetError(
+                f"the checkpoint in {where} does not fit this run ({key} is {tuple(tensor.shape)} {tensor.dtype}, "
+                f"this run's {tuple(mine[key].shape)} {mine[key].dtype}); delete {where / 'checkpoint'} to start over"
+            )
     try:
         distiller.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

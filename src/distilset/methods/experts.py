@@ -257,6 +257,14 @@ class ExpertBuffer:
             raise DistilsetError(f"epoch {epoch} of expert {expert} in {path} is {problem}; {remake}")
         return vec.float()
 
+    def verify(self, last_epoch: int | None = None) -> None:
+        """Read every expert's epochs 0..``last_epoch`` (default: all) once and check each as ``flat`` does (dtype,
+        shape, finite): a missing or damaged expert fails before a run's first iteration, not when it is first
+        sampled hours later."""
+        for expert in self.ids:
+            for epoch in range(min(self.epochs, self.epochs if last_epoch is None else last_epoch) + 1):
+                self.flat(expert, epoch)
+
     def params(self, expert: int, epoch: int, device: str = "cpu") -> dict[str, torch.Tensor]:
         """The same parameters as a name -> tensor dict (views of one vector)."""
         return unflatten(self.flat(expert, epoch).to(device), self.param_shapes)

@@ -217,6 +217,7 @@ class MTT:
                 f"start epochs below `max_start_epoch` {cfg.max_start_epoch} plus `expert_epochs` {cfg.expert_epochs} "
                 f"need experts of at least {last} epochs; {self.experts.path} has {self.experts.epochs}"
             )
+        self.experts.verify(last)  # every file and epoch a step may read, checked before the first iteration
         self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
         self.generator = torch.Generator().manual_seed(seed)
         k, c, h, w = data.num_classes, *data.image_shape

@@ -70,6 +70,11 @@ SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out",
                   "method", "data", "ray", "ray_address")  # fmt: skip
 
 
+def data_parallel_methods() -> list[str]:
+    """The methods that run data-parallel under torchrun (registered with ``data_parallel=True``)."""
+    return [n for n in sorted(METHODS) if METHODS[n].data_parallel]
+
+
 def register_method(
     name: str,
     config: type[MethodConfig],
@@ -214,7 +219,7 @@ def distill(
         raise ConfigError(f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {checkpoint_every}")
     shards = current()
     if shards.world > 1 and not m.data_parallel:
-        supported = ", ".join(n for n in sorted(METHODS) if METHODS[n].data_parallel)
+        supported = ", ".join(data_parallel_methods())
         raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
                              f"run it in one process, or use one of {supported}")  # fmt: skip
     cfg.check_ranks(shards.world)
