@@ -784,3 +784,22 @@ def test_more_bad_options_are_one_line_before_any_work(tmp_path, capsys, argv, n
     err = capsys.readouterr().err
     assert code == 2 and err.count("distilset: error:") == 1 and needle in err and "Traceback" not in err, err
     assert "sre2l-cifar100" not in err  # another method's presets are not listed
+
+
+def test_evaluate_save_into_a_directory_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """As root a read-only mode does not stop a write, so the refusal the system gives is planted: every OSError a
+    command meets (read-only directory, full disk) is one line with the system's reason, the result kept."""
+    from distilset import io as io_module
+
+    d = tmp_path / "set"
+    ds.baseline("random", ds.load_dataset("digits"), ipc=2).save(d)
+
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(io_module, "atomic_write", refuse)
+    code = main(["evaluate", str(d), "--net", "mlp", "--repeats", "1", "--epochs", "3", "--save"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err
+    assert "Permission denied" in err and "evaluations.json" in err
+    assert "test accuracy" in out  # the result was printed before the save failed

@@ -237,14 +237,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json, ray=_ray_of(args),
         teacher=_teacher_of(args), **_recipe_options(args),
     )  # fmt: skip
-    if args.save:
-        record_evaluation(args.dir, result)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+    if args.json:  # the result first: a save that fails below does not lose it
+        print(json.dumps(result.to_json(), indent=2), flush=True)
     else:
         print(f"{args.dir}: {result}")
-        print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs))
-        if args.save:
+        print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs), flush=True)
+    if args.save:
+        record_evaluation(args.dir, result)
+        if not args.json:
             print(f"recorded in {Path(args.dir) / EVALUATIONS}")
     return 0
 
@@ -557,6 +557,11 @@ def main(argv: list[str] | None = None) -> int:
     except DistilsetError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
             print(f"distilset: error: {_render(e, flags)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only directory, a full disk, a path under a file: the system's reason, one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"distilset: error: cannot write or read a file{where}: {e.strerror or e}; check the path, its "
+              "permissions and the free space", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("distilset: interrupted", file=sys.stderr)
