@@ -803,3 +803,11 @@ def test_evaluate_save_into_a_directory_it_cannot_write_is_one_line(tmp_path, ca
     assert code == 2 and err.count("distilset: error:") == 1 and "Traceback" not in err, err
     assert "Permission denied" in err and "evaluations.json" in err
     assert "test accuracy" in out  # the result was printed before the save failed
+
+
+def test_a_stored_crop_that_is_not_the_test_size_is_named(tmp_path):
+    data = ds.load_dataset("digits")
+    syn = ds.baseline("random", data, ipc=2)
+    syn.recipe = ds.Standard(crop=(1000000, 1000000))
+    with pytest.raises(ds.DistilsetError, match=r"trains on \(1000000, 1000000\) crops of its \(8, 8\) canvases"):
+        ds.evaluate(syn, data, repeats=1)

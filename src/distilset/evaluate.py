@@ -185,6 +185,12 @@ def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, tor
             f"{tuple(data.image_shape)}: images (N, C, H, W) of that size, or the embedded inputs of a text dataset; "
             f"evaluate on the dataset the set was made from (`dataset` {syn.dataset or '?'})"
         )
+    if syn.images.ndim == 4 and crop and tuple(data.test_x.shape[2:]) != tuple(crop):
+        raise DistilsetError(
+            f"the set's recipe trains on {tuple(crop)} crops of its {tuple(syn.image_shape[1:])} canvases, but "
+            f"{data.info.name}'s test images are {tuple(data.test_x.shape[2:])}: the crop must be the test images' "
+            f"size; evaluate on the dataset the set was made from (`dataset` {syn.dataset or '?'})"
+        )
     if syn.images.ndim == 4 and tuple(data.test_x.shape[1:]) != shape:
         raise DistilsetError(
             f"set images are {syn.image_shape} but {data.info.name} has {tuple(data.test_x.shape[1:])};"
