@@ -78,3 +78,35 @@ def test_every_baseline_gives_exactly_ipc_per_class_at_large_ipc(digits):
     for name in ("random", "mean", "kmeans", "herding"):
         syn = ds.baseline(name, digits, ipc=50)
         assert torch.bincount(syn.labels).tolist() == [50] * 10, name
+
+
+def test_cli_random_like_a_set_takes_its_count_net_and_recipe(digits, tmp_path, capsys):
+    from distilset.cli import main
+
+    syn = ds.baseline("kmeans", digits, ipc=3)
+    syn.net = {"name": "mlp", "kwargs": {"width": 64}, "init": "default"}
+    syn.recipe = ds.Standard(optimizer="adam", lr=1e-3, steps=40, batch_size=10)
+    syn.save(tmp_path / "set")
+    assert main(["baseline", "random", "--dataset", "digits", "--like", str(tmp_path / "set"), "--out",
+                 str(tmp_path / "real")]) == 0  # fmt: skip
+    real = ds.SyntheticSet.load(tmp_path / "real")
+    assert len(real) == 30 and real.method == "random" and real.recipe == syn.recipe and real.net == syn.net
+    assert torch.bincount(real.labels).tolist() == [3] * 10
+    assert not any(
+        torch.equal(a, b) for a, b in zip(real.images, syn.images, strict=True)
+    )  # real images, not the set's
+    capsys.readouterr()
+    for argv, needle in [(["--ipc", "3"], "drop --ipc"), (["--dataset", "fashion-mnist"], "was made from digits")]:
+        full = ["baseline", "random", "--dataset", "digits", "--like", str(tmp_path / "set"), "--out",
+                str(tmp_path / "x"), *argv]  # fmt: skip
+        assert main(full) == 2 and needle in capsys.readouterr().err
+
+
+def test_random_real_like_a_replay_set_takes_its_slots_steps_and_init(digits):
+    syn = ds.distill("dd", digits, iterations=2, net="mlp", steps=2, epochs=1)
+    real = ds.random_real_like(syn, digits, seed=3)
+    assert real.recipe == syn.recipe and torch.equal(real.lrs, syn.lrs) and torch.equal(real.step_order, syn.step_order)
+    assert all(torch.equal(real.init_params[k], v) for k, v in syn.init_params.items())
+    assert torch.equal(real.labels, syn.hard_labels())  # each real image sits in a slot of its own class
+    pool = {tuple(x.flatten().tolist()) for x in digits.train_x}
+    assert all(tuple(x.flatten().tolist()) in pool for x in real.images)

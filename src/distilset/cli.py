@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from distilset.baselines import BASELINES, baseline
+from distilset.baselines import BASELINES, baseline, random_real_like
 from distilset.config import FieldSpec, field_specs, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
@@ -215,10 +215,25 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 @releases_locks
 def cmd_baseline(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
+    like = None
+    if args.like is not None:
+        if args.method != "random":
+            raise UsageError("--like pairs a set with random real images: use `distilset baseline random --like DIR`")
+        if args.ipc is not None:
+            raise UsageError("--like takes the image count from the set; drop --ipc")
+        like = SyntheticSet.load(args.like)
+        if like.dataset and like.dataset != data.info.name:
+            raise DistilsetError(f"the set in {args.like} was made from {like.dataset}; give --dataset {like.dataset}")
     out = prepare_out(args.out, overwrite=args.overwrite, offers=("overwrite",))
-    syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed, progress=True)
+    if like is not None:
+        syn = random_real_like(like, data, seed=args.seed)
+        how = f"random real like {args.like}: its count, net and recipe ({syn.recipe.describe()})"
+    else:
+        args.ipc = 10 if args.ipc is None else args.ipc
+        syn = baseline(args.method, data, ipc=args.ipc, seed=args.seed, progress=True)
+        how = f"{args.method}, ipc {args.ipc}"
     syn.save(out)
-    print(f"wrote {len(syn)} images ({args.method}, ipc {args.ipc}, {data.info.name}) to {out}")
+    print(f"wrote {len(syn)} images ({how}, {data.info.name}) to {out}")
     return 0
 
 
@@ -407,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="build a baseline set (random, mean, kmeans, herding, full)")
     p.add_argument("method", choices=BASELINES)
     _add_data_args(p)
-    p.add_argument("--ipc", type=int, default=10, help="images per class (default: 10)")
+    p.add_argument("--ipc", type=int, default=None, help="images per class (default: 10; with --like, the set's)")
+    p.add_argument("--like", metavar="DIR", default=None,
+                   help="random only: as many images as the set in DIR, with its net and training recipe, so the "
+                        "two are scored like for like (distilset.random_real_like)")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace the set or run already in --out")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
