@@ -53,9 +53,9 @@ def sets(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("sets")
     dd = ds.distill("dd", digits, iterations=3, out=root / "dd", **FAST_DD)
     record_evaluation(root / "dd", ds.evaluate(dd, digits, repeats=1))
-    real = ds.baseline("random", digits, ipc=len(dd) // 10)
+    real = ds.random_real_like(dd, digits)  # the same count, net and recipe (DD's replay)
     real.save(root / "random")
-    record_evaluation(root / "random", ds.evaluate(real, digits, net="mlp", repeats=1, epochs=5))
+    record_evaluation(root / "random", ds.evaluate(real, digits, repeats=1))
     soft = ds.baseline("random", digits, ipc=2)
     soft.labels = torch.softmax(torch.randn(len(soft), 10, generator=torch.Generator().manual_seed(0)), 1)
     soft.method = "labels"
@@ -86,6 +86,27 @@ def test_every_section_for_each_kind_of_set(sets):
     assert "none recorded" in page  # the soft and texture sets have no evaluation yet
 
 
+def test_a_comparison_cell_never_mixes_recipes(sets, tmp_path, digits):
+    """Random real images evaluated only by another recipe (DC's protocol, 5 epochs) are not put beside the DD
+    set's replay; once they are evaluated by the replay too, that evaluation is, and under the standard protocol
+    column only a standard evaluation of the same net and recipe counts."""
+    other = tmp_path / "random-other"
+    real = ds.baseline("random", digits, ipc=len(ds.SyntheticSet.load(sets / "dd")) // 10)
+    real.save(other)
+    wrong = ds.evaluate(real, digits, net="mlp", repeats=1, epochs=5)
+    record_evaluation(other, wrong)
+    row = (report([sets / "dd", other], tmp_path / "r.html")).read_text().split("<tr>")[2]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert cells[5] == "–" and cells[7] == "–"  # neither random-real column takes the 5-epoch run
+    assert f"{100 * wrong.accuracy_mean:.1f}" not in row
+    dd = ds.SyntheticSet.load(sets / "dd")
+    record_evaluation(sets / "dd", ds.evaluate(dd, digits, protocol="standard", repeats=1, epochs=5))
+    record_evaluation(other, ds.evaluate(real, digits, net="mlp", protocol="standard", repeats=1, epochs=5))
+    row = (report([sets / "dd", other], tmp_path / "r.html")).read_text().split("<tr>")[2]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert cells[5] == "–" and cells[7] != "–"  # the standard column now has its like-for-like twin
+
+
 def test_names_from_sets_and_paths_are_escaped(sets, tmp_path):
     hostile = tmp_path / "<script>alert(1)</script>"
     shutil.copytree(sets / "soft", hostile)
@@ -98,8 +119,8 @@ def test_names_from_sets_and_paths_are_escaped(sets, tmp_path):
 
 
 def test_evaluate_save_appends_and_report_cli(sets, tmp_path, capsys):
-    target = tmp_path / "random"
-    shutil.copytree(sets / "random", target)
+    target = tmp_path / "soft"
+    shutil.copytree(sets / "soft", target)  # a plain-training set: --epochs applies to its recipe
     before = len(load_evaluations(target))
     args = ["evaluate", str(target), "--net", "mlp", "--repeats", "1", "--epochs", "3", "--save"]
     assert main(args) == 0 and main([*args, "--protocol", "standard"]) == 0

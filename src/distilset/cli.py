@@ -37,6 +37,7 @@ from distilset.recipes import Standard, Teacher, teacher_recipe
 from distilset.relabel import VIEWS_FILE, relabel
 from distilset.report import report
 from distilset.rundir import prepare_out, releases_locks
+from distilset.scores import FULL_STEPS, SCORES, record_scores, scores
 from distilset.synset import SyntheticSet
 from distilset.teach import SYSTEMS, teach
 from distilset.teachers import TeacherConfig, load_teacher, train_teacher
@@ -245,6 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DistilsetError(f"pass --dataset: the set does not name a registered dataset{named}")
         args.dataset = syn.dataset
     data = _load(args)
+    if args.scores:
+        return _evaluate_scores(args, syn, data)
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
     result = evaluate(
@@ -261,6 +264,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         record_evaluation(args.dir, result)
         if not args.json:
             print(f"recorded in {Path(args.dir) / EVALUATIONS}")
+    return 0
+
+
+def _evaluate_scores(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
+    """``evaluate --scores``: DD-Ranking's scores, each accuracy they come from, and the scores line."""
+    others = [flag for flag, given in (("--nets", args.nets), ("--net", args.net), ("--net-arg", args.net_arg),
+              ("--protocol", args.protocol), ("--teacher", args.teacher), ("--ray", args.ray)) if given]  # fmt: skip
+    if others or _recipe_options(args):
+        named = others[0] if others else "a training option"
+        raise UsageError(f"--scores trains by the set's own recipe and net and by DC's protocol; drop {named}")
+    result = scores(syn, data, repeats=args.repeats, seed=args.seed, weight=args.lrs_weight, gamma=args.ars_gamma,
+                    full_steps=args.full_steps, device=args.device, progress=not args.json)  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_json()), flush=True)
+    else:
+        for name, acc in result.accuracies.items():
+            cached = " (cached)" if acc.get("cached") else ""
+            print(f"  {name:<9} {100 * acc['mean']:6.2f} ± {100 * acc['std']:.2f} %  {acc['recipe']}{cached}")
+        print(f"{args.dir}: {result}", flush=True)
+    if args.save:
+        record_scores(args.dir, result)
+        if not args.json:
+            print(f"recorded in {Path(args.dir) / SCORES}")
     return 0
 
 
@@ -501,7 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher for the teacher recipe: a directory from `distilset teacher` (or a set carrying "
                         "one); trains any set, random real images included, against its soft labels")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--save", action="store_true", help="append the result to DIR/evaluations.json (for `report`)")
+    p.add_argument(
+        "--save", action="store_true", help="append the result to DIR/evaluations.json (--scores: DIR/scores.json)"
+    )
+    scoring = p.add_argument_group("DD-Ranking's robust scores (distilset.scores)")
+    scoring.add_argument(
+        "--scores",
+        action="store_true",
+        help="HLR, IOR, LRS and ARS: the set and random real images of its count by its recipe, with and without "
+        "augmentation, with hard labels, and the full data (cached)",
+    )
+    scoring.add_argument("--lrs-weight", type=float, default=0.5, help="w of LRS: weight of IOR against HLR (0.5)")
+    scoring.add_argument(
+        "--ars-gamma", type=float, default=0.5, help="gamma of ARS: weight of the runs with augmentation (0.5)"
+    )
+    scoring.add_argument(
+        "--full-steps", type=int, default=FULL_STEPS, help=f"most minibatch steps of the full-data run ({FULL_STEPS})"
+    )
     _add_run_args(p)
     add_config_options(p, Standard, "training options (override the chosen standard or teacher recipe)",
                        default_text="the set's recipe, DC's protocol with --protocol standard, or the teacher "

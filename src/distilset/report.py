@@ -4,8 +4,10 @@
 script and no network access when opened) with:
 
 - a comparison table across the given directories: method, dataset, items, the latest evaluation under the
-  set's own recipe and under DC's standard protocol, and random real images of the same size where one of
-  the directories is such a baseline (``distilset baseline random`` of the same dataset and size);
+  set's own recipe and under DC's standard protocol, each beside random real images of the same size trained
+  by that same recipe on that same net, where one of the directories is such a baseline (``distilset baseline
+  random --like DIR``, evaluated) and has an evaluation of exactly that recipe and net: a cell never compares
+  runs of different recipes; and DD-Ranking's LRS and ARS where recorded (``evaluate --scores --save``);
 - per set: its picture (texture sets: the tiled canvas), the resolved config, why each automatic value was
   chosen, the training recipe, the learning curves from ``history.json`` (each metric in its own panel, black
   lines, so the plots read without colour), and every evaluation recorded beside it (``evaluate --save``,
@@ -34,6 +36,7 @@ from distilset.evaluate import load_evaluations
 from distilset.io import write_text
 from distilset.pictures import png_bytes
 from distilset.recipes import recipe_to_json
+from distilset.scores import load_scores
 from distilset.synset import SyntheticSet
 
 STYLE = """
@@ -57,6 +60,7 @@ class Entry:
     syn: SyntheticSet
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -79,7 +83,7 @@ def load_entry(directory: str | os.PathLike) -> Entry:
         if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
             raise DistilsetError(f"{path / 'history.json'} is not a list of rows; delete it or fix it")
         history = raw
-    return Entry(path, syn, history, load_evaluations(path))
+    return Entry(path, syn, history, load_evaluations(path), load_scores(path))
 
 
 # ---- pieces ------------------------------------------------------------------------------------------------
@@ -157,13 +161,33 @@ def curves_svg(history: Sequence[Mapping[str, Any]], max_panels: int = 6) -> str
     return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
-def _random_twin(entry: Entry, entries: Sequence[Entry]) -> Entry | None:
+def _same_run(a: Mapping, b: Mapping) -> bool:
+    """Two recorded evaluations of one recipe on one net (the same recipe fields, net and net options)."""
+    return (
+        a.get("recipe") == b.get("recipe")
+        and a.get("net") == b.get("net")
+        and a.get("net_kwargs") == b.get("net_kwargs")
+    )
+
+
+def _random_twin(entry: Entry, entries: Sequence[Entry], evaluation: Mapping | None) -> tuple[Entry, dict] | None:
+    """A random real set of the entry's dataset and size among ``entries``, with its latest evaluation of exactly
+    the recipe and net of ``evaluation`` (one of the entry's): the like-for-like comparison, or None."""
+    if evaluation is None:
+        return None
     for other in entries:
         s = other.syn
-        if (other is not entry and s.method == "random" and s.dataset == entry.syn.dataset
-                and len(s) == len(entry.syn) and other.evaluations):  # fmt: skip
-            return other
+        if other is entry or s.method != "random" or s.dataset != entry.syn.dataset or len(s) != len(entry.syn):
+            continue
+        same = [e for e in other.evaluations if _same_run(e, evaluation)]
+        if same:
+            return other, same[-1]
     return None
+
+
+def _score(entry: Entry, key: str) -> str:
+    value = entry.scores[-1].get(key) if entry.scores else None
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _section(entry: Entry, entries: Sequence[Entry]) -> str:
@@ -187,12 +211,26 @@ def _section(entry: Entry, entries: Sequence[Entry]) -> str:
         parts.append(table(("date", "protocol", "net", "recipe", "accuracy %", "nets", "runs %"), rows, (4, 5)))
     else:
         parts.append('<p class="muted">none recorded: run <code>distilset evaluate DIR --save</code> to add one</p>')
-    twin = _random_twin(entry, entries)
-    if twin is not None:
+    for protocol in ("recipe", "standard"):
+        twin = _random_twin(entry, entries, entry.latest(protocol))
+        if twin is not None:
+            other, e = twin
+            parts.append(
+                f"<p>Random real images of the same size ({_e(other.name)}), the same recipe and net as the latest "
+                f"{'own-recipe' if protocol == 'recipe' else 'standard-protocol'} evaluation: {_pct(e)} % "
+                f"({_e(e.get('settings', {}).get('recipe_text', e['protocol']))}; {_e(e['net'])}).</p>"
+            )
+    if entry.scores:
+        s = entry.scores[-1]
+        ars = "n/a" if s.get("ars") is None else f"{100 * s['ars']:.1f} %"
+        parts.append("<h3>Robust scores (DD-Ranking)</h3>")
         parts.append(
-            f"<p>Random real images of the same size ({_e(twin.name)}): {_pct(twin.evaluations[-1])} % "
-            f"({_e(twin.evaluations[-1]['protocol'])}, {_e(twin.evaluations[-1]['net'])}).</p>"
+            f"<p>LRS {100 * s['lrs']:.1f} %, ARS {ars}; HLR {100 * s['hlr']:+.1f} points, IOR {100 * s['ior']:+.1f} "
+            f"points (w {s['weight']:g}, gamma {s['gamma']:g}, {_e(s.get('date', ''))}).</p>"
         )
+        rows = [(k, f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}", v.get("recipe", ""))
+                for k, v in s.get("accuracies", {}).items()]  # fmt: skip
+        parts.append(table(("run", "accuracy %", "recipe"), rows, (1,)))
     recipe = recipe_to_json(syn.recipe)
     parts.append("<h3>Training recipe</h3>")
     parts.append(table(("field", "value"), [(k, _value(v)) for k, v in recipe.items()]))
@@ -224,11 +262,14 @@ def render(entries: Sequence[Entry], title: str = "distilset report") -> str:
     """The page for ``entries`` (see the module docstring)."""
     rows = []
     for entry in entries:
-        twin = _random_twin(entry, entries)
-        rows.append((entry.name, entry.syn.method, entry.syn.dataset, len(entry.syn), _pct(entry.latest("recipe")),
-                     _pct(entry.latest("standard")), _pct(twin.evaluations[-1]) if twin else "–"))  # fmt: skip
-    header = ("set", "method", "dataset", "items", "own recipe %", "standard protocol %", "random real, same size %")
-    body = ["<h2>Comparison</h2>", table(header, rows, (3, 4, 5, 6))]
+        own, standard = entry.latest("recipe"), entry.latest("standard")
+        twins = [_random_twin(entry, entries, e) for e in (own, standard)]
+        real = [_pct(t[1]) if t else "–" for t in twins]
+        rows.append((entry.name, entry.syn.method, entry.syn.dataset, len(entry.syn), _pct(own), real[0],
+                     _pct(standard), real[1], _score(entry, "lrs"), _score(entry, "ars")))  # fmt: skip
+    header = ("set", "method", "dataset", "items", "own recipe %", "random real, same recipe and net %",
+              "standard protocol %", "random real, standard protocol %", "LRS %", "ARS %")  # fmt: skip
+    body = ["<h2>Comparison</h2>", table(header, rows, (3, 4, 5, 6, 7, 8, 9))]
     body += [_section(entry, entries) for entry in entries]
     return _page(title, "\n".join(body))
 

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from distilset.errors import ConfigError
 
 RUN_FILES = (
-    *("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json"),
+    *("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json", "scores.json"),
     *("nearest_words.txt", "nearest_sentences.txt", "teacher.safetensors", "views.safetensors", "teacher.json"),
     "checkpoint",
 )
@@ -94,6 +94,8 @@ def _written_here(out: Path, name: str) -> bool:
         return _records(_json(path), "iteration")
     if name == "evaluations.json":
         return _records(_json(path), "protocol")
+    if name == "scores.json":
+        return _records(_json(path), "lrs")
     if name.endswith(".safetensors"):
         return _safetensors_format(path) in ("distilset.synset", "distilset.teacher")
     return any(_written_here(out, owner) for owner in ("synset.json", "teacher.json") if (out / owner).is_file())
