@@ -11,12 +11,14 @@ from distilset.baselines import baseline, random_real_like
 from distilset.data import Dataset, Normalization, list_datasets, load_dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.evaluate import EvalResult, evaluate, evaluate_nets, record_evaluation
+from distilset.exchange import export_set, import_set
 from distilset.methods import distill, get_method, list_methods, register_method
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, train_experts
 from distilset.nets import create_net, list_nets
 from distilset.recipes import Replay, Standard, Teacher
 from distilset.relabel import relabel
 from distilset.report import report
+from distilset.scores import Scores, record_scores, scores
 from distilset.synset import SyntheticSet
 from distilset.teach import load_model, teach
 from distilset.teachers import TeacherConfig, TeacherNet, load_teacher, train_teacher
@@ -32,6 +34,7 @@ __all__ = [
     "ExpertConfig",
     "Normalization",
     "Replay",
+    "Scores",
     "Standard",
     "SyntheticSet",
     "Teacher",
@@ -42,8 +45,10 @@ __all__ = [
     "distill",
     "evaluate",
     "evaluate_nets",
+    "export_set",
     "fit",
     "get_method",
+    "import_set",
     "list_datasets",
     "list_methods",
     "list_nets",
@@ -52,9 +57,11 @@ __all__ = [
     "load_teacher",
     "random_real_like",
     "record_evaluation",
-    "relabel",
+    "record_scores",
     "register_method",
+    "relabel",
     "report",
+    "scores",
     "teach",
     "train_experts",
     "train_teacher",

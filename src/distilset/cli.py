@@ -30,6 +30,7 @@ from distilset.data.registry import SOURCES
 from distilset.distributed import current, init_from_env, world_size
 from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
+from distilset.exchange import EXPORT_FORMATS, IMPORT_FORMATS, export_set, import_set
 from distilset.methods import METHODS, distill
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import data_parallel_methods, preset_of
@@ -355,6 +356,25 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    data = _load(args, zca=args.zca)
+    syn = import_set(args.format, args.path, data, index=args.index, variant=args.variant, zca=args.zca)
+    out = prepare_out(args.out, overwrite=args.overwrite, offers=("overwrite",))  # after every check: none failed
+    syn.save(out)
+    print(f"wrote {len(syn)} images ({args.format} from {args.path}, {data.info.name}; recipe "
+          f"{syn.recipe.describe()}) to {out}")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    syn = SyntheticSet.load(args.dir)
+    if args.format != "folder" and Path(args.out).exists():
+        raise DistilsetError(f"{args.out} exists; give a new file name (export never replaces a file)")
+    path = export_set(syn, args.format, args.out)
+    print(f"wrote {len(syn)} items of {args.dir} as {args.format} to {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     path = report(args.dirs, args.out, title=args.title)
     print(f"wrote {path} ({len(args.dirs)} set{'s' if len(args.dirs) > 1 else ''}); open it in a browser")
@@ -563,6 +583,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=False, unless="the set names a registered dataset, which is then used")
     _add_run_args(p)
     p.set_defaults(func=cmd_relabel, flags=_flags_of_parser(p))
+
+    p = sub.add_parser("import", help="read a set another project wrote (MTT, DC/DSA/DM, image folders, pt, npz)")
+    p.add_argument("format", choices=IMPORT_FORMATS, help="mtt: images_best.pt and labels_best.pt in PATH; dc: a "
+                   "res_*.pt of DC, DSA or DM; folder: a folder per class; pt / npz: images and labels")  # fmt: skip
+    p.add_argument("path", help="the file or directory to read")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="directory to write the set to")
+    p.add_argument("--overwrite", action="store_true", help="replace the set already in --out")
+    p.add_argument("--index", type=int, default=0, help="dc: which experiment of the results file (default: 0)")
+    p.add_argument("--variant", choices=("dc", "dsa", "dm"), default="dc",
+                   help="dc: the method that made it, which sets the recipe's DSA (default: dc, none)")  # fmt: skip
+    p.add_argument("--zca", action="store_true", help="mtt: the images are ZCA-whitened (load the data with ZCA)")
+    p.set_defaults(func=cmd_import, flags=_flags_of_parser(p))
+
+    p = sub.add_parser("export", help="write a set as image folders, npz or pt, for other projects")
+    p.add_argument("dir", help="set directory")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True,
+                   help="folder: PNG per class and labels.json; npz / pt: the tensors and normalisation")  # fmt: skip
+    p.add_argument("--out", required=True, help="the file (npz, pt) or new directory (folder) to write")
+    p.set_defaults(func=cmd_export, flags=_flags_of_parser(p))
 
     p = sub.add_parser("report", help="one self-contained HTML page: pictures, curves, evaluations, comparison")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="set directories (distill, baseline)")

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from distilset import jsonread
+from distilset import augment, jsonread
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
@@ -44,6 +44,24 @@ LABEL_SUM_TOLERANCE = 1e-3
 """How far a soft-label row of a standard-recipe set may sum from 1 (float32 rounding over K classes)."""
 TENSOR_FILE = "synset.safetensors"
 META_FILE = "synset.json"
+
+
+class _SetData(torch.utils.data.Dataset):
+    """``SyntheticSet.torch_dataset()``: the items and labels, each image DSA-augmented when a strategy is given."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, strategy: str | None, seed: int) -> None:
+        self.images, self.labels, self.strategy = images, labels, strategy
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.strategy:
+            draw = int(torch.randint(2**62, (1,), generator=self.generator))
+            x = augment.dsa(x[None], self.strategy, seed=draw, siamese=False)[0]
+        return x, self.labels[i]
 
 
 @dataclass
@@ -305,6 +323,13 @@ class SyntheticSet:
         images = (x * torch.tensor(stats["std"]).view(shape) + torch.tensor(stats["mean"]).view(shape)).contiguous()
         extra = {k: v for k, v in self.extra.items() if k != "learned_pixel_stats"}
         return dataclasses.replace(self, images=images, extra=extra, views=None)
+
+    def torch_dataset(self, augment: bool = False, seed: int = 0) -> torch.utils.data.Dataset:
+        """The set as a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs, for a plain PyTorch training loop
+        (labels as stored: class indices, or soft label vectors). ``augment`` applies the recipe's DSA strategy
+        (or, for a set without one, none) to each image as it is drawn, from a generator seeded by ``seed``."""
+        strategy = getattr(self.recipe, "dsa", None) if augment else None
+        return _SetData(self.images.detach().cpu(), self.labels.detach().cpu(), strategy, seed)
 
     # ---- pixels and pictures -------------------------------------------------------------------------
     def to_pixels(self) -> torch.Tensor:
