@@ -54,12 +54,16 @@ def test_kernel_sets_save_evaluate_by_kernel_regression_and_transfer_by_mse(digi
     pred = krr(net.kernel(x, x), net.kernel(digits.test_x.double(), x), y).argmax(1)
     assert res.accuracy_mean == pytest.approx((pred == digits.test_y).double().mean().item())
     assert res.net == "kernel:fc" and res.repeats == 1
-    finite = ds.evaluate(loaded, digits, protocol="standard", repeats=1, epochs=5)
-    assert finite.recipe["loss"] == "mse" and finite.net == "convnet"
-    rows = ds.evaluate_nets(loaded, digits, ["convnet", "mlp"], repeats=1)  # its own "net" is kernel regression
-    assert [(r.net, r.protocol) for r in rows] == [("kernel:fc", "recipe"), ("mlp", "standard")]
+    finite = ds.evaluate(loaded, digits, protocol="standard", repeats=1, steps=50)
+    # the finite net the fc kernel describes (an MLP of its depth, KIP's width) by KIP's transfer recipe
+    assert finite.net == "mlp" and finite.net_kwargs == {"depth": 1, "width": 1024}
+    assert (
+        finite.recipe["loss"] == "mse" and finite.recipe["schedule"] == "cosine" and finite.recipe["batch_size"] == 100
+    )
+    rows = ds.evaluate_nets(loaded, digits, ["mlp", "convnet"], repeats=1)  # its own "net": kernel regression
+    assert [(r.net, r.protocol) for r in rows] == [("kernel:fc", "recipe"), ("convnet", "standard")]
     assert rows[0].accuracy_mean == res.accuracy_mean and rows[1].recipe["loss"] == "mse"
-    assert transfer_accuracy(rows, "convnet") == rows[1].accuracy_mean
+    assert transfer_accuracy(rows, "mlp") == rows[1].accuracy_mean
     with pytest.raises(ds.DistilsetError, match="kernel-regression set has no network"):
         ds.evaluate(loaded, digits, net="lenet")
     with pytest.raises(ds.ConfigError, match="recipe is kernel regression; add --protocol standard"):

@@ -44,7 +44,16 @@ from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import classic_net_for, fit_net_to_input
 from distilset.progress import Progress
-from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_to_json, teacher_recipe
+from distilset.recipes import (
+    KIP_TRANSFER,
+    KernelRidge,
+    Recipe,
+    Replay,
+    Standard,
+    Teacher,
+    recipe_to_json,
+    teacher_recipe,
+)
 from distilset.relabel import StoredViews
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, load_teacher
@@ -145,8 +154,8 @@ def training_recipe(syn: SyntheticSet, protocol: str = "recipe", flip: bool = Tr
         base = syn.recipe if isinstance(syn.recipe, Teacher) else teacher_recipe(len(syn), syn.num_classes, flip)
     elif protocol == "recipe":
         base = syn.recipe
-    elif isinstance(syn.recipe, KernelRidge):  # regression targets: finite nets fit them by MSE, as KIP transfers
-        base = Standard(loss="mse")
+    elif isinstance(syn.recipe, KernelRidge):  # regression targets: finite nets fit them as KIP's transfer does
+        base = KIP_TRANSFER
     else:
         own = syn.recipe if isinstance(syn.recipe, Standard) else Standard()
         base = Standard(dsa=own.dsa, crop=own.crop, loss=own.loss)

@@ -211,16 +211,21 @@ class KernelSupport:
         self.generator.set_state(state["generator"])
 
     def synthetic_set(self) -> SyntheticSet:
-        """The support images and their regression targets (float32), with the kernel-regression recipe; a finite
-        ConvNet without normalisation (as KIP's transfer) is the network ``--protocol standard`` trains."""
-        depth = self.cfg.depth if self.cfg.arch != "fc" else convnet_depth_for(self.data.image_shape)
+        """The support images and their regression targets (float32), with the kernel-regression recipe, and as its
+        net the finite network the kernel describes, which ``--protocol standard`` trains (``recipes.KIP_TRANSFER``):
+        for the fc kernel an MLP of its depth at KIP's transfer width 1024, for the conv kernels a ConvNet without
+        normalisation of their depth."""
+        if self.cfg.arch == "fc":
+            net = {"name": "mlp", "kwargs": {"depth": self.cfg.depth, "width": 1024}, "init": "default"}
+        else:
+            net = {"name": "convnet", "kwargs": {"norm": "none", "depth": self.cfg.depth}, "init": "default"}
         return SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().float().clone(),
             labels=self.labels.detach().cpu().float().clone(),
             method=self.method,
             recipe=self.cfg.recipe(),
-            net={"name": "convnet", "kwargs": {"norm": "none", "depth": depth}, "init": "default"},
+            net=net,
         )
 
 
