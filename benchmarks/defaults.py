@@ -12,8 +12,9 @@ seed 0) under the same evaluations:
 
 - ``recipe``: the set's own training recipe (DD: the replay of its learned steps from its init; MTT: SGD with
   the learned lr and DSA, 1000 epochs; labels: Adam, the base batch, the estimated steps). Random real
-  images get the same recipe where it is plain training (SRe2L, RDED: the teacher recipe with the set's own
-  teacher); for a replay recipe they get DC's protocol.
+  images get the same recipe and net (``distilset.random_real_like``): plain training and kernel regression as
+  they are, the teacher recipe with the set's own teacher, and a replay of learned steps from the same init with
+  each real image in the place of a synthetic one of its class.
 - ``standard``: DC's protocol (SGD 0.01, momentum 0.9, 300 epochs, or 1000 with the set's DSA) on the set's net.
 - ``transfer``: DC's protocol on each network of ``TRANSFER_NETS`` the set was not distilled with (LeNet, an
   MLP, ConvNet-3 with instance norm and with batch norm; the ConvNets at width 32 to fit the CPU), 2 fresh nets
@@ -21,6 +22,8 @@ seed 0) under the same evaluations:
   the same base images with one-hot labels on the same nets; sets saved at the real images' pixel statistics
   (``--pixel-stats real``) add their images as learned on the same nets (``transfer_as_learned``).
 - ``adam``: the set's net trained with Adam (lr 1e-3, no weight decay), DC's epochs.
+- ``scores``: DD-Ranking's LRS and ARS (``distilset.scores``, seed 100, the same repeats; the full-data accuracy
+  cached as that module says), with the HLR and IOR they come from. Rows made before this column have none.
 
 Rows go to ``benchmarks/results/defaults.json`` as they finish; a rerun skips finished rows (``--redo`` runs the
 selected rows again and replaces them). ``--ray [--ray-address ADDRESS]`` runs each row as a Ray task (one CPU,
@@ -140,8 +143,11 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
         real["one_hot_same_images_transfer"] = transfer(twin, data)
     if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
         distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
+    robust = ds.scores(syn, data, repeats=repeats, seed=100)
+    robust_row = {"lrs": robust.lrs, "ars": robust.ars, "hlr": robust.hlr, "ior": robust.ior,
+                  "full_hard": robust.accuracies["full-hard"]["mean"], "settings": robust.settings}  # fmt: skip
     d, r = distilled["recipe"], real["recipe"]
-    print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min)", flush=True)
+    print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min); {robust}", flush=True)
     return {
         **key,
         "command": command,
@@ -155,6 +161,7 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
         "eval_s": round(time.perf_counter() - t0, 1),
         "distilled": distilled,
         "random_real": real,
+        "scores": robust_row,
     }
 
 
@@ -164,6 +171,14 @@ def _cell(x: dict | None) -> str:
     if "error" in x:
         return "diverged"
     return f"{100 * x['mean']:.1f}" if "nets" in x else f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
+
+
+def _scores(r: dict) -> str:
+    s = r.get("scores")
+    if not s:
+        return "–"
+    ars = "n/a" if s["ars"] is None else f"{100 * s['ars']:.1f}"
+    return f"{100 * s['lrs']:.1f} / {ars}"
 
 
 def _net_of(config: dict) -> str:
@@ -178,8 +193,8 @@ def table(path: Path = OUT) -> str:
     m = data["machine"]
     lines = [
         "| dataset | method | images | iterations | recipe: distilled / random real | DC protocol, own net | "
-        "DC protocol, other nets (mean) | Adam, own net | distill time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "DC protocol, other nets (mean) | Adam, own net | LRS / ARS | distill time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {name: i for i, name in enumerate(("digits", "mnist5k", "fashion-mnist"))}
     for r in sorted(data["rows"], key=lambda r: (order.get(r["dataset"], 9), r["method"])):
@@ -196,7 +211,7 @@ def table(path: Path = OUT) -> str:
         lines.append(
             f"| {r['dataset']} | {r['method']} ({r.get('ablation') or _net_of(r['config'])}) | {r['images']} | "
             f"{r['iterations']} | "
-            f"{pair['recipe']} | {pair['standard']} | {pair['transfer']} | {pair['adam']} | "
+            f"{pair['recipe']} | {pair['standard']} | {pair['transfer']} | {pair['adam']} | {_scores(r)} | "
             f"{r['distill_s'] / 60:.1f} min{' (1 thread)' if r.get('threads') == 1 else ''} |"
         )
     lines.append(
@@ -205,7 +220,9 @@ def table(path: Path = OUT) -> str:
         f"protocol on each of {', '.join(TRANSFER_NETS)} but the set's own (ConvNets at width 32), mean of "
         f"their means (rows marked 'only' predate this column: one other net); 'one-hot:' is the same base "
         f"images with one-hot labels (same recipe, same nets), 'as learned:' a set's images before the map to the real "
-        f"pixel statistics; "
+        f"pixel statistics; LRS / ARS: DD-Ranking's label- and augmentation-robust scores in % (`distilset.scores`: "
+        f"w = gamma = 0.5; ARS n/a for a replay or kernel-regression recipe, which has no augmentation to remove; "
+        f"'–': a row made before the column); "
         f"{m['cores']} CPU cores, torch "
         f"{m['torch']}, 2 threads unless a row is marked '1 thread' (a Ray task each, two side by side, or "
         f"`--threads 1` beside another job), "
