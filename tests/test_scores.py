@@ -85,3 +85,23 @@ def test_cli_scores_are_saved_and_shown_by_the_report(digits, tmp_path, capsys):
     (tmp_path / "km" / "scores.json").write_text('[{"lrs": 7}]')
     assert main(["report", str(tmp_path / "km"), "--out", str(tmp_path / "r2.html")]) == 2
     assert "is not a list of recorded scores" in capsys.readouterr().err
+
+
+def test_kernel_and_imported_sets_are_scored(digits, tmp_path):
+    ls = ds.distill("ls", digits, ipc=1)
+    s = scores(ls, digits, repeats=1, full_steps=50)
+    assert s.ars is None and s.net == "kernel:fc" and s.accuracies["syn-hard"]["net"] == "mlp"
+    ds.export_set(ds.baseline("kmeans", digits, ipc=1), "pt", tmp_path / "km.pt")
+    imported = ds.import_set("pt", tmp_path / "km.pt", digits)
+    assert imported.net["name"] == "convnet" and imported.recipe == ds.Standard()  # as imported: DC's protocol
+    imported.net, imported.recipe = {"name": "mlp", "kwargs": {}, "init": "default"}, QUICK  # quicker to score
+    s = scores(imported, digits, repeats=1, full_steps=50)
+    assert s.ior > 0 and s.ars is not None  # DC's protocol, the dataset's DSA for the run with augmentation
+
+
+@pytest.mark.heavy
+def test_a_teacher_recipe_set_is_scored_with_its_teacher(digits, digits_teacher):
+    rded = ds.distill("rded", digits, ipc=1, teacher=str(digits_teacher))
+    s = scores(rded, digits, repeats=1, full_steps=100)
+    assert "teacher" in s.accuracies["rdm-any"]["recipe"] or s.accuracies["rdm-any"]["recipe"].startswith("adamw")
+    assert s.ars is not None and s.accuracies["syn-naug"]["mean"] > 0.2
