@@ -108,11 +108,14 @@ EVALUATIONS = "evaluations.json"
 """Beside a set: every evaluation recorded with ``record_evaluation`` (``evaluate --save``), oldest first."""
 
 
+def append_dated(path: Path, rows: list[dict], row: dict) -> Path:
+    """Rewrite ``path`` (atomically) as ``rows`` (what it held) plus ``row`` with today's date: a record file."""
+    return write_json(path, [*rows, {**row, "date": datetime.date.today().isoformat()}])
+
+
 def record_evaluation(directory: str | os.PathLike, result: EvalResult) -> Path:
     """Append ``result`` (with today's date) to ``DIR/evaluations.json``, rewriting it atomically."""
-    rows = load_evaluations(directory)
-    rows.append({**result.to_json(), "date": datetime.date.today().isoformat()})
-    return write_json(Path(directory) / EVALUATIONS, rows)
+    return append_dated(Path(directory) / EVALUATIONS, load_evaluations(directory), result.to_json())
 
 
 def load_evaluations(directory: str | os.PathLike) -> list[dict]:

@@ -42,7 +42,7 @@ from distilset.baselines import baseline, random_real_like
 from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import EvalResult, evaluate, training_recipe
+from distilset.evaluate import EvalResult, append_dated, evaluate, training_recipe
 from distilset.io import write_json
 from distilset.jsonread import load_json
 from distilset.recipes import KernelRidge, Replay, Standard, Teacher, recipe_to_json
@@ -258,9 +258,7 @@ def scores(
 
 def record_scores(directory: str | os.PathLike, result: Scores) -> Path:
     """Append ``result`` (with today's date) to ``DIR/scores.json``, rewriting it atomically."""
-    rows = load_scores(directory)
-    rows.append({**result.to_json(), "date": datetime.date.today().isoformat()})
-    return write_json(Path(directory) / SCORES, rows)
+    return append_dated(Path(directory) / SCORES, load_scores(directory), result.to_json())
 
 
 def load_scores(directory: str | os.PathLike) -> list[dict]:
