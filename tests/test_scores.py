@@ -84,7 +84,7 @@ def test_cli_scores_are_saved_and_shown_by_the_report(digits, tmp_path, capsys):
     assert "drop --net" in capsys.readouterr().err
     (tmp_path / "km" / "scores.json").write_text('[{"lrs": 7}]')
     assert main(["report", str(tmp_path / "km"), "--out", str(tmp_path / "r2.html")]) == 2
-    assert "is not a list of recorded scores" in capsys.readouterr().err
+    assert "entry 0 is not recorded scores" in capsys.readouterr().err
 
 
 def test_kernel_and_imported_sets_are_scored(digits, tmp_path):

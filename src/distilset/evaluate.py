@@ -29,8 +29,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,29 +120,40 @@ def record_evaluation(directory: str | os.PathLike, result: EvalResult) -> Path:
     return append_dated(Path(directory) / EVALUATIONS, load_evaluations(directory), result.to_json())
 
 
-def load_evaluations(directory: str | os.PathLike) -> list[dict]:
-    """The evaluations recorded beside a set ([] when none); a damaged file is refused, naming it."""
-    path = Path(directory) / EVALUATIONS
+def load_records(path: Path, is_row: Callable[[Any], bool], what: str) -> list[dict]:
+    """The rows of a record file (``evaluations.json``, ``scores.json``; [] when absent), each checked by ``is_row``;
+    a damaged file or row is refused, naming it (``what``: one row's name)."""
     if not path.exists():
         return []
     try:
         rows = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise DistilsetError(f"{path} is unreadable ({e}); delete it (it only records earlier evaluations)") from e
-    numbers = ("accuracy_mean", "accuracy_std", "wall_time_s")
+        raise DistilsetError(f"{path} is unreadable ({e}); delete it (it only records earlier results)") from e
     for i, row in enumerate(rows if isinstance(rows, list) else [None]):
-        ok = (
-            isinstance(row, dict)
-            and all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in numbers)
-            and all(0 <= row[k] <= 1 for k in ("accuracy_mean", "accuracy_std"))  # fractions, not percentages
+        if not (isinstance(row, dict) and is_row(row)):
+            raise DistilsetError(f"{path}: entry {i} is not {what}; delete the file or that entry")
+    return rows
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def load_evaluations(directory: str | os.PathLike) -> list[dict]:
+    """The evaluations recorded beside a set ([] when none); a damaged file is refused, naming it."""
+
+    def is_row(row: dict) -> bool:
+        return (
+            all(_fraction(row.get(k)) for k in ("accuracy_mean", "accuracy_std"))  # fractions, not percentages
+            and isinstance(row.get("wall_time_s"), (int, float))
+            and math.isfinite(row["wall_time_s"])
             and isinstance(row.get("runs"), list)
-            and all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in row["runs"])
+            and all(_fraction(r) for r in row["runs"])
             and isinstance(row.get("protocol"), str)
             and isinstance(row.get("net"), str)
         )
-        if not ok:
-            raise DistilsetError(f"{path}: entry {i} is not an evaluation; delete the file or that entry")
-    return rows
+
+    return load_records(Path(directory) / EVALUATIONS, is_row, "an evaluation")
 
 
 def training_recipe(syn: SyntheticSet, protocol: str = "recipe", flip: bool = True, **overrides) -> Recipe:

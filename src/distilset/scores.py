@@ -41,8 +41,8 @@ from typing import Any
 from distilset.baselines import baseline, random_real_like
 from distilset.config import check_seed
 from distilset.data.dataset import Dataset
-from distilset.errors import ConfigError, DistilsetError
-from distilset.evaluate import EvalResult, append_dated, evaluate, training_recipe
+from distilset.errors import ConfigError
+from distilset.evaluate import EvalResult, append_dated, evaluate, load_records, training_recipe
 from distilset.io import write_json
 from distilset.jsonread import load_json
 from distilset.recipes import KernelRidge, Replay, Standard, Teacher, recipe_to_json
@@ -263,19 +263,9 @@ def record_scores(directory: str | os.PathLike, result: Scores) -> Path:
 
 def load_scores(directory: str | os.PathLike) -> list[dict]:
     """The scores recorded beside a set ([] when none); a damaged file is refused, naming it."""
-    path = Path(directory) / SCORES
-    if not path.exists():
-        return []
-    rows = load_json(path)
-    ok = isinstance(rows, list) and all(
-        isinstance(r, dict)
-        and all(isinstance(r.get(k), (int, float)) and 0 <= r[k] <= 1 for k in ("lrs",))
-        and (r.get("ars") is None or isinstance(r["ars"], (int, float)) and 0 <= r["ars"] <= 1)
-        for r in rows
-    )
-    if not ok:
-        raise DistilsetError(
-            f"{path} is not a list of recorded scores (LRS and ARS in [0, 1]); delete it (it only "
-            "records earlier scores)"
-        )
-    return rows
+
+    def is_row(row: dict) -> bool:
+        fraction = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # noqa: E731
+        return fraction(row.get("lrs")) and (row.get("ars") is None or fraction(row["ars"]))
+
+    return load_records(Path(directory) / SCORES, is_row, "recorded scores (LRS and ARS in [0, 1])")
