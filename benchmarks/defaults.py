@@ -168,9 +168,20 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
 def _cell(x: dict | None) -> str:
     if x is None:
         return "—"
+    if x.get("other_recipe"):
+        return "n/a (other recipe)"
     if "error" in x:
         return "diverged"
     return f"{100 * x['mean']:.1f}" if "nets" in x else f"{100 * x['mean']:.1f} ± {100 * x['std']:.1f}"
+
+
+def _like(mine: dict | None, real: dict | None) -> dict | None:
+    """The random-real cell beside ``mine`` only when it is a run of the same recipe and net (rows made before the
+    twins were like for like trained random real images of a replay set by DC's protocol: not shown)."""
+    if not mine or not real or "recipe" not in mine or "recipe" not in real:
+        return real
+    same = mine["recipe"] == real["recipe"] and mine.get("net") == real.get("net")
+    return real if same else {"other_recipe": True}
 
 
 def _scores(r: dict) -> str:
@@ -199,7 +210,10 @@ def table(path: Path = OUT) -> str:
     order = {name: i for i, name in enumerate(("digits", "mnist5k", "fashion-mnist"))}
     for r in sorted(data["rows"], key=lambda r: (order.get(r["dataset"], 9), r["method"])):
         d, real = r["distilled"], r["random_real"]
-        pair = {k: f"{_cell(d.get(k))} / {_cell(real.get(k))}" for k in ("recipe", "standard", "transfer", "adam")}
+        pair = {
+            k: f"{_cell(d.get(k))} / {_cell(_like(d.get(k), real.get(k)))}"
+            for k in ("recipe", "standard", "transfer", "adam")
+        }
         if "one_hot_same_images" in real:  # labels: the same base images with one-hot labels, same recipe
             pair["recipe"] += f" (one-hot: {_cell(real['one_hot_same_images'])})"
         if "one_hot_same_images_transfer" in real:
