@@ -58,7 +58,7 @@ def test_inside_a_long_step_a_line_comes_within_5_s_then_every_30_s(
             bar.within(step / 1000)
         bar.update({"acc": 0.9})
     out = lines(capsys)
-    assert out[0].startswith("evaluate convnet (recipe), nets: 0.1/5 (1 %)") and "ETA 8 min 15 s" in out[0]
+    assert out[0].startswith("evaluate convnet (recipe), nets: 0.05/5 (1 %)") and "ETA 8 min 15 s" in out[0]
     # 200 s in all: the first line at 5 s, the tenths (each half net) and the 30-second lines in between
     assert 6 <= len(out) <= 12
     positions = [float(line.split(": ")[1].split("/")[0]) for line in out]

@@ -73,7 +73,7 @@ class Progress:
 
     def _line(self, now: float, position: float, values: Mapping[str, float]) -> None:
         per = (now - self.start) / max(position - self.start_done, 1e-9)
-        count = f"{position:.0f}" if abs(position - round(position)) < 1e-6 else f"{position:.1f}"
+        count = f"{position:.0f}" if abs(position - round(position)) < 1e-6 else f"{position:.2f}".rstrip("0")
         parts = [f"{self.desc}: {count}/{self.total} ({int(100 * position / max(1, self.total))} %)"]
         parts += [f"{k} {v:.4g}" for k, v in values.items()]
         parts.append(f"{per:.3g} s/it")
