@@ -811,3 +811,16 @@ def test_a_stored_crop_that_is_not_the_test_size_is_named(tmp_path):
     syn.recipe = ds.Standard(crop=(1000000, 1000000))
     with pytest.raises(ds.DistilsetError, match=r"trains on \(1000000, 1000000\) crops of its \(8, 8\) canvases"):
         ds.evaluate(syn, data, repeats=1)
+
+
+def test_both_torchrun_refusals_name_the_same_data_parallel_methods(tmp_path, capsys, monkeypatch, digits):
+    from distilset.methods.registry import data_parallel_methods
+    from distilset.methods.registry import distill as run_distill
+
+    names = ", ".join(data_parallel_methods())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["baseline", "random", "--dataset", "digits", "--out", str(tmp_path / "b")]) == 2
+    assert f"only distill runs, with one of {names}" in capsys.readouterr().err
+    monkeypatch.setattr("distilset.methods.registry.current", lambda: type("S", (), {"world": 2, "rank": 0})())
+    with pytest.raises(ds.DistilsetError, match=f"use one of {names}$"):
+        run_distill("dd", digits, iterations=1)

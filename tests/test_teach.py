@@ -3,6 +3,7 @@ pieces they are built from, what a run writes, and the command line."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -226,3 +227,14 @@ def test_cli_teach_runs_and_refuses_bad_input(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("distilset: error:") and message in err and "\n" not in err
+
+
+def test_fedmd_checks_every_partys_net_before_any_party_trains(digits, monkeypatch):
+    fedmd = importlib.import_module("distilset.teach.fedmd")  # ds.teach is the function, not the package
+
+    def no_training(*a, **k):
+        raise AssertionError("a party trained before the last party's net was checked")
+
+    monkeypatch.setattr(fedmd, "train", no_training)
+    with pytest.raises(ds.DistilsetError, match="width .* must be a whole number in 1..4096, got 0"):
+        teach("fedmd", digits, nets=("mlp", "mlp", "mlp:width=0"), rounds=1)

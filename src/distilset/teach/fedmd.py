@@ -57,7 +57,7 @@ from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.jobs import Crowd, run_jobs
 from distilset.methods.base import Context
-from distilset.nets import NETS
+from distilset.nets import NETS, create_net
 from distilset.teach.base import Model, Taught, TeachConfig, claim, register_system, train
 
 DEFAULT_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "lenet", "convnet:width=8",
@@ -297,6 +297,9 @@ def _set_up_party(s: _Setting, i: int, spec: str, idx: torch.Tensor) -> tuple[Pa
 def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
     """FedMD's run: parties set up (Ray tasks with ``ctx.ray``), rounds (the parties as Ray actors with
     ``ctx.ray``), the revisits-only control, the report."""
+    for spec in cfg.nets:  # every party's net and its options checked before any party trains
+        name, kwargs = parse_net(spec)
+        create_net(name, data.image_shape, data.num_classes, seed=0, **kwargs)
     public = public_set(data, cfg, ctx).to(ctx.device)
     if public.image_shape != data.image_shape:
         raise ConfigError(f"`public` {cfg.public} has inputs {public.image_shape} but {data.info.name} has "
