@@ -143,9 +143,12 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
         real["one_hot_same_images_transfer"] = transfer(twin, data)
     if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
         distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
-    robust = ds.scores(syn, data, repeats=repeats, seed=100)
-    robust_row = {"lrs": robust.lrs, "ars": robust.ars, "hlr": robust.hlr, "ior": robust.ior,
-                  "full_hard": robust.accuracies["full-hard"]["mean"], "settings": robust.settings}  # fmt: skip
+    try:
+        robust = ds.scores(syn, data, repeats=repeats, seed=100)
+        robust_row = {"lrs": robust.lrs, "ars": robust.ars, "hlr": robust.hlr, "ior": robust.ior,
+                      "full_hard": robust.accuracies["full-hard"]["mean"], "settings": robust.settings}  # fmt: skip
+    except ds.DistilsetError as e:  # a run that diverges is recorded as such, the row kept
+        robust, robust_row = f"scores failed: {e}", {"error": str(e)}
     d, r = distilled["recipe"], real["recipe"]
     print(f"{name} {method}: {_cell(d)} vs random real {_cell(r)} ({distill_s / 60:.1f} min); {robust}", flush=True)
     return {
@@ -188,6 +191,8 @@ def _scores(r: dict) -> str:
     s = r.get("scores")
     if not s:
         return "–"
+    if "error" in s:
+        return "failed"
     ars = "n/a" if s["ars"] is None else f"{100 * s['ars']:.1f}"
     return f"{100 * s['lrs']:.1f} / {ars}"
 

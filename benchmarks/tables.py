@@ -90,6 +90,8 @@ def methods(prefix: str = "docs/") -> str:
         elif method in defaults:
             r = defaults[method]
             d, real = r["distilled"]["recipe"], r["random_real"]["recipe"]
+            if d.get("recipe") != real.get("recipe") or d.get("net") != real.get("net"):
+                raise SystemExit(f"tables: the defaults row of {method} pairs runs of different recipes; rerun it")
             net = d.get("net", "")
             cell = f"digits, {r['images']} images, {net}: {_pair(d['mean'], real['mean'])}"
             source = "`defaults.json`"

@@ -110,3 +110,11 @@ def test_random_real_like_a_replay_set_takes_its_slots_steps_and_init(digits):
     assert torch.equal(real.labels, syn.hard_labels())  # each real image sits in a slot of its own class
     pool = {tuple(x.flatten().tolist()) for x in digits.train_x}
     assert all(tuple(x.flatten().tolist()) in pool for x in real.images)
+
+
+def test_random_real_like_matches_an_unbalanced_set_class_by_class(digits):
+    syn = ds.baseline("random", digits, ipc=3)
+    keep = torch.tensor([0, 1, 2, 3, 4, 6, 9, 12, 15, 18, 21, 24, 27])  # class 0 three times, 1 twice, the rest once
+    syn = ds.SyntheticSet(syn.images[keep], syn.labels[keep], syn.class_names, syn.norm, dataset="digits")
+    real = ds.random_real_like(syn, digits)
+    assert torch.equal(torch.bincount(real.labels, minlength=10), torch.bincount(syn.labels, minlength=10))

@@ -136,3 +136,26 @@ def test_a_set_trains_a_users_own_net_in_a_plain_loop(digits):
     augmented = syn.torch_dataset(augment=True, seed=0)
     x0, y0 = augmented[0]
     assert x0.shape == syn.images[0].shape and int(y0) == int(syn.labels[0]) and not torch.equal(x0, syn.images[0])
+
+
+def test_an_npy_named_npz_and_a_damaged_labels_listing_are_one_line(digits, real, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((20, 1, 8, 8), np.float32))
+    (tmp_path / "x.npy").rename(tmp_path / "x.npz")
+    assert main(["import", "npz", str(tmp_path / "x.npz"), "--dataset", "digits", "--out", str(tmp_path / "o")]) == 2
+    assert "not an npz archive" in capsys.readouterr().err
+    folder = export_set(real, "folder", tmp_path / "f")
+    (folder / "labels.json").write_text('{"files": null, "labels": null}')
+    assert main(["import", "folder", str(folder), "--dataset", "digits", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "lists other files" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_export_never_replaces_a_file_and_refuses_zca_tensors(digits, real, tmp_path):
+    (tmp_path / "mine.npz").write_bytes(b"a user's file")
+    with pytest.raises(ds.DistilsetError, match="never replaces a file"):
+        export_set(real, "npz", tmp_path / "mine.npz")
+    assert (tmp_path / "mine.npz").read_bytes() == b"a user's file"
+    whitened = ds.baseline("random", digits.with_zca(), ipc=1)
+    with pytest.raises(ds.DistilsetError, match="ZCA-whitened"):
+        export_set(whitened, "pt", tmp_path / "z.pt")
+    assert not list(tmp_path.glob(".*tmp"))  # no staging leftovers

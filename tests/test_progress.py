@@ -1,4 +1,4 @@
-"""Progress lines in a log (stderr not a terminal): none for a loop under a second, the first within 5 s, then one
+"""Progress lines in a log (stderr not a terminal): none for a loop under three seconds, the first within 5 s, then one
 every tenth or 30 s, also from inside a long step (``within``, as ``evaluate`` reports a net's training)."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def lines(capsys: pytest.CaptureFixture) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line]
 
 
-def test_a_loop_under_a_second_prints_nothing(clock: Clock, capsys: pytest.CaptureFixture) -> None:
+def test_a_loop_under_three_seconds_prints_nothing(clock: Clock, capsys: pytest.CaptureFixture) -> None:
     bar = Progress(100, "quick")
     for _ in range(100):
-        clock.now += 0.009
+        clock.now += 0.029
         bar.update()
     bar.close()
     assert lines(capsys) == []

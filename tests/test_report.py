@@ -101,7 +101,8 @@ def test_a_comparison_cell_never_mixes_recipes(sets, tmp_path, digits):
     assert f"{100 * wrong.accuracy_mean:.1f}" not in row
     dd = ds.SyntheticSet.load(sets / "dd")
     record_evaluation(sets / "dd", ds.evaluate(dd, digits, protocol="standard", repeats=1, epochs=5))
-    record_evaluation(other, ds.evaluate(real, digits, net="mlp", protocol="standard", repeats=1, epochs=5))
+    real.net = dict(dd.net)  # the same net and init (DD's), as random_real_like gives
+    record_evaluation(other, ds.evaluate(real, digits, protocol="standard", repeats=1, epochs=5))
     row = (report([sets / "dd", other], tmp_path / "r.html")).read_text().split("<tr>")[2]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
     assert cells[5] == "–" and cells[7] != "–"  # the standard column now has its like-for-like twin
@@ -192,3 +193,12 @@ def test_report_replaces_its_own_page_and_refuses_any_other_file(sets, tmp_path,
     assert {p: p.read_bytes() for p in before} == before and link.is_symlink()
     assert main(["report", str(target), "--out", str(page / "x.html")]) == 2  # a file where a folder should be
     assert "cannot write the report" in capsys.readouterr().err
+
+
+def test_a_replay_twin_stands_only_beside_the_set_whose_steps_it_replays(sets, tmp_path, digits):
+    other = ds.distill("dd", digits, iterations=2, out=tmp_path / "dd2", seed=5, **FAST_DD)  # other learned lrs
+    record_evaluation(tmp_path / "dd2", ds.evaluate(other, digits, repeats=1))
+    row = (report([tmp_path / "dd2", sets / "random"], tmp_path / "r.html")).read_text().split("<tr>")[2]
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row)[5] == "–"  # the twin of the first DD set is not its twin
+    row = (report([sets / "dd", sets / "random"], tmp_path / "r.html")).read_text().split("<tr>")[2]
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row)[5] != "–"

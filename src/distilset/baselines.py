@@ -137,35 +137,41 @@ def baseline(
 
 
 def random_real_like(syn: SyntheticSet, data: Dataset, seed: int = 0) -> SyntheticSet:
-    """Random real images as many as ``syn`` holds (class-balanced, drawn with ``seed``), set up to be scored like
-    for like: the same network with the same options and init, and the same recipe wherever real images can follow
-    it (plain training; kernel regression, then with their one-hot labels; the teacher recipe, with the set's
-    teacher, DD-Ranking's pairing). A replay of learned steps (Dataset Distillation) is followed too: each real
-    image takes the place of a synthetic one of its class, so the same init, step order and learned lrs train on
-    it. A replay set whose classes are not balanced has no such twin; its twin trains by DC's protocol (compare it
-    with the set under ``protocol="standard"``)."""
-    real = baseline("random", data, ipc=max(1, len(syn) // data.num_classes), seed=seed)
+    """Random real images as many per class as ``syn`` holds (by its hard labels; drawn with ``seed``, class after
+    class), set up to be scored like for like: the same network with the same options and init, the same ZCA, and
+    the same recipe (plain training; kernel regression, then with their one-hot labels; the teacher recipe, with the
+    set's teacher, DD-Ranking's pairing). A replay of learned steps (Dataset Distillation) is followed too: each
+    real image takes the place of a synthetic one of its class, so the same init, step order and learned lrs train
+    on it."""
+    check_seed(seed)
+    if syn.zca is not None and data.zca is None:
+        data = data.with_zca()  # the set's space: its ZCA is the dataset's, fitted the same way
+    slots = syn.hard_labels().cpu()
+    counts = torch.bincount(slots, minlength=data.num_classes).tolist()
+    g = torch.Generator().manual_seed(seed)
+    if len(set(counts)) == 1:  # balanced: the random baseline's own draw
+        idx = data.sample_per_class(counts[0], g)
+    else:
+        idx = []
+        for c, n in enumerate(counts):
+            pool = data.class_indices(c)
+            if n > len(pool):
+                raise DistilsetError(
+                    f"the set holds {n} items of class {c} ({data.info.class_names[c]!r}) but the data has "
+                    f"{len(pool)} training images of it, so random real images cannot match its count"
+                )
+            idx.append(pool[torch.randperm(len(pool), generator=g)[:n]])
+        idx = torch.cat(idx)
+    images, labels = data.inputs(data.train_x[idx]), data.train_y[idx]
+    if isinstance(syn.recipe, Replay):  # into the set's slots: slot i of class c takes a real image of class c
+        order = torch.argsort(slots, stable=True)
+        images, labels = images[torch.argsort(order)], labels[torch.argsort(order)]
+    real = _make_set(data, images, labels, "random", {"baseline": "random", "like": syn.method, "seed": seed})
     real.net = dict(syn.net) if syn.net else syn.net
     if isinstance(syn.recipe, (Standard, KernelRidge)):
         real.recipe = syn.recipe
     elif isinstance(syn.recipe, Teacher):
         real.recipe, real.teacher = syn.recipe, syn.teacher
-    elif isinstance(syn.recipe, Replay) and len(real) == len(syn):
-        slots = syn.hard_labels()
-        if all(int((slots == c).sum()) == int((real.labels == c).sum()) for c in range(data.num_classes)):
-            order = torch.cat([torch.nonzero(real.labels == c).flatten() for c in range(data.num_classes)])
-            where = torch.cat([torch.nonzero(slots == c).flatten() for c in range(data.num_classes)])
-            images, labels = torch.empty_like(real.images), torch.empty_like(real.labels)
-            images[where], labels[where] = real.images[order], real.labels[order]
-            real.images, real.labels = images, labels
-            real.recipe, real.lrs, real.step_order, real.init_params = (
-                syn.recipe,
-                syn.lrs,
-                syn.step_order,
-                syn.init_params,
-            )
-        else:
-            real.recipe = Standard()
-    else:
-        real.recipe = Standard()
+    elif isinstance(syn.recipe, Replay):
+        real.recipe, real.lrs, real.step_order, real.init_params = syn.recipe, syn.lrs, syn.step_order, syn.init_params
     return real

@@ -356,6 +356,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     return 0
 
 
+@releases_locks
 def cmd_import(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     syn = import_set(args.format, args.path, data, index=args.index, variant=args.variant, zca=args.zca)
@@ -368,8 +369,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     syn = SyntheticSet.load(args.dir)
-    if args.format != "folder" and Path(args.out).exists():
-        raise DistilsetError(f"{args.out} exists; give a new file name (export never replaces a file)")
     path = export_set(syn, args.format, args.out)
     print(f"wrote {len(syn)} items of {args.dir} as {args.format} to {path}")
     return 0
@@ -659,9 +658,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distilset: error: {_render(e, flags)}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only directory, a full disk, a path under a file: the system's reason, one line
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"distilset: error: cannot write or read a file{where}: {e.strerror or e}; check the path, its "
-              "permissions and the free space", file=sys.stderr)  # fmt: skip
+        if os.environ.get("RANK", "0") == "0":
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"distilset: error: the system refused{where}: {e.strerror or e}; check the path, its "
+                  "permissions and the free space", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("distilset: interrupted", file=sys.stderr)

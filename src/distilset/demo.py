@@ -6,7 +6,7 @@ fixed init), label distillation (learned soft labels on real images) and KIP (im
 regression). Each set is scored by its own training recipe, next to random real images of the same count
 trained by the same recipe and net (``distilset.random_real_like``): the same fixed init and learned steps for
 DD, the same optimiser and steps with one-hot labels for label distillation, the same kernel for KIP.
-About a minute and a half on 2 CPU cores (``benchmarks/demo.py`` times it); sets, pictures and their recorded
+About a minute on 2 CPU cores (``benchmarks/demo.py`` times it); sets, pictures and their recorded
 evaluations land in out/demo/, and the demo ends by writing out/demo/report.html over all of them.
 """
 

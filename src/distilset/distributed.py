@@ -147,11 +147,13 @@ def init_from_env(device: str) -> tuple[Shards, str]:
                 f"WORLD_SIZE={world} asks for {world} processes, but {', '.join(missing)} is not set: launch with "
                 "`torchrun --nproc-per-node N -m distilset.cli ...`, or unset WORLD_SIZE to run in one process"
             )
-        if not os.environ.get("TORCHELASTIC_RUN_ID"):  # set by torchrun; without it the rendezvous would wait forever
+        launcher = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("DISTILSET_LAUNCHER")
+        if not launcher:  # torchrun sets the first; without a launcher the rendezvous would wait forever
             raise DistilsetError(
                 f"WORLD_SIZE={world} asks for {world} processes, but this one was not started by torchrun (no "
                 "TORCHELASTIC_RUN_ID), so nothing starts the others: launch with `torchrun --nproc-per-node N -m "
-                "distilset.cli ...`, or unset WORLD_SIZE to run in one process"
+                "distilset.cli ...`, or unset WORLD_SIZE to run in one process (another launcher that starts every "
+                "rank, such as srun: set DISTILSET_LAUNCHER=its name)"
             )
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         return current(), device

@@ -34,7 +34,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +236,13 @@ def import_folder(path: Path, data: Dataset) -> SyntheticSet:
     if labels_file.is_file():  # an export of ours: its item order and labels (soft ones too)
         stored = load_json(labels_file)
         listed = stored.get("files") if isinstance(stored, dict) else None
+        stored_labels = stored.get("labels") if isinstance(stored, dict) else None
         if (
             not isinstance(listed, list)
+            or not all(isinstance(f, str) for f in listed)
             or sorted(listed) != sorted(names)
-            or len(stored.get("labels", [])) != len(names)
+            or not isinstance(stored_labels, list)
+            or len(stored_labels) != len(names)
         ):
             raise DistilsetError(f"{labels_file} lists other files than the folders hold; delete it or fix it")
         x = x[torch.tensor([names.index(f) for f in listed])]
@@ -257,9 +263,12 @@ def import_tensors(path: Path, data: Dataset, fmt: str) -> SyntheticSet:
         if not path.is_file():
             raise DistilsetError(f"{path} not found")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an npz archive of named arrays")
+            with loaded as f:
                 obj = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, TypeError) as e:
             raise DistilsetError(f"{path} is not a readable npz of plain arrays ({str(e)[:160]})") from e
     else:
         obj = _load_pt(path, "tensors")
@@ -305,8 +314,13 @@ def export_set(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
     if fmt not in EXPORT_FORMATS:
         raise DistilsetError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
+    if fmt != "folder" and (out.exists() or out.is_symlink()):
+        raise DistilsetError(f"{out} exists; give a new file name (export never replaces a file)")
+    if fmt != "folder" and syn.zca is not None:
+        raise DistilsetError("this set is ZCA-whitened and npz/pt carry no ZCA matrix: export it as folder (pixels)")
     tensors = {"images": syn.images.detach().cpu().contiguous(), "labels": syn.labels.detach().cpu().contiguous(),
-               "mean": torch.tensor(syn.norm.mean), "std": torch.tensor(syn.norm.std)}  # fmt: skip
+               "mean": torch.tensor(syn.norm.mean, dtype=torch.float64),
+               "std": torch.tensor(syn.norm.std, dtype=torch.float64)}  # fmt: skip
     if fmt == "pt":
         buf = io.BytesIO()
         torch.save({**tensors, "class_names": list(syn.class_names)}, buf)
@@ -315,12 +329,29 @@ def export_set(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
         buf = io.BytesIO()
         np.savez(buf, **{k: v.numpy() for k, v in tensors.items()}, class_names=np.array(syn.class_names, dtype=str))
         return write_bytes(out, buf.getvalue())
-    from PIL import Image
-
     if syn.images.ndim != 4:
         raise DistilsetError("this set holds embeddings, not images: export it as npz or pt")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise DistilsetError(f"{out} exists and is not an empty directory; give a new directory for the images")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(staging, 0o777 & ~mask)  # mkdtemp's 0700 would outlive the rename
+    try:
+        _write_folder(syn, staging)
+        if out.exists():
+            out.rmdir()  # the empty directory given
+        os.replace(staging, out)  # all of it appears at once: an interruption leaves no half folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_folder(syn: SyntheticSet, out: Path) -> None:
+    from PIL import Image
+
     pixels = syn.to_pixels()
     hard = syn.hard_labels()
     files = []
@@ -335,4 +366,3 @@ def export_set(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
     labels = syn.labels.tolist()
     write_json(out / LABELS_FILE, {"classes": list(syn.class_names), "files": files, "labels": labels,
                                     "soft": syn.soft})  # fmt: skip
-    return out

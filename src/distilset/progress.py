@@ -73,12 +73,13 @@ class Progress:
 
     def _line(self, now: float, position: float, values: Mapping[str, float]) -> None:
         per = (now - self.start) / max(position - self.start_done, 1e-9)
-        count = f"{position:.0f}" if abs(position - round(position)) < 1e-6 else f"{position:.2f}".rstrip("0")
+        count = f"{position:.2f}".rstrip("0").rstrip(".")
         parts = [f"{self.desc}: {count}/{self.total} ({int(100 * position / max(1, self.total))} %)"]
         parts += [f"{k} {v:.4g}" for k, v in values.items()]
         parts.append(f"{per:.3g} s/it")
         if position < self.total:
-            parts.append(f"ETA {_duration(per * (self.total - position))}")
+            eta = _duration(per * (self.total - position)) if position - self.start_done >= 0.01 else "not yet known"
+            parts.append(f"ETA {eta}")
         print(", ".join(parts), file=sys.stderr, flush=True)
         self.last_line, self.last_done = now, position
         self.lines_printed += 1

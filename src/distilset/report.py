@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distilset.errors import DistilsetError
 from distilset.evaluate import load_evaluations
 from distilset.io import write_text
 from distilset.pictures import png_bytes
-from distilset.recipes import recipe_to_json
+from distilset.recipes import Replay, recipe_to_json
 from distilset.scores import load_scores
 from distilset.synset import SyntheticSet
 
@@ -162,12 +164,26 @@ def curves_svg(history: Sequence[Mapping[str, Any]], max_panels: int = 6) -> str
 
 
 def _same_run(a: Mapping, b: Mapping) -> bool:
-    """Two recorded evaluations of one recipe on one net (the same recipe fields, net and net options)."""
-    return (
-        a.get("recipe") == b.get("recipe")
-        and a.get("net") == b.get("net")
-        and a.get("net_kwargs") == b.get("net_kwargs")
+    """Two recorded evaluations of one recipe on one net: the same recipe fields, net, net options, init and
+    teacher."""
+    keys = ("recipe", "net", "net_kwargs")
+    settings = ("init", "teacher")
+    return all(a.get(k) == b.get(k) for k in keys) and all(
+        a.get("settings", {}).get(k) == b.get("settings", {}).get(k) for k in settings
     )
+
+
+def _same_steps(a: SyntheticSet, b: SyntheticSet) -> bool:
+    """For replay sets: the same learned steps (lrs, step order, init); else always true."""
+    if not isinstance(a.recipe, Replay):
+        return True
+
+    def same(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+        return (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+
+    mine, theirs = a.init_params or {}, b.init_params or {}
+    inits = mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+    return same(a.lrs, b.lrs) and same(a.step_order, b.step_order) and inits
 
 
 def _random_twin(entry: Entry, entries: Sequence[Entry], evaluation: Mapping | None) -> tuple[Entry, dict] | None:
@@ -179,6 +195,8 @@ def _random_twin(entry: Entry, entries: Sequence[Entry], evaluation: Mapping | N
         s = other.syn
         if other is entry or s.method != "random" or s.dataset != entry.syn.dataset or len(s) != len(entry.syn):
             continue
+        if evaluation.get("protocol") == "recipe" and not _same_steps(entry.syn, s):
+            continue  # a replay's twin replays that set's own learned steps
         same = [e for e in other.evaluations if _same_run(e, evaluation)]
         if same:
             return other, same[-1]

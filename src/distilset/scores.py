@@ -119,6 +119,7 @@ def full_accuracy(
         {
             "dataset": data.info.name,
             "train": len(data.train_y),
+            "zca": data.zca is not None,
             "net": net,
             "net_kwargs": net_kwargs,
             "recipe": recipe_to_json(recipe),
@@ -193,6 +194,9 @@ def scores(
             raise ConfigError(f"`{name}` must be a count >= 1, got {value}")
     check_seed(seed)
     check_seed(real_seed)
+    if syn.zca is not None and data.zca is None:
+        data = data.with_zca()  # every run in the set's space: the full data and the random images too
+    syn = dataclasses.replace(syn, views=None)  # stored views would fix the augmentation the ARS runs turn off
     kw = {"repeats": repeats, "seed": seed, "device": device, "progress": progress}
     real = random_real_like(syn, data, seed=real_seed)
     acc: dict[str, dict[str, Any]] = {}
@@ -201,7 +205,7 @@ def scores(
 
     hard = dataclasses.replace(syn, labels=syn.hard_labels(), views=None, teacher=None)
     hard.recipe = syn.recipe if isinstance(syn.recipe, Standard) else Standard()
-    standard = training_recipe(hard, "standard", flip=data.flips)
+    standard = dataclasses.replace(training_recipe(hard, "standard", flip=data.flips), loss="ce")
     syn_hard = evaluate(hard, data, protocol="standard", **kw)
     acc["syn-hard"] = _acc(syn_hard)
     net, net_kwargs = syn_hard.net, syn_hard.net_kwargs
@@ -266,6 +270,16 @@ def load_scores(directory: str | os.PathLike) -> list[dict]:
 
     def is_row(row: dict) -> bool:
         fraction = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # noqa: E731
-        return fraction(row.get("lrs")) and (row.get("ars") is None or fraction(row["ars"]))
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and -1 <= v <= 1  # noqa: E731
+        accuracies = row.get("accuracies")
+        return (
+            fraction(row.get("lrs"))
+            and (row.get("ars") is None or fraction(row["ars"]))
+            and all(number(row.get(k)) for k in ("hlr", "ior", "weight", "gamma"))
+            and isinstance(accuracies, dict)
+            and all(
+                isinstance(a, dict) and fraction(a.get("mean")) and number(a.get("std")) for a in accuracies.values()
+            )
+        )
 
     return load_records(Path(directory) / SCORES, is_row, "recorded scores (LRS and ARS in [0, 1])")

@@ -302,8 +302,10 @@ def _tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 
 def _restore(distiller: Distiller, state: dict[str, Any], where: Path) -> None:
     """Load the checkpoint's state, first checking every tensor this run also holds (the images, a fixed init, ...)
-    has this run's shape and dtype: a tensor of another shape would fail only later, inside a step."""
-    mine = dict(_tensors(distiller.state_dict()))
+    has this run's shape and dtype: a tensor of another shape would fail only later, inside a step. Tensors a fresh
+    run holds empty (a record that grows by an entry per iteration, as label distillation's errors) are not
+    compared."""
+    mine = {k: v for k, v in _tensors(distiller.state_dict()) if v.numel()}  # empty ones grow as a run goes on
     for key, tensor in _tensors(state):
         if key in mine and (mine[key].shape != tensor.shape or mine[key].dtype != tensor.dtype):
             raise DistilsetError(
