@@ -206,11 +206,6 @@ class Config:
         names = {s.name for s in field_specs(cls)}
         return cls(**{k: v for k, v in obj.items() if k in names})
 
-    def differences(self, other: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
-        """``(field, mine, theirs)`` for each field that differs, ``ignore`` left out."""
-        mine, theirs = self.to_json(), other.to_json()
-        return [(k, mine[k], theirs.get(k)) for k in mine if k not in ignore and mine[k] != theirs.get(k)]
-
 
 def _coerce(spec: FieldSpec, value: Any) -> Any:
     """Check ``value`` against the field's type (and coerce JSON shapes: lists to tuples, ints to floats)."""

@@ -38,20 +38,6 @@ DENSE, DIAG, FULL = "dense", "diag", "full"
 """How much spatial structure a kernel carries: none, each pixel with itself, or every pixel pair."""
 
 
-@dataclass
-class State:
-    """Kernels of a block of input pairs at one layer. ``k`` and ``ntk``: (N1, N2, *spatial); ``var1`` (N1,
-    *pixels) and ``var2`` (N2, *pixels): each input's variance at each pixel (the diagonal of its own
-    covariance), which ReLU needs; ``self1`` / ``self2``: each input's own full state where the mode needs it
-    (pooling turns off-diagonal self-covariances into variances)."""
-
-    mode: str
-    k: torch.Tensor
-    ntk: torch.Tensor
-    self1: tuple[torch.Tensor, torch.Tensor]
-    self2: tuple[torch.Tensor, torch.Tensor]
-
-
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """sqrt(max(x, 0)) with a zero (not infinite) gradient where x <= 0."""
     positive = x > 0

@@ -134,10 +134,6 @@ def unrolled_gradient(
     return loss.detach(), g_leaves
 
 
-def _as_tensor(loss: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
-    return loss if isinstance(loss, torch.Tensor) else torch.stack(list(loss)).sum()
-
-
 def _detached_unroll(net: nn.Module, params: Params, step_fn: StepFn, start: int, stop: int, loss_fn: LossFn) -> Params:
     """Steps without keeping any graph (values only), for the checkpointed forward pass."""
     for t in range(start, stop):

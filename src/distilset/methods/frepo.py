@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pytorch_optimizer import Lamb
 
 from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
@@ -125,6 +124,8 @@ class FRePo:
         labels = centred_one_hot(torch.arange(k).repeat_interleave(cfg.ipc), k).float() / scale
         self.labels = labels.to(ctx.device).requires_grad_(cfg.learn_labels)
         learned = [self.images] + ([self.labels] if cfg.learn_labels else [])
+        from pytorch_optimizer import Lamb  # loaded when FRePo runs, not on `import distilset`
+
         self.optimizer = Lamb(learned, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._decay)
         self.nets, self.online, self.ages = [], [], []
