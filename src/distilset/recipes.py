@@ -145,7 +145,8 @@ KIP_TRANSFER = Standard(
 """How finite networks train on a kernel set (``protocol="standard"`` for KIP and LS): KIP's released finite-net
 transfer (Nguyen et al. 2021, google-research ``kip/``): SGD with momentum 0.9, batch 100, 5000 steps, a cosine
 schedule, mean squared error on the set's regression targets. The notebooks do not state the learning rate; 0.01
-was the best of 0.01 / 0.03 / 0.1 for a digits KIP set and its random real twin alike on the MLP."""
+was the best of 0.01 / 0.03 / 0.1 for a digits KIP set on its MLP and within a quarter point of the best for its
+random real twin (``benchmarks/kip_transfer.py``)."""
 
 
 @dataclass(frozen=True)
