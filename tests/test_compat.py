@@ -73,4 +73,4 @@ def test_a_release_s_teacher_experts_and_baseline_load(root, digits):
     assert len(experts) == json.loads((root / "manifest.json").read_text())["experts"]["experts"]
     random = ds.SyntheticSet.load(root / "random")
     assert random.method == "random" and len(random) == 2 * digits.num_classes
-    assert ds.evaluate(random, digits, repeats=1).accuracy_mean > 0.3
+    assert torch.equal(random.hard_labels().bincount(), torch.full((digits.num_classes,), 2))
