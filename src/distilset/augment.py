@@ -224,8 +224,16 @@ class View:
     mix_from: torch.Tensor
 
 
-def draw_view(n: int, size: tuple[int, int], g: torch.Generator, patches: int = 1, scale=(0.5, 1.0),
-              flip: bool = True, cutmix: float = 1.0, beta: float = 1.0) -> View:  # fmt: skip
+def draw_view(
+    n: int,
+    size: tuple[int, int],
+    g: torch.Generator,
+    patches: int = 1,
+    scale=(0.5, 1.0),
+    flip: bool = True,
+    cutmix: float = 1.0,
+    beta: float = 1.0,
+) -> View:
     """The random choices of one view of ``n`` images of ``size``: patch-strip permutations, random resized crop
     boxes (``scale``: area shares), flips (when ``flip``), and with probability ``cutmix`` one CutMix box (Yun et al.
     2019: area share ``1 - lam``, lam ~ Beta(beta, beta)) pasted from a shuffled copy of the batch."""

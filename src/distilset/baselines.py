@@ -32,8 +32,9 @@ def _class_sizes_check(data: Dataset, ipc: int) -> None:
 
 
 def _make_set(data: Dataset, images: torch.Tensor, labels: torch.Tensor, method: str, config: dict) -> SyntheticSet:
-    return SyntheticSet.for_dataset(data, images.contiguous().clone(), labels.contiguous().clone(), method,
-                                    config=config)  # fmt: skip
+    return SyntheticSet.for_dataset(
+        data, images.contiguous().clone(), labels.contiguous().clone(), method, config=config
+    )
 
 
 def _per_class(
@@ -118,8 +119,10 @@ def baseline(
         idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
         images, labels = data.inputs(data.train_x[idx]), data.train_y[idx]
     elif data.token_embedding is not None:
-        raise DistilsetError(f"the {name} baseline needs images or embedded vectors; {data.info.name} holds token ids "
-                             "(random and full work on it)")  # fmt: skip
+        raise DistilsetError(
+            f"the {name} baseline needs images or embedded vectors; {data.info.name} holds token ids "
+            "(random and full work on it)"
+        )
     elif name == "mean":
         images, labels = _per_class(data, ipc, _mean, seed, bar)
     elif name == "kmeans":

@@ -106,8 +106,9 @@ def _help(spec: FieldSpec, flags: Mapping[str, str], default_text: str | None) -
     return f"{doc} (default: {default})".replace("%", "%%")
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None,
-                       skip: tuple[str, ...] = ()) -> None:  # fmt: skip
+def add_config_options(
+    parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None, skip: tuple[str, ...] = ()
+) -> None:
     """One option per field of the config class ``cls``; only options given on the line reach the namespace.
 
     ``default_text`` replaces the field defaults in the help (e.g. evaluate: "the set's recipe"); ``skip``: fields
@@ -149,20 +150,27 @@ def flags_of(cls: type) -> dict[str, str]:
 
 def _flags_of_parser(p: argparse.ArgumentParser) -> dict[str, str]:
     """Option name -> its flag, for every option of a (sub)command: how error messages name options."""
-    return {a.dest: next(o for o in a.option_strings if o.startswith("--")) for a in p._actions
-            if any(o.startswith("--") for o in a.option_strings)}  # fmt: skip
+    return {
+        a.dest: next(o for o in a.option_strings if o.startswith("--"))
+        for a in p._actions
+        if any(o.startswith("--") for o in a.option_strings)
+    }
 
 
 # ---- commands -------------------------------------------------------------------------------------------
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True, unless: str = "") -> None:
     """``--dataset`` (required, or when ``unless`` says where it otherwise comes from, optional and saying so) and
     the options that locate its files."""
-    p.add_argument("--dataset", required=required,
-                   help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH"
-                        + (f" (required unless {unless})" if unless else ""))  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        required=required,
+        help="digits, mnist5k, fashion-mnist, mnist, ..., npz:PATH, folder:PATH"
+        + (f" (required unless {unless})" if unless else ""),
+    )
     p.add_argument("--data-root", default=None, help="directory of raw dataset files (default $DISTILSET_DATA_ROOT)")
-    p.add_argument("--data-path", default=None,
-                   help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)")  # fmt: skip
+    p.add_argument(
+        "--data-path", default=None, help="explicit location of this dataset's files (e.g. Fashion-MNIST IDX dir)"
+    )
     p.add_argument("--download", action="store_true", help="download missing files (checksum-verified)")
 
 
@@ -172,8 +180,9 @@ def _add_ray_arg(p: argparse.ArgumentParser, what: str) -> None:
         action="store_true",
         help=f"run on Ray: {what}; this machine's cluster or a new local one (needs distilset[ray])",
     )
-    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                   help="with --ray: the cluster to join, auto or HOST:PORT")  # fmt: skip
+    p.add_argument(
+        "--ray-address", default=None, metavar="ADDRESS", help="with --ray: the cluster to join, auto or HOST:PORT"
+    )
 
 
 def _ray_of(args: argparse.Namespace) -> bool | str | None:
@@ -252,10 +261,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
     result = evaluate(
-        syn, data, net=args.net, net_kwargs=dict(args.net_arg or []) or None, protocol=args.protocol,
-        repeats=args.repeats, seed=args.seed, device=args.device, progress=not args.json, ray=_ray_of(args),
-        teacher=_teacher_of(args), **_recipe_options(args),
-    )  # fmt: skip
+        syn,
+        data,
+        net=args.net,
+        net_kwargs=dict(args.net_arg or []) or None,
+        protocol=args.protocol,
+        repeats=args.repeats,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.json,
+        ray=_ray_of(args),
+        teacher=_teacher_of(args),
+        **_recipe_options(args),
+    )
     if args.json:  # the result first: a save that fails below does not lose it
         print(json.dumps(result.to_json(), indent=2), flush=True)
     else:
@@ -270,13 +288,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_scores(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
     """``evaluate --scores``: DD-Ranking's scores, each accuracy they come from, and the scores line."""
-    others = [flag for flag, given in (("--nets", args.nets), ("--net", args.net), ("--net-arg", args.net_arg),
-              ("--protocol", args.protocol), ("--teacher", args.teacher), ("--ray", args.ray)) if given]  # fmt: skip
+    others = [
+        flag
+        for flag, given in (
+            ("--nets", args.nets),
+            ("--net", args.net),
+            ("--net-arg", args.net_arg),
+            ("--protocol", args.protocol),
+            ("--teacher", args.teacher),
+            ("--ray", args.ray),
+        )
+        if given
+    ]
     if others or _recipe_options(args):
         named = others[0] if others else "a training option"
         raise UsageError(f"--scores trains by the set's own recipe and net and by DC's protocol; drop {named}")
-    result = scores(syn, data, repeats=args.repeats, seed=args.seed, weight=args.lrs_weight, gamma=args.ars_gamma,
-                    full_steps=args.full_steps, device=args.device, progress=not args.json)  # fmt: skip
+    result = scores(
+        syn,
+        data,
+        repeats=args.repeats,
+        seed=args.seed,
+        weight=args.lrs_weight,
+        gamma=args.ars_gamma,
+        full_steps=args.full_steps,
+        device=args.device,
+        progress=not args.json,
+    )
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     else:
@@ -296,9 +333,19 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
     if args.net is not None or args.net_arg:
         raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
-    results = evaluate_nets(syn, data, nets, protocol=args.protocol, repeats=args.repeats, seed=args.seed,
-                            device=args.device, progress=not args.json, ray=_ray_of(args), teacher=_teacher_of(args),
-                            **_recipe_options(args))  # fmt: skip
+    results = evaluate_nets(
+        syn,
+        data,
+        nets,
+        protocol=args.protocol,
+        repeats=args.repeats,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.json,
+        ray=_ray_of(args),
+        teacher=_teacher_of(args),
+        **_recipe_options(args),
+    )
     own = (syn.net or {}).get("name", "convnet")
     transfer = transfer_accuracy(results, own)
     if args.save:
@@ -330,9 +377,17 @@ def _recipe_options(args: argparse.Namespace) -> dict:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
-    teacher = train_teacher(data, args.out, TeacherConfig(**config_options(args, TeacherConfig)), seed=args.seed,
-                            device=args.device, resume=args.resume, overwrite=args.overwrite, progress=True,
-                            log=print)  # fmt: skip
+    teacher = train_teacher(
+        data,
+        args.out,
+        TeacherConfig(**config_options(args, TeacherConfig)),
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=True,
+        log=print,
+    )
     print(f"wrote {teacher.describe()} to {args.out}")
     return 0
 
@@ -351,8 +406,10 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     taught = relabel(syn, teacher, recipe, top_k=args.top_k, seed=args.seed, device=args.device, progress=True)
     taught.save(args.dir)
     size = sum(p.stat().st_size for p in Path(args.dir).glob("synset.*"))
-    print(f"stored {taught.views.epochs} epochs x {len(syn)} views (top-{taught.views.top_k}) in {args.dir}/"
-          f"{VIEWS_FILE}: {taught.views.nbytes / 2**20:.2f} MB beside {size / 2**20:.2f} MB of set")  # fmt: skip
+    print(
+        f"stored {taught.views.epochs} epochs x {len(syn)} views (top-{taught.views.top_k}) in {args.dir}/"
+        f"{VIEWS_FILE}: {taught.views.nbytes / 2**20:.2f} MB beside {size / 2**20:.2f} MB of set"
+    )
     return 0
 
 
@@ -362,8 +419,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     syn = import_set(args.format, args.path, data, index=args.index, variant=args.variant, zca=args.zca)
     out = prepare_out(args.out, overwrite=args.overwrite, offers=("overwrite",))  # after every check: none failed
     syn.save(out)
-    print(f"wrote {len(syn)} images ({args.format} from {args.path}, {data.info.name}; recipe "
-          f"{syn.recipe.describe()}) to {out}")  # fmt: skip
+    print(
+        f"wrote {len(syn)} images ({args.format} from {args.path}, {data.info.name}; recipe "
+        f"{syn.recipe.describe()}) to {out}"
+    )
     return 0
 
 
@@ -383,11 +442,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_experts(args: argparse.Namespace) -> int:
     data = _load(args, zca=args.zca)
     cfg = ExpertConfig(**config_options(args, ExpertConfig))
-    buf = train_experts(data, args.out, args.experts, cfg, seed=args.seed, device=args.device, progress=True,
-                        ray=_ray_of(args), overwrite=args.overwrite)  # fmt: skip
+    buf = train_experts(
+        data,
+        args.out,
+        args.experts,
+        cfg,
+        seed=args.seed,
+        device=args.device,
+        progress=True,
+        ray=_ray_of(args),
+        overwrite=args.overwrite,
+    )
     accs = [buf.manifest["experts"][str(i)]["test_accuracy"] for i in buf.ids]
-    print(f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
-          f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)")  # fmt: skip
+    print(
+        f"{len(buf)} experts x {buf.epochs} epochs of {buf.manifest['config']['net']} on {data.info.name} in "
+        f"{args.out} (final test accuracy {100 * sum(accs) / len(accs):.2f} % mean)"
+    )
     return 0
 
 
@@ -401,11 +471,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise DistilsetError("--dataset is required (or a --preset of this method that names one)")
     data = _load(args, zca=args.zca)
     syn = distill(
-        method.name, data, iterations=args.iterations, out=args.out, seed=args.seed, device=args.device,
-        resume=args.resume, overwrite=args.overwrite, progress=True, checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every, preset=args.preset, log=print, data_root=args.data_root,
-        download=args.download, ray=_ray_of(args) if method.ray else None, **config_options(args, method.config),
-    )  # fmt: skip
+        method.name,
+        data,
+        iterations=args.iterations,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=True,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        preset=args.preset,
+        log=print,
+        data_root=args.data_root,
+        download=args.download,
+        ray=_ray_of(args) if method.ray else None,
+        **config_options(args, method.config),
+    )
     if not current().writer:  # data-parallel: rank 0 reports
         return 0
     print(f"wrote {len(syn)} distilled items ({method.name}, {data.info.name}) to {args.out}")
@@ -420,15 +503,26 @@ def cmd_teach(args: argparse.Namespace) -> int:
     system = SYSTEMS[args.system]
     data = _load(args)
     taught = teach(
-        system.name, data, out=args.out, seed=args.seed, device=args.device, overwrite=args.overwrite,
-        progress=True, log=print, data_root=args.data_root, download=args.download,
-        ray=_ray_of(args) if system.ray else None, **config_options(args, system.config),
-    )  # fmt: skip
+        system.name,
+        data,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=True,
+        log=print,
+        data_root=args.data_root,
+        download=args.download,
+        ray=_ray_of(args) if system.ray else None,
+        **config_options(args, system.config),
+    )
     for c in taught.report.get("claims", []):
         numbers = ", ".join(f"{k} {v:g}" for k, v in c.items() if k not in ("claim", "holds"))
         print(f"{'holds' if c['holds'] else 'does not hold'}: {c['claim']} ({numbers})")
-    print(f"wrote models/, labels.safetensors, report.json and teach.png ({system.name}, {data.info.name}) to "
-          f"{args.out} in {taught.report['seconds']:.0f} s")  # fmt: skip
+    print(
+        f"wrote models/, labels.safetensors, report.json and teach.png ({system.name}, {data.info.name}) to "
+        f"{args.out} in {taught.report['seconds']:.0f} s"
+    )
     return 0
 
 
@@ -440,17 +534,28 @@ def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     presets = ", ".join(method.presets) or "none"
     shared.add_argument("--preset", default=None, help=f"named settings of the papers: {presets}")
     budget = method.config.ITERATIONS_HELP or method.config.ITERATIONS
-    shared.add_argument("--iterations", type=int, default=None,
-                        help=f"outer iterations (default: the preset's, else {budget})")  # fmt: skip
+    shared.add_argument(
+        "--iterations", type=int, default=None, help=f"outer iterations (default: the preset's, else {budget})"
+    )
     _add_run_args(shared)
     shared.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    shared.add_argument("--overwrite", action="store_true",
-                        help="replace the run already in --out (refused without this or --resume)")  # fmt: skip
+    shared.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (refused without this or --resume)"
+    )
     shared.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (50)")
-    shared.add_argument("--eval-every", type=int, default=0,
-                        help="record accuracy every N iterations on held-out training images (not test)")  # fmt: skip
-    shared.add_argument("--evaluate", type=int, default=0, metavar="R",
-                        help="after distilling, train R fresh nets by the set's recipe and report")  # fmt: skip
+    shared.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="record accuracy every N iterations on held-out training images (not test)",
+    )
+    shared.add_argument(
+        "--evaluate",
+        type=int,
+        default=0,
+        metavar="R",
+        help="after distilling, train R fresh nets by the set's recipe and report",
+    )
     if method.ray:
         _add_ray_arg(shared, "the method's independent parts run as Ray tasks")
 
@@ -468,9 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", choices=BASELINES)
     _add_data_args(p)
     p.add_argument("--ipc", type=int, default=None, help="images per class (default: 10; with --like, the set's)")
-    p.add_argument("--like", metavar="DIR", default=None,
-                   help="random only: as many images as the set in DIR, with its net and training recipe, so the "
-                        "two are scored like for like (distilset.random_real_like)")  # fmt: skip
+    p.add_argument(
+        "--like",
+        metavar="DIR",
+        default=None,
+        help="random only: as many images as the set in DIR, with its net and training recipe, so the "
+        "two are scored like for like (distilset.random_real_like)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace the set or run already in --out")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the data (the set carries the matrix)")
@@ -490,10 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, ExpertConfig, "expert training")
     p.set_defaults(func=cmd_experts, flags=_flags_of_parser(p))
 
-    p = sub.add_parser("teacher", help="train a teacher for the teacher recipe and sre2l/rded (SRe2L's squeeze)",
-                       description="Train a teacher on all training images: the network whose soft labels the "
-                                   "teacher recipe distils (`evaluate --teacher DIR`, `distill sre2l|rded --teacher "
-                                   "DIR`).")  # fmt: skip
+    p = sub.add_parser(
+        "teacher",
+        help="train a teacher for the teacher recipe and sre2l/rded (SRe2L's squeeze)",
+        description="Train a teacher on all training images: the network whose soft labels the "
+        "teacher recipe distils (`evaluate --teacher DIR`, `distill sre2l|rded --teacher "
+        "DIR`).",
+    )
     _add_data_args(p)
     p.add_argument("--out", required=True, help="teacher directory (teacher.safetensors, teacher.json, checkpoint/)")
     p.add_argument("--zca", action="store_true", help="train on ZCA-whitened data")
@@ -503,8 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, TeacherConfig, "teacher training")
     p.set_defaults(func=cmd_teacher, flags=_flags_of_parser(p))
 
-    p = sub.add_parser("distill", help="distill a dataset into a small synthetic set with METHOD",
-                       description=DISTILL_DESCRIPTION)  # fmt: skip
+    p = sub.add_parser(
+        "distill", help="distill a dataset into a small synthetic set with METHOD", description=DISTILL_DESCRIPTION
+    )
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
     for method in METHODS.values():
         m = methods.add_parser(method.name, help=method.summary, description=method.summary)
@@ -512,9 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_options(m, method.config, f"{method.name} options")
         m.set_defaults(func=cmd_distill, flags=_flags_of_parser(m))
 
-    p = sub.add_parser("teach", help="teacher-student systems: distil trained models into labels (SYSTEM)",
-                       description="Teacher-student systems that distil knowledge from trained models into labels "
-                                   "and train students on them.")  # fmt: skip
+    p = sub.add_parser(
+        "teach",
+        help="teacher-student systems: distil trained models into labels (SYSTEM)",
+        description="Teacher-student systems that distil knowledge from trained models into labels "
+        "and train students on them.",
+    )
     systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM", parser_class=_Parser)
     for system in SYSTEMS.values():
         m = systems.add_parser(system.name, help=system.summary, description=system.summary)
@@ -532,19 +648,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory holding synset.json and synset.safetensors")
     _add_data_args(p, required=False, unless="the set names a registered dataset, which is then used")
     p.add_argument("--net", default=None, help="network (default: the set's own, else convnet)")
-    p.add_argument("--nets", default=None, metavar="A,B,...",
-                   help="evaluate with each of these networks (e.g. convnet,convnet-bn,lenet,mlp,resnet18): a table "
-                        "and the mean over the nets the set was not made with")  # fmt: skip
-    p.add_argument("--net-arg", action="append", type=_key_value, metavar="KEY=VALUE",
-                   help="network option, e.g. width=32")  # fmt: skip
+    p.add_argument(
+        "--nets",
+        default=None,
+        metavar="A,B,...",
+        help="evaluate with each of these networks (e.g. convnet,convnet-bn,lenet,mlp,resnet18): a table "
+        "and the mean over the nets the set was not made with",
+    )
+    p.add_argument(
+        "--net-arg", action="append", type=_key_value, metavar="KEY=VALUE", help="network option, e.g. width=32"
+    )
     _add_ray_arg(p, "each repeat (with --nets, each network) is a Ray task")
     p.add_argument("--repeats", type=int, default=5, help="fresh networks to train (default: 5)")
-    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                   help="recipe: the set's own training recipe (default); standard: DC's protocol; teacher: soft "
-                        "labels of a teacher on augmented views (the default with --teacher)")  # fmt: skip
-    p.add_argument("--teacher", default=None, metavar="DIR",
-                   help="teacher for the teacher recipe: a directory from `distilset teacher` (or a set carrying "
-                        "one); trains any set, random real images included, against its soft labels")  # fmt: skip
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="recipe: the set's own training recipe (default); standard: DC's protocol; teacher: soft "
+        "labels of a teacher on augmented views (the default with --teacher)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="DIR",
+        help="teacher for the teacher recipe: a directory from `distilset teacher` (or a set carrying "
+        "one); trains any set, random real images included, against its soft labels",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--save", action="store_true", help="append the result to DIR/evaluations.json (--scores: DIR/scores.json)"
@@ -564,18 +693,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-steps", type=int, default=FULL_STEPS, help=f"most minibatch steps of the full-data run ({FULL_STEPS})"
     )
     _add_run_args(p)
-    add_config_options(p, Standard, "training options (override the chosen standard or teacher recipe)",
-                       default_text="the set's recipe, DC's protocol with --protocol standard, or the teacher "
-                                    "recipe's")  # fmt: skip
-    add_config_options(p, Teacher, "teacher recipe options (with --teacher or --protocol teacher)",
-                       default_text="the set's teacher recipe, else the defaults for its size",
-                       skip=tuple(s.name for s in field_specs(Standard)))  # fmt: skip
+    add_config_options(
+        p,
+        Standard,
+        "training options (override the chosen standard or teacher recipe)",
+        default_text="the set's recipe, DC's protocol with --protocol standard, or the teacher recipe's",
+    )
+    add_config_options(
+        p,
+        Teacher,
+        "teacher recipe options (with --teacher or --protocol teacher)",
+        default_text="the set's teacher recipe, else the defaults for its size",
+        skip=tuple(s.name for s in field_specs(Standard)),
+    )
     p.set_defaults(func=cmd_evaluate, flags=_flags_of_parser(p))
 
-    p = sub.add_parser("relabel", help="store the teacher recipe's views and soft labels with a set (FKD)",
-                       description="Compute the teacher recipe's augmented views of a set and the teacher's soft "
-                                   "labels of them once, and store them with the set (views.safetensors), so that "
-                                   "training on it runs no teacher.")  # fmt: skip
+    p = sub.add_parser(
+        "relabel",
+        help="store the teacher recipe's views and soft labels with a set (FKD)",
+        description="Compute the teacher recipe's augmented views of a set and the teacher's soft "
+        "labels of them once, and store them with the set (views.safetensors), so that "
+        "training on it runs no teacher.",
+    )
     p.add_argument("dir", help="set directory (its teacher and recipe are used unless --teacher is given)")
     p.add_argument("--teacher", default=None, metavar="DIR", help="teacher directory (default: the set's own)")
     p.add_argument("--top-k", type=int, default=None, help="probabilities kept per view (default: all, at most 100)")
@@ -584,22 +723,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_relabel, flags=_flags_of_parser(p))
 
     p = sub.add_parser("import", help="read a set another project wrote (MTT, DC/DSA/DM, image folders, pt, npz)")
-    p.add_argument("format", choices=IMPORT_FORMATS, help="mtt: images_best.pt and labels_best.pt in PATH; dc: a "
-                   "res_*.pt of DC, DSA or DM; folder: a folder per class; pt / npz: images and labels")  # fmt: skip
+    p.add_argument(
+        "format",
+        choices=IMPORT_FORMATS,
+        help="mtt: images_best.pt and labels_best.pt in PATH; dc: a "
+        "res_*.pt of DC, DSA or DM; folder: a folder per class; pt / npz: images and labels",
+    )
     p.add_argument("path", help="the file or directory to read")
     _add_data_args(p)
     p.add_argument("--out", required=True, help="directory to write the set to")
     p.add_argument("--overwrite", action="store_true", help="replace the set already in --out")
     p.add_argument("--index", type=int, default=0, help="dc: which experiment of the results file (default: 0)")
-    p.add_argument("--variant", choices=("dc", "dsa", "dm"), default="dc",
-                   help="dc: the method that made it, which sets the recipe's DSA (default: dc, none)")  # fmt: skip
+    p.add_argument(
+        "--variant",
+        choices=("dc", "dsa", "dm"),
+        default="dc",
+        help="dc: the method that made it, which sets the recipe's DSA (default: dc, none)",
+    )
     p.add_argument("--zca", action="store_true", help="mtt: the images are ZCA-whitened (load the data with ZCA)")
     p.set_defaults(func=cmd_import, flags=_flags_of_parser(p))
 
     p = sub.add_parser("export", help="write a set as image folders, npz or pt, for other projects")
     p.add_argument("dir", help="set directory")
-    p.add_argument("--format", choices=EXPORT_FORMATS, required=True,
-                   help="folder: PNG per class and labels.json; npz / pt: the tensors and normalisation")  # fmt: skip
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        required=True,
+        help="folder: PNG per class and labels.json; npz / pt: the tensors and normalisation",
+    )
     p.add_argument("--out", required=True, help="the file (npz, pt) or new directory (folder) to write")
     p.set_defaults(func=cmd_export, flags=_flags_of_parser(p))
 
@@ -626,8 +777,9 @@ def _foreign_option_error(args: argparse.Namespace, extra: list[str]) -> UsageEr
             f"{option} is not an option of `distill {args.method}` (it belongs to {', '.join(owners)}); "
             f"`distilset distill {args.method} --help` lists its options"
         )
-    return UsageError(f"unrecognized option {option} for `distill {args.method}`{hint} "
-                      f"(see `distilset distill {args.method} --help`)")  # fmt: skip
+    return UsageError(
+        f"unrecognized option {option} for `distill {args.method}`{hint} (see `distilset distill {args.method} --help`)"
+    )
 
 
 def _render(error: DistilsetError, flags: Mapping[str, str]) -> str:
@@ -646,8 +798,10 @@ def main(argv: list[str] | None = None) -> int:
             _check_device(args.device)
         if world_size() > 1:  # under torchrun
             if args.command != "distill":
-                raise UsageError(f"`{args.command}` runs in one process; under torchrun only `distill` runs, with "
-                                 f"one of {', '.join(data_parallel_methods())}")  # fmt: skip
+                raise UsageError(
+                    f"`{args.command}` runs in one process; under torchrun only `distill` runs, with "
+                    f"one of {', '.join(data_parallel_methods())}"
+                )
             _, args.device = init_from_env(args.device)
         return args.func(args)
     except Interrupted as e:
@@ -660,8 +814,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a read-only directory, a full disk, a path under a file: the system's reason, one line
         if os.environ.get("RANK", "0") == "0":
             where = f" ({e.filename})" if e.filename else ""
-            print(f"distilset: error: the system refused{where}: {e.strerror or e}; check the path, its "
-                  "permissions and the free space", file=sys.stderr)  # fmt: skip
+            print(
+                f"distilset: error: the system refused{where}: {e.strerror or e}; check the path, its "
+                "permissions and the free space",
+                file=sys.stderr,
+            )
         return 2
     except KeyboardInterrupt:
         print("distilset: interrupted", file=sys.stderr)

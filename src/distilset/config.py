@@ -117,11 +117,20 @@ def field_specs(cls: type) -> tuple[FieldSpec, ...]:
         default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        specs.append(FieldSpec(
-            name=f.name, base=base, optional=optional, choices=choices, nargs=nargs, elem=elem,
-            doc=docs.get(f.name, ""), auto=f.metadata.get(AUTO), flag=f.metadata.get(FLAG) or flag_of(f.name),
-            default=default,
-        ))  # fmt: skip
+        specs.append(
+            FieldSpec(
+                name=f.name,
+                base=base,
+                optional=optional,
+                choices=choices,
+                nargs=nargs,
+                elem=elem,
+                doc=docs.get(f.name, ""),
+                auto=f.metadata.get(AUTO),
+                flag=f.metadata.get(FLAG) or flag_of(f.name),
+                default=default,
+            )
+        )
     return tuple(specs)
 
 
@@ -245,8 +254,9 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
             want = f"{spec.nargs} values" if isinstance(spec.nargs, int) else "one or more values"
             raise ConfigError(f"`{name}` needs {want}, got {value!r}")
         numeric = (int,) if spec.elem is int else (int, float)
-        if any(isinstance(v, bool) or not isinstance(v, numeric if spec.elem in (int, float) else spec.elem)
-               for v in value):  # fmt: skip
+        if any(
+            isinstance(v, bool) or not isinstance(v, numeric if spec.elem in (int, float) else spec.elem) for v in value
+        ):
             raise ConfigError(f"`{name}` needs {spec.elem.__name__} values, got {value!r}")
         return tuple(spec.elem(v) for v in value)
     return value

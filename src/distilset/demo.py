@@ -34,8 +34,10 @@ def main(out: str = "out/demo") -> list[dict]:
     """Run the demo into ``out``; returns the table's rows (what ``benchmarks/demo.py`` records)."""
     data = ds.load_dataset("digits")
     print(f"{data}\n")
-    print(f"| {'set (default flags)':<28} | {'images':>6} | {'distilled %':>11} | {'random real %':>13} | "
-          f"{'time s':>6} | recipe (the same for both)")  # fmt: skip
+    print(
+        f"| {'set (default flags)':<28} | {'images':>6} | {'distilled %':>11} | {'random real %':>13} | "
+        f"{'time s':>6} | recipe (the same for both)"
+    )
     print(f"|{'-' * 30}|{'-' * 8}|{'-' * 13}|{'-' * 15}|{'-' * 8}|{'-' * 27}")
     dirs: list[Path] = []
     rows = []
@@ -53,12 +55,24 @@ def main(out: str = "out/demo") -> list[dict]:
         dirs += [run_dir, real_dir]
         seconds = time.perf_counter() - t0
         recipe = f"{syn.recipe.describe()}; {res.net}"
-        print(f"| {name:<28} | {len(syn):>6} | {_pct(res):>11} | {_pct(real_res):>13} | {seconds:>6.1f} | {recipe}",
-              flush=True)  # fmt: skip
-        rows.append({"set": name, "method": method, "images": len(syn), "recipe": recipe, "repeats": repeats,
-                     "distilled": res.accuracy_mean, "distilled_std": res.accuracy_std,
-                     "random_real": real_res.accuracy_mean, "random_real_std": real_res.accuracy_std,
-                     "seconds": round(seconds, 1)})  # fmt: skip
+        print(
+            f"| {name:<28} | {len(syn):>6} | {_pct(res):>11} | {_pct(real_res):>13} | {seconds:>6.1f} | {recipe}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "set": name,
+                "method": method,
+                "images": len(syn),
+                "recipe": recipe,
+                "repeats": repeats,
+                "distilled": res.accuracy_mean,
+                "distilled_std": res.accuracy_std,
+                "random_real": real_res.accuracy_mean,
+                "random_real_std": real_res.accuracy_std,
+                "seconds": round(seconds, 1),
+            }
+        )
     page = ds.report(dirs, Path(out) / "report.html", title="distilset demo: digits with default flags")
     print(f"\nsets, grid.png pictures and history.json in {out}/; score a set again and record it with:")
     print(f"  distilset evaluate {out}/labels --repeats 10 --save")

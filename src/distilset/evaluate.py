@@ -164,8 +164,10 @@ def training_recipe(syn: SyntheticSet, protocol: str = "recipe", flip: bool = Tr
         raise DistilsetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     unknown = sorted(set(overrides) - set(STANDARD_FIELDS) - set(TEACHER_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; options: "
-                          f"{', '.join(dict.fromkeys(STANDARD_FIELDS + TEACHER_FIELDS))}")  # fmt: skip
+        raise ConfigError(
+            f"unknown training option(s) {', '.join(unknown)}; options: "
+            f"{', '.join(dict.fromkeys(STANDARD_FIELDS + TEACHER_FIELDS))}"
+        )
     if protocol == "teacher":
         base = syn.recipe if isinstance(syn.recipe, Teacher) else teacher_recipe(len(syn), syn.num_classes, flip)
     elif protocol == "recipe":
@@ -296,8 +298,10 @@ def evaluate(
     check_seed(seed)
     if isinstance(recipe, KernelRidge):
         if net is not None:
-            raise DistilsetError(f"a kernel-regression set has no network to swap for {net!r}; add --protocol "
-                                 "standard to train finite networks on it")  # fmt: skip
+            raise DistilsetError(
+                f"a kernel-regression set has no network to swap for {net!r}; add --protocol "
+                "standard to train finite networks on it"
+            )
         return _kernel_regression(syn, data, recipe, device)
     spec = syn.net or {}
     if net is None:  # the set's own net; a set without one: DC's ConvNet for images, else the classic choice
@@ -361,25 +365,30 @@ def evaluate(
             "recipe_text": recipe.describe(),
             **({"teacher": teacher.spec()} if teacher is not None else {}),
             **({"views": f"stored: {views.epochs} epochs, top-{views.top_k}"} if views is not None else {}),
-        },  # fmt: skip
+        },
     )
 
 
-def _recipe_teacher(syn: SyntheticSet, recipe: Recipe, teacher: TeacherNet | str | os.PathLike | None,
-                 device: str) -> TeacherNet | None:  # fmt: skip
+def _recipe_teacher(
+    syn: SyntheticSet, recipe: Recipe, teacher: TeacherNet | str | os.PathLike | None, device: str
+) -> TeacherNet | None:
     """The teacher a teacher recipe trains against (the one given, else the set's own), checked against the set;
     None for the other recipes, which refuse a teacher they would not use."""
     if not isinstance(recipe, Teacher):
         if teacher is not None:
-            raise ConfigError(f"`teacher` is used by the teacher recipe, but this evaluation trains by "
-                              f"{recipe.describe()}; drop `teacher`, or choose `protocol` teacher")  # fmt: skip
+            raise ConfigError(
+                f"`teacher` is used by the teacher recipe, but this evaluation trains by "
+                f"{recipe.describe()}; drop `teacher`, or choose `protocol` teacher"
+            )
         return None
     if teacher is not None and not isinstance(teacher, TeacherNet):
         teacher = load_teacher(teacher)
     teacher = teacher if teacher is not None else syn.teacher
     if teacher is None:
-        raise DistilsetError("the teacher protocol trains against a teacher's soft labels, and this set carries none: "
-                             "give `teacher`, a directory made by `distilset teacher`")  # fmt: skip
+        raise DistilsetError(
+            "the teacher protocol trains against a teacher's soft labels, and this set carries none: "
+            "give `teacher`, a directory made by `distilset teacher`"
+        )
     teacher.check_fits(syn.image_shape, syn.num_classes, syn.norm, syn.zca is not None, syn.dataset)
     return teacher.to(device)
 
@@ -425,15 +434,31 @@ def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, de
         k_ts = net.kernel(test_x.to(device), x, get=recipe.kernel)
         predictions = krr(k_ss, k_ts, y, reg=recipe.reg).argmax(1)
     acc = float((predictions.cpu() == test_y.cpu()).double().mean())
-    return EvalResult(protocol="recipe", net=f"kernel:{recipe.arch}", net_kwargs={"depth": recipe.depth},
-                      dataset=data.info.name, recipe=recipe_to_json(recipe), repeats=1, seeds=[0], runs=[acc],
-                      accuracy_mean=acc, accuracy_std=0.0, wall_time_s=time.perf_counter() - start,
-                      warning=at_chance(acc, data.num_classes),
-                      settings={"device": device, "set_size": len(syn), "recipe_text": recipe.describe()})  # fmt: skip
+    return EvalResult(
+        protocol="recipe",
+        net=f"kernel:{recipe.arch}",
+        net_kwargs={"depth": recipe.depth},
+        dataset=data.info.name,
+        recipe=recipe_to_json(recipe),
+        repeats=1,
+        seeds=[0],
+        runs=[acc],
+        accuracy_mean=acc,
+        accuracy_std=0.0,
+        wall_time_s=time.perf_counter() - start,
+        warning=at_chance(acc, data.num_classes),
+        settings={"device": device, "set_size": len(syn), "recipe_text": recipe.describe()},
+    )
 
 
-def evaluate_nets(syn: SyntheticSet, data: Dataset, nets: list[str], protocol: str | None = None,
-                  ray: bool | str | None = None, **kwargs) -> list[EvalResult]:  # fmt: skip
+def evaluate_nets(
+    syn: SyntheticSet,
+    data: Dataset,
+    nets: list[str],
+    protocol: str | None = None,
+    ray: bool | str | None = None,
+    **kwargs,
+) -> list[EvalResult]:
     """The set trained with each network of ``nets`` in turn (cross-architecture evaluation), one result each.
 
     The set's own network keeps its options (width, depth, init); the others take their defaults. Without a
@@ -475,5 +500,15 @@ def transfer_accuracy(results: list[EvalResult], own: str) -> float | None:
     return sum(others) / len(others) if others else None
 
 
-__all__ = ["EVALUATIONS", "EvalResult", "PROTOCOLS", "align_test_data", "evaluate", "evaluate_nets",
-           "load_evaluations", "record_evaluation", "training_recipe", "transfer_accuracy"]  # fmt: skip
+__all__ = [
+    "EVALUATIONS",
+    "EvalResult",
+    "PROTOCOLS",
+    "align_test_data",
+    "evaluate",
+    "evaluate_nets",
+    "load_evaluations",
+    "record_evaluation",
+    "training_recipe",
+    "transfer_accuracy",
+]

@@ -101,8 +101,10 @@ def _check(images: torch.Tensor, labels: torch.Tensor, data: Dataset, where: str
         raise DistilsetError(f"{where}: {len(labels)} labels for {len(images)} images")
     if labels.ndim == 2:
         if labels.shape[1] != k or not labels.is_floating_point() or not torch.isfinite(labels).all():
-            raise DistilsetError(f"{where}: soft labels must be finite floats over the {k} classes of "
-                                 f"{data.info.name}, got {tuple(labels.shape)} {labels.dtype}")  # fmt: skip
+            raise DistilsetError(
+                f"{where}: soft labels must be finite floats over the {k} classes of "
+                f"{data.info.name}, got {tuple(labels.shape)} {labels.dtype}"
+            )
         labels = labels.float()
         hard = labels.argmax(1)
     elif labels.ndim == 1:
@@ -110,23 +112,29 @@ def _check(images: torch.Tensor, labels: torch.Tensor, data: Dataset, where: str
             raise DistilsetError(f"{where}: labels are {labels.dtype} values that are not class numbers")
         labels = hard = labels.long()
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise DistilsetError(f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, but "
-                                 f"{data.info.name} has classes 0..{k - 1}")  # fmt: skip
+            raise DistilsetError(
+                f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, but "
+                f"{data.info.name} has classes 0..{k - 1}"
+            )
     else:
         raise DistilsetError(f"{where}: labels are {tuple(labels.shape)}, neither (N,) classes nor (N, {k}) soft")
     if len(images) == 0:
         raise DistilsetError(f"{where}: no images")
     missing = sorted(set(range(k)) - set(hard.tolist())) if labels.ndim == 1 else []  # soft labels spread freely
     if missing:
-        raise DistilsetError(f"{where}: no image of class {missing[0]} ({data.info.class_names[missing[0]]!r}); "
-                             f"a set for {data.info.name} needs every one of its {k} classes")  # fmt: skip
+        raise DistilsetError(
+            f"{where}: no image of class {missing[0]} ({data.info.class_names[missing[0]]!r}); "
+            f"a set for {data.info.name} needs every one of its {k} classes"
+        )
     return images.contiguous(), labels.contiguous()
 
 
 def _in_data_space(images: torch.Tensor, mean: Any, std: Any, data: Dataset, where: str) -> torch.Tensor:
     """Images stored in another normalisation (``mean``, ``std``), mapped into the dataset's."""
-    theirs = Normalization(tuple(float(v) for v in _tensor(mean, f"{where} mean").flatten()),
-                           tuple(float(v) for v in _tensor(std, f"{where} std").flatten()))  # fmt: skip
+    theirs = Normalization(
+        tuple(float(v) for v in _tensor(mean, f"{where} mean").flatten()),
+        tuple(float(v) for v in _tensor(std, f"{where} std").flatten()),
+    )
     if theirs == data.info.norm:
         return images
     if len(theirs.mean) != data.image_shape[0]:
@@ -136,8 +144,15 @@ def _in_data_space(images: torch.Tensor, mean: Any, std: Any, data: Dataset, whe
     return data.info.norm.normalize(theirs.denormalize(images))
 
 
-def _make(data: Dataset, images: torch.Tensor, labels: torch.Tensor, recipe: Standard, provenance: dict,
-          zca: bool = False, net: dict | None = None) -> SyntheticSet:  # fmt: skip
+def _make(
+    data: Dataset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Standard,
+    provenance: dict,
+    zca: bool = False,
+    net: dict | None = None,
+) -> SyntheticSet:
     if zca and data.zca is None:
         raise DistilsetError("the images are ZCA-whitened (`zca`), so the dataset must be loaded with ZCA too")
     syn = SyntheticSet.for_dataset(data, images, labels, f"import-{provenance['format']}", recipe=recipe)
@@ -154,8 +169,10 @@ def import_mtt(path: Path, data: Dataset, zca: bool = False) -> SyntheticSet:
     images = _tensor(_load_pt(directory / "images_best.pt", "MTT's images"), "images_best.pt")
     labels = _tensor(_load_pt(directory / "labels_best.pt", "MTT's labels"), "labels_best.pt")
     images, labels = _check(images, labels, data, str(directory))
-    files = {"images_best.pt": _sha256(directory / "images_best.pt"),
-             "labels_best.pt": _sha256(directory / "labels_best.pt")}  # fmt: skip
+    files = {
+        "images_best.pt": _sha256(directory / "images_best.pt"),
+        "labels_best.pt": _sha256(directory / "labels_best.pt"),
+    }
     lr = 0.01
     for name in ("lr_best.pt", "syn_lr_best.pt"):
         if (directory / name).is_file():
@@ -182,8 +199,13 @@ def import_dc(path: Path, data: Dataset, index: int = 0, variant: str = "dc") ->
         raise DistilsetError(f"{path}: experiment {index} is not an [images, labels] pair")
     images, labels = _check(_tensor(pair[0], "images"), _tensor(pair[1], "labels"), data, f"{path} [{index}]")
     recipe = Standard(dsa=data.info.dsa_strategy if variant != "dc" else None)
-    provenance = {"format": "dc", "variant": variant, "index": index, "path": str(path),
-                  "files": {Path(path).name: _sha256(Path(path))}}  # fmt: skip
+    provenance = {
+        "format": "dc",
+        "variant": variant,
+        "index": index,
+        "path": str(path),
+        "files": {Path(path).name: _sha256(Path(path))},
+    }
     return _make(data, images, labels, recipe, provenance)
 
 
@@ -289,8 +311,9 @@ def import_tensors(path: Path, data: Dataset, fmt: str) -> SyntheticSet:
     )
 
 
-def import_set(fmt: str, path: str | Path, data: Dataset, index: int = 0, variant: str = "dc",
-               zca: bool = False) -> SyntheticSet:  # fmt: skip
+def import_set(
+    fmt: str, path: str | Path, data: Dataset, index: int = 0, variant: str = "dc", zca: bool = False
+) -> SyntheticSet:
     """Read a set another project wrote (the module docstring lists the formats) into ``data``'s space."""
     if fmt not in IMPORT_FORMATS:
         raise DistilsetError(f"unknown import format {fmt!r}; choose from {', '.join(IMPORT_FORMATS)}")
@@ -318,9 +341,12 @@ def export_set(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
         raise DistilsetError(f"{out} exists; give a new file name (export never replaces a file)")
     if fmt != "folder" and syn.zca is not None:
         raise DistilsetError("this set is ZCA-whitened and npz/pt carry no ZCA matrix: export it as folder (pixels)")
-    tensors = {"images": syn.images.detach().cpu().contiguous(), "labels": syn.labels.detach().cpu().contiguous(),
-               "mean": torch.tensor(syn.norm.mean, dtype=torch.float64),
-               "std": torch.tensor(syn.norm.std, dtype=torch.float64)}  # fmt: skip
+    tensors = {
+        "images": syn.images.detach().cpu().contiguous(),
+        "labels": syn.labels.detach().cpu().contiguous(),
+        "mean": torch.tensor(syn.norm.mean, dtype=torch.float64),
+        "std": torch.tensor(syn.norm.std, dtype=torch.float64),
+    }
     if fmt == "pt":
         buf = io.BytesIO()
         torch.save({**tensors, "class_names": list(syn.class_names)}, buf)
@@ -364,5 +390,6 @@ def _write_folder(syn: SyntheticSet, out: Path) -> None:
         write_bytes(out / name, buf.getvalue())
         files.append(name)
     labels = syn.labels.tolist()
-    write_json(out / LABELS_FILE, {"classes": list(syn.class_names), "files": files, "labels": labels,
-                                    "soft": syn.soft})  # fmt: skip
+    write_json(
+        out / LABELS_FILE, {"classes": list(syn.class_names), "files": files, "labels": labels, "soft": syn.soft}
+    )

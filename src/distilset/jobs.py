@@ -28,8 +28,12 @@ RETRIES = 3
 """How often Ray runs a task again after its worker died."""
 
 
-def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], ray: bool | str | None = None,
-             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:  # fmt: skip
+def run_jobs(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple],
+    ray: bool | str | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
+) -> list[Any]:
     """``[fn(*job) for job in jobs]``, in this process or as Ray tasks (see the module docstring);
     ``on_done(i, result)`` is called as each job finishes (in this process), e.g. to record it."""
     results: list[Any] = [None] * len(jobs)
@@ -78,11 +82,14 @@ def connect(ray: bool | str) -> Any:
         _probe(address)
         try:
             threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            ray_mod.init(address=address, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": threads})  # fmt: skip
+            ray_mod.init(
+                address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": threads}
+            )
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise DistilsetError(f"cannot reach the Ray cluster at {address or 'this machine'} ({e}); start one "
-                                 "with `ray start --head` or give its address to `ray`") from e  # fmt: skip
+            raise DistilsetError(
+                f"cannot reach the Ray cluster at {address or 'this machine'} ({e}); start one "
+                "with `ray start --head` or give its address to `ray`"
+            ) from e
     return ray_mod
 
 
@@ -97,8 +104,10 @@ def _probe(address: str | None) -> None:
         with socket.create_connection((host, int(port)), timeout=PROBE_S):
             pass
     except OSError as e:
-        raise DistilsetError(f"nothing answers at the Ray address {address} ({e.strerror or e}); start the cluster "
-                             "there with `ray start --head`, or check the address") from e  # fmt: skip
+        raise DistilsetError(
+            f"nothing answers at the Ray address {address} ({e.strerror or e}); start the cluster "
+            "there with `ray start --head`, or check the address"
+        ) from e
 
 
 PROBE_S = 5.0
@@ -144,8 +153,10 @@ class Crowd:
                 stored[id(arg)] = self._ray.put(arg)
             return stored[id(arg)]
 
-        calls = [actor.call.remote(method, [tuple(map(ref, args[i])) for i in group])
-                 for actor, group in zip(self._actors, self._groups, strict=True)]  # fmt: skip
+        calls = [
+            actor.call.remote(method, [tuple(map(ref, args[i])) for i in group])
+            for actor, group in zip(self._actors, self._groups, strict=True)
+        ]
         results: list[Any] = [None] * len(self)
         for group, done in zip(self._groups, self._ray.get(calls), strict=True):
             for i, result in zip(group, done, strict=True):

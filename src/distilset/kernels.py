@@ -233,8 +233,9 @@ class Serial:
             raise DistilsetError("a network description must end in Flatten or GlobalAvgPool (then Dense)")
         return k, ntk
 
-    def kernel(self, x1: torch.Tensor, x2: torch.Tensor | None = None, get: str = "ntk",
-               max_block_mb: float = 256.0) -> torch.Tensor:  # fmt: skip
+    def kernel(
+        self, x1: torch.Tensor, x2: torch.Tensor | None = None, get: str = "ntk", max_block_mb: float = 256.0
+    ) -> torch.Tensor:
         """The (N1, N2) kernel matrix (``get``: ``ntk`` or ``nngp``) in float64, in blocks of pairs small enough
         for ``max_block_mb`` MB of intermediate tensors; differentiable with respect to both inputs."""
         if get not in ("ntk", "nngp"):
@@ -292,8 +293,11 @@ def conv(depth: int = 3, pool: bool = True, w_std: float = math.sqrt(2.0), b_std
     return serial(*body, Flatten(), Dense(w_std, b_std))
 
 
-ARCHITECTURES = {"fc": lambda depth: fc(depth), "conv": lambda depth: conv(depth, pool=False),
-                 "convnet": lambda depth: conv(depth, pool=True)}  # fmt: skip
+ARCHITECTURES = {
+    "fc": lambda depth: fc(depth),
+    "conv": lambda depth: conv(depth, pool=False),
+    "convnet": lambda depth: conv(depth, pool=True),
+}
 """Named descriptions: ``fc`` (dense ReLU), ``conv`` (convolutions, no pooling), ``convnet`` (with pooling)."""
 
 
@@ -319,5 +323,19 @@ def krr(k_ss: torch.Tensor, k_ts: torch.Tensor, y_s: torch.Tensor, reg: float = 
     return k_ts @ torch.cholesky_solve(y_s, chol)
 
 
-__all__ = ["ARCHITECTURES", "AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool", "Relu", "Serial", "architecture",
-           "centred_one_hot", "conv", "fc", "krr", "serial"]  # fmt: skip
+__all__ = [
+    "ARCHITECTURES",
+    "AvgPool",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "GlobalAvgPool",
+    "Relu",
+    "Serial",
+    "architecture",
+    "centred_one_hot",
+    "conv",
+    "fc",
+    "krr",
+    "serial",
+]

@@ -97,8 +97,10 @@ class Standard(Config):
         extra = f", DSA {self.dsa}" if self.dsa else ""
         warmup = f" after {self.warmup} warm-up steps" if self.schedule == "cosine" and self.warmup else ""
         loss = ", MSE" if self.loss == "mse" else ""
-        return (f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {length}, {self.schedule} schedule"
-                f"{warmup}{loss}{extra}")  # fmt: skip
+        return (
+            f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}, {length}, {self.schedule} schedule"
+            f"{warmup}{loss}{extra}"
+        )
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,11 @@ class Teacher(Config):
         length = f"{self.steps} steps" if self.steps else f"{self.epochs} epochs"
         extra = f", CutMix p {self.cutmix:g}" if self.cutmix else ""
         flip = ", flip" if self.flip else ""
-        return (f"teacher soft labels (KL, T {self.temperature:g}) on crops {self.crop_scale[0]:g}-"
-                f"{self.crop_scale[1]:g}{flip}{extra}; {self.optimizer} lr {self.lr:g}, batch {self.batch_size}, "
-                f"{length}, cosine")  # fmt: skip
+        return (
+            f"teacher soft labels (KL, T {self.temperature:g}) on crops {self.crop_scale[0]:g}-"
+            f"{self.crop_scale[1]:g}{flip}{extra}; {self.optimizer} lr {self.lr:g}, batch {self.batch_size}, "
+            f"{length}, cosine"
+        )
 
 
 def teacher_batch(set_size: int, num_classes: int) -> int:

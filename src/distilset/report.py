@@ -140,8 +140,11 @@ def curves_svg(history: Sequence[Mapping[str, Any]], max_panels: int = 6) -> str
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.5 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
-        points = [(r.get("iteration", i + 1), r[key]) for i, r in enumerate(history)
-                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]  # fmt: skip
+        points = [
+            (r.get("iteration", i + 1), r[key])
+            for i, r in enumerate(history)
+            if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
@@ -223,9 +226,18 @@ def _section(entry: Entry, entries: Sequence[Entry]) -> str:
     parts.append(f'<div class="plots">{curves_svg(entry.history)}</div>')
     parts.append("<h3>Evaluations</h3>")
     if entry.evaluations:
-        rows = [(e.get("date", ""), e["protocol"], e["net"], e.get("settings", {}).get("recipe_text", ""),
-                 _pct(e), len(e["runs"]), " ".join(f"{100 * r:.1f}" for r in e["runs"]))
-                for e in entry.evaluations]  # fmt: skip
+        rows = [
+            (
+                e.get("date", ""),
+                e["protocol"],
+                e["net"],
+                e.get("settings", {}).get("recipe_text", ""),
+                _pct(e),
+                len(e["runs"]),
+                " ".join(f"{100 * r:.1f}" for r in e["runs"]),
+            )
+            for e in entry.evaluations
+        ]
         parts.append(table(("date", "protocol", "net", "recipe", "accuracy %", "nets", "runs %"), rows, (4, 5)))
     else:
         parts.append('<p class="muted">none recorded: run <code>distilset evaluate DIR --save</code> to add one</p>')
@@ -246,8 +258,10 @@ def _section(entry: Entry, entries: Sequence[Entry]) -> str:
             f"<p>LRS {100 * s['lrs']:.1f} %, ARS {ars}; HLR {100 * s['hlr']:+.1f} points, IOR {100 * s['ior']:+.1f} "
             f"points (w {s['weight']:g}, gamma {s['gamma']:g}, {_e(s.get('date', ''))}).</p>"
         )
-        rows = [(k, f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}", v.get("recipe", ""))
-                for k, v in s.get("accuracies", {}).items()]  # fmt: skip
+        rows = [
+            (k, f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}", v.get("recipe", ""))
+            for k, v in s.get("accuracies", {}).items()
+        ]
         parts.append(table(("run", "accuracy %", "recipe"), rows, (1,)))
     recipe = recipe_to_json(syn.recipe)
     parts.append("<h3>Training recipe</h3>")
@@ -283,10 +297,32 @@ def render(entries: Sequence[Entry], title: str = "distilset report") -> str:
         own, standard = entry.latest("recipe"), entry.latest("standard")
         twins = [_random_twin(entry, entries, e) for e in (own, standard)]
         real = [_pct(t[1]) if t else "–" for t in twins]
-        rows.append((entry.name, entry.syn.method, entry.syn.dataset, len(entry.syn), _pct(own), real[0],
-                     _pct(standard), real[1], _score(entry, "lrs"), _score(entry, "ars")))  # fmt: skip
-    header = ("set", "method", "dataset", "items", "own recipe %", "random real, same recipe and net %",
-              "standard protocol %", "random real, standard protocol %", "LRS %", "ARS %")  # fmt: skip
+        rows.append(
+            (
+                entry.name,
+                entry.syn.method,
+                entry.syn.dataset,
+                len(entry.syn),
+                _pct(own),
+                real[0],
+                _pct(standard),
+                real[1],
+                _score(entry, "lrs"),
+                _score(entry, "ars"),
+            )
+        )
+    header = (
+        "set",
+        "method",
+        "dataset",
+        "items",
+        "own recipe %",
+        "random real, same recipe and net %",
+        "standard protocol %",
+        "random real, standard protocol %",
+        "LRS %",
+        "ARS %",
+    )
     body = ["<h2>Comparison</h2>", table(header, rows, (3, 4, 5, 6, 7, 8, 9))]
     body += [_section(entry, entries) for entry in entries]
     return _page(title, "\n".join(body))
@@ -344,7 +380,7 @@ def results_page(path: str | os.PathLike) -> str:
         table(
             ("field", "value"),
             [(k, _value(v)) for k, v in {**data.get("machine", {}), **data.get("settings", {})}.items()],
-        ),  # fmt: skip
+        ),
         "<h2>Rows</h2>",
         table(columns, ([r.get(c, "") for c in columns] for r in rows)),
         "<h2>Commands</h2>",

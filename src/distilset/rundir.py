@@ -216,8 +216,10 @@ def prepare_out(
     _lock(out)  # before looking inside: a second run on this directory stops here
     held = describe_run(out)
     if held and resume and not (out / "checkpoint").exists():
-        raise ConfigError(f"`out` {out} holds {held} but no checkpoint, so there is nothing to resume; "
-                          "choose a new output directory, or give `overwrite` to replace it")  # fmt: skip
+        raise ConfigError(
+            f"`out` {out} holds {held} but no checkpoint, so there is nothing to resume; "
+            "choose a new output directory, or give `overwrite` to replace it"
+        )
     if held and not resume and not overwrite:
         if _teach_run(out):  # nothing of a teach run can be resumed
             offers = tuple(o for o in offers if o != "resume")

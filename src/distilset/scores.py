@@ -204,8 +204,16 @@ def scores(
     acc["syn-any"], acc["rdm-any"] = _acc(own), _acc(rdm)
 
     plain = syn.recipe if isinstance(syn.recipe, Standard) else Standard()  # the set's images, hard labels
-    hard = dataclasses.replace(syn, labels=syn.hard_labels(), recipe=plain, views=None, teacher=None, lrs=None,
-                               step_order=None, init_params=None)  # fmt: skip
+    hard = dataclasses.replace(
+        syn,
+        labels=syn.hard_labels(),
+        recipe=plain,
+        views=None,
+        teacher=None,
+        lrs=None,
+        step_order=None,
+        init_params=None,
+    )
     standard = dataclasses.replace(training_recipe(hard, "standard", flip=data.flips), loss="ce")
     syn_hard = evaluate(hard, data, protocol="standard", **kw)
     acc["syn-hard"] = _acc(syn_hard)

@@ -114,8 +114,16 @@ class SyntheticSet:
     def for_dataset(cls, data, images: torch.Tensor, labels: torch.Tensor, method: str, **fields) -> SyntheticSet:
         """A set in ``data``'s space: its class names, normalisation, name and ZCA come along."""
         info = data.info
-        return cls(images=images, labels=labels, class_names=info.class_names, norm=info.norm, dataset=info.name,
-                   method=method, zca=data.zca, **fields)  # fmt: skip
+        return cls(
+            images=images,
+            labels=labels,
+            class_names=info.class_names,
+            norm=info.norm,
+            dataset=info.name,
+            method=method,
+            zca=data.zca,
+            **fields,
+        )
 
     # ---- shape facts -------------------------------------------------------------------------------
     @property
@@ -484,8 +492,10 @@ def _load_views(d: Path, listing) -> StoredViews:
     path = d / VIEWS_FILE
     listing = jsonread.mapping(listing, "views")
     if not path.is_file():
-        raise SynsetFormatError(f"{d} lists stored views but {VIEWS_FILE} is missing; relabel the set again "
-                                "(`distilset relabel`) or remove the views entry")  # fmt: skip
+        raise SynsetFormatError(
+            f"{d} lists stored views but {VIEWS_FILE} is missing; relabel the set again "
+            "(`distilset relabel`) or remove the views entry"
+        )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -33,8 +33,10 @@ def make_optimizer(params, recipe: Standard | Teacher) -> torch.optim.Optimizer:
     ``get_parameters``: no decay on biases and normalisation scales)."""
     if recipe.optimizer == "adamw":
         params = list(params)
-        groups = [{"params": [p for p in params if p.ndim >= 2]},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW([g for g in groups if g["params"]], recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, recipe.lr, weight_decay=recipe.weight_decay)
@@ -43,8 +45,9 @@ def make_optimizer(params, recipe: Standard | Teacher) -> torch.optim.Optimizer:
 
 def teacher_views(recipe: Teacher, n: int, size: tuple[int, int], g: torch.Generator) -> View:
     """The random choices of one minibatch view by the teacher recipe (``augment.draw_view`` with its settings)."""
-    return draw_view(n, size, g, patches=recipe.patches, scale=recipe.crop_scale, flip=recipe.flip,
-                     cutmix=recipe.cutmix)  # fmt: skip
+    return draw_view(
+        n, size, g, patches=recipe.patches, scale=recipe.crop_scale, flip=recipe.flip, cutmix=recipe.cutmix
+    )
 
 
 def teacher_view(x: torch.Tensor, recipe: Teacher, g: torch.Generator) -> torch.Tensor:
@@ -153,8 +156,15 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, net)
             if on_state is not None:
-                on_state({"net": net.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
-                          "step": step, "epoch": epoch})  # fmt: skip
+                on_state(
+                    {
+                        "net": net.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "generator": g.get_state(),
+                        "step": step,
+                        "epoch": epoch,
+                    }
+                )
     bar.close()
     return net
 
@@ -195,8 +205,10 @@ class MixedBatches:
 
     def __post_init__(self) -> None:
         if self.n_first < 1 or self.n_rest < 1 or self.batch_size < 2:
-            raise DistilsetError(f"mixed minibatches need images in both parts and a batch of at least 2, got "
-                                 f"{self.n_first} + {self.n_rest} images, batch {self.batch_size}")  # fmt: skip
+            raise DistilsetError(
+                f"mixed minibatches need images in both parts and a batch of at least 2, got "
+                f"{self.n_first} + {self.n_rest} images, batch {self.batch_size}"
+            )
 
     @property
     def per_epoch(self) -> int:

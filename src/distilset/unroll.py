@@ -40,9 +40,14 @@ def forward(net: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
 
 
 def sgd_step(
-    net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
-    loss_fn: LossFn = soft_cross_entropy, create_graph: bool = True,
-) -> Params:  # fmt: skip
+    net: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: torch.Tensor,
+    loss_fn: LossFn = soft_cross_entropy,
+    create_graph: bool = True,
+) -> Params:
     """One differentiable SGD step on the batch (x, y)."""
     loss = loss_fn(forward(net, params, x), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
@@ -53,9 +58,14 @@ def sgd_step(
 
 
 def sgd_unroll(
-    net: nn.Module, params: Params, step_fn: StepFn, start: int, stop: int,
-    loss_fn: LossFn = soft_cross_entropy, create_graph: bool = True,
-) -> Params:  # fmt: skip
+    net: nn.Module,
+    params: Params,
+    step_fn: StepFn,
+    start: int,
+    stop: int,
+    loss_fn: LossFn = soft_cross_entropy,
+    create_graph: bool = True,
+) -> Params:
     """Steps ``start .. stop-1`` of the unroll from ``params``; differentiable when ``create_graph``."""
     for t in range(start, stop):
         x, y, lr = step_fn(t)

@@ -147,8 +147,13 @@ class Dataset:
         per_class = min(cap, max(1, int(round(share * int(np.bincount(y).min())))))
         keep, held = (torch.from_numpy(i).to(self.train_y.device) for i in stratified_split(y, per_class, seed=0))
         rest = replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
-        validation = replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
-                             test_x=self.train_x[held], test_y=self.train_y[held])  # fmt: skip
+        validation = replace(
+            self,
+            train_x=self.train_x[keep],
+            train_y=self.train_y[keep],
+            test_x=self.train_x[held],
+            test_y=self.train_y[held],
+        )
         return rest, validation
 
     def require_per_class(self, n: int, what: str = "`ipc`") -> None:
@@ -156,8 +161,10 @@ class Dataset:
         sizes = torch.bincount(self.train_y, minlength=self.num_classes)
         c = int(sizes.argmin())
         if int(sizes[c]) == 0:
-            raise DistilsetError(f"class {c} ({self.info.class_names[c]!r}) has no training images, so {what} {n} "
-                                 "cannot be drawn from it; give every class training images")  # fmt: skip
+            raise DistilsetError(
+                f"class {c} ({self.info.class_names[c]!r}) has no training images, so {what} {n} "
+                "cannot be drawn from it; give every class training images"
+            )
         if n > int(sizes[c]):
             raise DistilsetError(
                 f"{what} {n} needs {n} training images of every class; class {c} ({self.info.class_names[c]!r}) has "

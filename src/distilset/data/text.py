@@ -122,8 +122,9 @@ class SentenceEncoder:
     def encode(self, texts: list[str], batch: int = 128) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), batch):
-            tokens = self.tokenizer(texts[i : i + batch], padding=True, truncation=True, max_length=MAX_TOKENS,
-                                    return_tensors="pt")  # fmt: skip
+            tokens = self.tokenizer(
+                texts[i : i + batch], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            )
             hidden = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -225,12 +226,22 @@ def token_dataset(name: str, train_texts, train_y, test_texts, test_y, length: i
         raise ConfigError(f"a token dataset needs a length of at least 1 token, got {length}")
     matrix, norm = token_embeddings()
     info = DatasetInfo(
-        name=name, class_names=CLASS_NAMES, image_shape=(length, EMBED_DIM), norm=norm, dsa_strategy="",
+        name=name,
+        class_names=CLASS_NAMES,
+        image_shape=(length, EMBED_DIM),
+        norm=norm,
+        dsa_strategy="",
         description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 token ids (first {length}, frozen token "
         f"embeddings), {len(train_texts)} train / {len(test_texts)} test (stratified, seed 0)",
-    )  # fmt: skip
-    return Dataset(info, token_ids(train_texts, length), torch.as_tensor(train_y), token_ids(test_texts, length),
-                   torch.as_tensor(test_y), token_embedding=matrix)  # fmt: skip
+    )
+    return Dataset(
+        info,
+        token_ids(train_texts, length),
+        torch.as_tensor(train_y),
+        token_ids(test_texts, length),
+        torch.as_tensor(test_y),
+        token_embedding=matrix,
+    )
 
 
 def load_rotten_tomatoes(root: Path) -> Dataset:
@@ -281,23 +292,35 @@ def vector_dataset(name: str, train_x: torch.Tensor, train_y, test_x: torch.Tens
     mean, std = float(train_x.mean()), float(train_x.std())
     norm = Normalization((mean,), (std,))
     info = DatasetInfo(
-        name=name, class_names=CLASS_NAMES, image_shape=tuple(train_x.shape[1:]), norm=norm, dsa_strategy="",
+        name=name,
+        class_names=CLASS_NAMES,
+        image_shape=tuple(train_x.shape[1:]),
+        norm=norm,
+        dsa_strategy="",
         description=f"Rotten Tomatoes snippets as all-MiniLM-L6-v2 sentence embeddings, {len(train_x)} train / "
         f"{len(test_x)} test (stratified, seed 0)",
-    )  # fmt: skip
-    return Dataset(info, norm.normalize(train_x.float()).contiguous(), torch.as_tensor(train_y),
-                   norm.normalize(test_x.float()).contiguous(), torch.as_tensor(test_y))  # fmt: skip
+    )
+    return Dataset(
+        info,
+        norm.normalize(train_x.float()).contiguous(),
+        torch.as_tensor(train_y),
+        norm.normalize(test_x.float()).contiguous(),
+        torch.as_tensor(test_y),
+    )
 
 
-def nearest_snippets(items: torch.Tensor, norm: Normalization, corpus: torch.Tensor, texts: list[str],
-                     k: int = 3) -> list[list[tuple[str, float]]]:  # fmt: skip
+def nearest_snippets(
+    items: torch.Tensor, norm: Normalization, corpus: torch.Tensor, texts: list[str], k: int = 3
+) -> list[list[tuple[str, float]]]:
     """For each embedded item (normalised by ``norm``), the ``k`` snippets of ``texts`` whose sentence embeddings
     (``corpus``, raw) are nearest by cosine similarity, with that similarity."""
     corpus = torch.nn.functional.normalize(corpus.float(), dim=1)
     unit = torch.nn.functional.normalize(norm.denormalize(items.detach().float().cpu()), dim=1)
     sims, idx = (unit @ corpus.T).topk(min(k, len(corpus)), dim=1)
-    return [[(texts[j], float(s)) for s, j in zip(row_s, row_i.tolist(), strict=True)]
-            for row_s, row_i in zip(sims, idx, strict=True)]  # fmt: skip
+    return [
+        [(texts[j], float(s)) for s, j in zip(row_s, row_i.tolist(), strict=True)]
+        for row_s, row_i in zip(sims, idx, strict=True)
+    ]
 
 
 def write_nearest(syn, directory: Path, root: Path, k: int = 3) -> Path:

@@ -148,8 +148,10 @@ class TeacherOption:
     def check_teacher_ranks(self, world: int) -> None:
         """Under torchrun the teacher must exist: one rank training it while the others wait would time out."""
         if world > 1 and (self.teacher is None or not teacher_path(self.teacher).is_file()):
-            raise ConfigError("under torchrun the processes read a trained teacher: train it first with `distilset "
-                              "teacher` and give `teacher`")  # fmt: skip
+            raise ConfigError(
+                "under torchrun the processes read a trained teacher: train it first with `distilset "
+                "teacher` and give `teacher`"
+            )
 
 
 def prepare_teacher(data: Any, cfg: TeacherOption, ctx: Context) -> dict[str, TeacherNet]:
@@ -205,8 +207,15 @@ class Identity:
     """The dataset the run distils: name, training-set size, image shape, ZCA."""
 
     def to_json(self) -> str:
-        return json.dumps({"format": CHECKPOINT_FORMAT, "method": self.method, "seed": self.seed,
-                           "data": self.data, "config": self.config.to_json()})  # fmt: skip
+        return json.dumps(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "method": self.method,
+                "seed": self.seed,
+                "data": self.data,
+                "config": self.config.to_json(),
+            }
+        )
 
     def check(self, stored: str | None, where: Path) -> None:
         """Refuse a checkpoint made with other settings, naming the first setting that differs."""
@@ -249,13 +258,21 @@ def _describe(data: dict | None) -> str:
 
 
 def dataset_identity(data) -> dict:
-    return {"name": data.info.name, "train": len(data.train_x), "shape": list(data.image_shape),
-            "zca": data.zca is not None}  # fmt: skip
+    return {
+        "name": data.info.name,
+        "train": len(data.train_x),
+        "shape": list(data.image_shape),
+        "zca": data.zca is not None,
+    }
 
 
 def save_checkpoint(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
-    state = {"iteration": iteration, "identity": identity.to_json(), "distiller": distiller.state_dict(),
-             "history": json.dumps(history)}  # fmt: skip
+    state = {
+        "iteration": iteration,
+        "identity": identity.to_json(),
+        "distiller": distiller.state_dict(),
+        "history": json.dumps(history),
+    }
     return save_torch(out / CHECKPOINT, state)
 
 
@@ -380,8 +397,10 @@ def run(
             start, history = state["iteration"], json.loads(state["history"])
             if start >= cfg.iterations:
                 done = "is finished" if start == cfg.iterations else "is further"
-                raise DistilsetError(f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
-                                     f"it, resume with `iterations` above {start}")  # fmt: skip
+                raise DistilsetError(
+                    f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
+                    f"it, resume with `iterations` above {start}"
+                )
             if writes:
                 print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
             _restore(distiller, state["distiller"], cfg.out)
@@ -407,8 +426,9 @@ def run(
             if current().any(bool(stop["signal"])) and it + 1 < cfg.iterations:  # every rank stops together
                 stop["signal"] = stop["signal"] or "a signal to another rank"
                 if cfg.out is None:
-                    raise Interrupted(f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved "
-                                      "(no `out` directory)")  # fmt: skip
+                    raise Interrupted(
+                        f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved (no `out` directory)"
+                    )
                 if writes:
                     _save(distiller, identity, cfg.out, it + 1, history)
                 raise Interrupted(

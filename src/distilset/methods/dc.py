@@ -120,8 +120,12 @@ class DCConfig(MethodConfig, PixelStatsOption):
             data.require_per_class(self.ipc)
         outer, inner, listed = loops_for(self.ipc)
         source = "the released code's" if listed == self.ipc else f"the released code's for ipc {listed}, the nearest"
-        cfg, notes = self.fill_convnet(data, f"{self.name}'s ConvNet", outer_loop=(outer, f"{outer}: {source}"),
-                                       inner_loop=(inner, f"{inner}: {source}"))  # fmt: skip
+        cfg, notes = self.fill_convnet(
+            data,
+            f"{self.name}'s ConvNet",
+            outer_loop=(outer, f"{outer}: {source}"),
+            inner_loop=(inner, f"{inner}: {source}"),
+        )
         cfg, more = cfg.fill_pixel_stats(data)
         return cfg, {**notes, **more}
 
@@ -159,8 +163,15 @@ class GradientMatching(PerClassImages):
         cfg, _ = (cfg or DCConfig()).resolve(data)
         super().__init__(data, cfg, ctx)
         self.method = "dsa" if cfg.dsa else "dc"
-        self.inner = Standard(lr=cfg.lr_net, momentum=0.0, weight_decay=0.0, batch_size=cfg.batch_train,
-                              epochs=cfg.inner_loop, schedule="constant", dsa=self.strategy)  # fmt: skip
+        self.inner = Standard(
+            lr=cfg.lr_net,
+            momentum=0.0,
+            weight_decay=0.0,
+            batch_size=cfg.batch_train,
+            epochs=cfg.inner_loop,
+            schedule="constant",
+            dsa=self.strategy,
+        )
 
     def network(self) -> nn.Module:
         """A freshly initialised network (PyTorch's default init, as in the released code)."""
@@ -207,7 +218,9 @@ def _paper(ipc: int) -> Preset:
     return Preset("mnist", 1000, {"ipc": ipc}, f"the released code's settings at {ipc} image(s) per class")
 
 
-register_method("dc", DCConfig, _build, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)},
-                data_parallel=True)  # fmt: skip
-register_method("dsa", DSAConfig, _build, presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)},
-                data_parallel=True)  # fmt: skip
+register_method(
+    "dc", DCConfig, _build, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)}, data_parallel=True
+)
+register_method(
+    "dsa", DSAConfig, _build, presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)}, data_parallel=True
+)

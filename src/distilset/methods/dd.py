@@ -66,8 +66,9 @@ class DDConfig(MethodConfig):
     """Initial weights: one stored init, fresh inits every iteration, or nets pretrained on the data."""
     n_nets: int = 1
     """Initial weights per outer iteration (random / random-pretrained init), gradients averaged."""
-    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), lstm (token rows), else mlp",
-                           choices=list_nets)  # fmt: skip
+    net: str | None = auto(
+        "lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), lstm (token rows), else mlp", choices=list_nets
+    )
     """Network the distilled data trains."""
     net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
     """Network options as KEY=VALUE, e.g. width=32."""
@@ -115,8 +116,19 @@ class DDConfig(MethodConfig):
         return self.steps * self.epochs
 
     def check(self) -> None:
-        self.require_at_least(1, "steps", "epochs", "ipc", "items", "n_nets", "real_batch", "pool_size",
-                              "pretrain_epochs", "segment", "outer_chunk")  # fmt: skip
+        self.require_at_least(
+            1,
+            "steps",
+            "epochs",
+            "ipc",
+            "items",
+            "n_nets",
+            "real_batch",
+            "pool_size",
+            "pretrain_epochs",
+            "segment",
+            "outer_chunk",
+        )
         self.require_positive("lr", "init_lr", "decay_epochs", "decay_factor")
         self.require_at_most(1000, "init_lr")  # the learned lrs live in [0, 1000] (a set's check on load)
         if not all(0 <= b < 1 for b in self.betas):
@@ -127,16 +139,23 @@ class DDConfig(MethodConfig):
     def resolve(self, data: Dataset) -> tuple[DDConfig, dict[str, str]]:
         k = data.num_classes
         if self.items is not None and not self.soft_labels and self.items % k:
-            raise ConfigError(f"`items` {self.items} with hard labels must be a multiple of the {k} classes; "
-                              "add `soft_labels` to learn labels for fewer items than classes")  # fmt: skip
+            raise ConfigError(
+                f"`items` {self.items} with hard labels must be a multiple of the {k} classes; "
+                "add `soft_labels` to learn labels for fewer items than classes"
+            )
         for name, classes in (("attack", self.attack), ("pretrain_classes", self.pretrain_classes)):
             if classes is not None and not all(0 <= c < k for c in classes):
                 raise ConfigError(f"`{name}` {classes} names classes outside [0, {k})")
         tokens = len(data.image_shape) == 2  # token rows (L, D): text dataset distillation
         net, why = classic_net_for(data.image_shape)
         if tokens:
-            net, why = "lstm", ("token rows: through the LSTM DD learned beyond the class balance; through a "
-                                "TextCNN it did not at CPU budgets (README, text)")  # fmt: skip
+            net, why = (
+                "lstm",
+                (
+                    "token rows: through the LSTM DD learned beyond the class balance; through a "
+                    "TextCNN it did not at CPU budgets (README, text)"
+                ),
+            )
         net = self.net or net
         kwargs, depth_why = fit_net_to_input(net, self.net_kwargs, data.image_shape)
         if tokens and net == "textcnn" and "dropout" not in kwargs:
@@ -148,17 +167,24 @@ class DDConfig(MethodConfig):
             epochs=(5, text_run) if tokens else (3, "the paper's"),
             ipc=(10, text_run) if tokens else (1, "the paper's"),
             init_lr=(0.005, "token rows: at 0.02 the distilled steps drove a TextCNN far above chance loss")
-            if tokens else (0.02, "the paper's"),
-            real_batch=(256, f"token rows: every real snippet is a {' x '.join(map(str, data.image_shape))} block "
-                             "through the net") if tokens else (1024, "the paper's"),
-        )  # fmt: skip
+            if tokens
+            else (0.02, "the paper's"),
+            real_batch=(
+                256,
+                f"token rows: every real snippet is a {' x '.join(map(str, data.image_shape))} block through the net",
+            )
+            if tokens
+            else (1024, "the paper's"),
+        )
         n = len(data.train_x)
         cfg, more = cfg.fill(
             net=(net, why),
-            decay_epochs=(PAPER_DECAY_ITERATIONS * cfg.real_batch / n,
-                          f"every {PAPER_DECAY_ITERATIONS:.0f} iterations, the paper's 40 MNIST epochs"),
+            decay_epochs=(
+                PAPER_DECAY_ITERATIONS * cfg.real_batch / n,
+                f"every {PAPER_DECAY_ITERATIONS:.0f} iterations, the paper's 40 MNIST epochs",
+            ),
             segment=(default_segment(cfg.total_steps) if self.memory == "checkpoint" else None, "ceil(sqrt(T))"),
-        )  # fmt: skip
+        )
         notes.update(more)
         if depth_why:
             cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": depth_why}
@@ -178,8 +204,9 @@ def pretrain_pool(
     recipe = Standard(epochs=cfg.pretrain_epochs)
     pool = []
     for i in range(n):
-        net = create_net(cfg.net, data.image_shape, data.num_classes, seed=seed + i, init=cfg.init_scheme,
-                         **cfg.net_kwargs)  # fmt: skip
+        net = create_net(
+            cfg.net, data.image_shape, data.num_classes, seed=seed + i, init=cfg.init_scheme, **cfg.net_kwargs
+        )
         fit(net, x, y, recipe, seed=seed + i)
         pool.append({k: v.detach().clone() for k, v in net.state_dict().items()})
     return pool
@@ -193,8 +220,13 @@ class DatasetDistillation:
     iteration, never by orders of magnitude.
     """
 
-    def __init__(self, data: Dataset, cfg: DDConfig | None = None, ctx: Context | None = None,
-                 pool: list[dict[str, torch.Tensor]] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        data: Dataset,
+        cfg: DDConfig | None = None,
+        ctx: Context | None = None,
+        pool: list[dict[str, torch.Tensor]] | None = None,
+    ):
         cfg, _ = (cfg or DDConfig()).resolve(data)
         ctx = ctx or Context()
         seed, device = ctx.seed, ctx.device
@@ -213,8 +245,11 @@ class DatasetDistillation:
         self.raw_lrs = torch.full((cfg.total_steps,), raw, device=device).requires_grad_(True)
         self.labels: torch.Tensor | None = None
         if cfg.soft_labels:
-            init = (F.one_hot(self.hard_labels, k).float() if cfg.label_init == "onehot"
-                    else torch.softmax(torch.randn(n_items, k, generator=g), 1).to(device))  # fmt: skip
+            init = (
+                F.one_hot(self.hard_labels, k).float()
+                if cfg.label_init == "onehot"
+                else torch.softmax(torch.randn(n_items, k, generator=g), 1).to(device)
+            )
             self.labels = init.clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam(self.learnables(), lr=cfg.lr, betas=cfg.betas)
         # Initial weights by regime.
@@ -251,10 +286,19 @@ class DatasetDistillation:
         if cfg.init == "random":
             seeds = torch.randint(2**62, (cfg.n_nets,), generator=self.generator).tolist()
             return [
-                net_params(create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=s,
-                                      init=cfg.init_scheme, **cfg.net_kwargs).to(self.device), False)
+                net_params(
+                    create_net(
+                        cfg.net,
+                        self.data.image_shape,
+                        self.data.num_classes,
+                        seed=s,
+                        init=cfg.init_scheme,
+                        **cfg.net_kwargs,
+                    ).to(self.device),
+                    False,
+                )
                 for s in seeds
-            ]  # fmt: skip
+            ]
         picks = torch.randint(len(self.pool), (cfg.n_nets,), generator=self.generator).tolist()
         return [{k: v.to(self.device) for k, v in self.pool[i].items()} for i in picks]
 
@@ -295,10 +339,14 @@ class DatasetDistillation:
         total_loss, grads = 0.0, None
         for params0 in inits:
             loss, g = unrolled_gradient(
-                self.model, params0, self._step_fn, cfg.total_steps,
+                self.model,
+                params0,
+                self._step_fn,
+                cfg.total_steps,
                 lambda p: self._outer_loss(p, x_real, y_real, chunked=segment is not None),
-                self.learnables(), segment=segment,
-            )  # fmt: skip
+                self.learnables(),
+                segment=segment,
+            )
             total_loss += float(loss) / len(inits)
             g = [v / len(inits) for v in g] if len(inits) > 1 else g
             grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
@@ -354,8 +402,9 @@ class DatasetDistillation:
     # ---- result -----------------------------------------------------------------------------------------
     def synthetic_set(self) -> SyntheticSet:
         cfg = self.cfg
-        order = torch.stack([torch.arange(self.per_step) + (t % cfg.steps) * self.per_step
-                             for t in range(cfg.total_steps)])  # fmt: skip
+        order = torch.stack(
+            [torch.arange(self.per_step) + (t % cfg.steps) * self.per_step for t in range(cfg.total_steps)]
+        )
         return SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().clone(),
@@ -394,27 +443,46 @@ register_method(
     _build,
     objects=("pool",),
     presets={
-        "dd-mnist-fixed": Preset("mnist", PAPER_ITERATIONS["mnist"], {**_LENET_FIXED_10, "decay_epochs": 40},
-                                 "paper: 10 images, fixed init, 93.8 %"),
-        "dd-mnist-random": Preset("mnist", PAPER_ITERATIONS["mnist"],
-                                  {**_LENET_RANDOM_100, "n_nets": 4, "decay_epochs": 40},
-                                  "paper: 100 images, random init, 79.5 +- 8.1 %"),
-        "dd-cifar10-fixed": Preset("cifar10", PAPER_ITERATIONS["cifar10"],
-                                   {**_ALEX_100, "init": "fixed", "decay_epochs": 40},
-                                   "paper: 100 images, fixed init, 54.0 %"),
-        "dd-cifar10-random": Preset("cifar10", PAPER_ITERATIONS["cifar10"],
-                                    {**_ALEX_100, "init": "random", "n_nets": 4, "decay_epochs": 40},
-                                    "paper: 100 images, random init, 36.8 +- 1.2 %"),
-        "sldd-mnist-fixed": Preset("mnist", PAPER_ITERATIONS["mnist"],
-                                   {**_LENET_FIXED_10, "soft_labels": True, "decay_epochs": 40},
-                                   "soft-label paper: 10 images with learned labels, 96 %"),
-        "sldd-mnist-5items": Preset("mnist", PAPER_ITERATIONS["mnist"],
-                                    {**_LENET_FIXED_10, "soft_labels": True, "items": 5, "label_init": "random",
-                                     "decay_epochs": 40}, "soft-label paper: 5 images for 10 classes, 92 %"),
+        "dd-mnist-fixed": Preset(
+            "mnist",
+            PAPER_ITERATIONS["mnist"],
+            {**_LENET_FIXED_10, "decay_epochs": 40},
+            "paper: 10 images, fixed init, 93.8 %",
+        ),
+        "dd-mnist-random": Preset(
+            "mnist",
+            PAPER_ITERATIONS["mnist"],
+            {**_LENET_RANDOM_100, "n_nets": 4, "decay_epochs": 40},
+            "paper: 100 images, random init, 79.5 +- 8.1 %",
+        ),
+        "dd-cifar10-fixed": Preset(
+            "cifar10",
+            PAPER_ITERATIONS["cifar10"],
+            {**_ALEX_100, "init": "fixed", "decay_epochs": 40},
+            "paper: 100 images, fixed init, 54.0 %",
+        ),
+        "dd-cifar10-random": Preset(
+            "cifar10",
+            PAPER_ITERATIONS["cifar10"],
+            {**_ALEX_100, "init": "random", "n_nets": 4, "decay_epochs": 40},
+            "paper: 100 images, random init, 36.8 +- 1.2 %",
+        ),
+        "sldd-mnist-fixed": Preset(
+            "mnist",
+            PAPER_ITERATIONS["mnist"],
+            {**_LENET_FIXED_10, "soft_labels": True, "decay_epochs": 40},
+            "soft-label paper: 10 images with learned labels, 96 %",
+        ),
+        "sldd-mnist-5items": Preset(
+            "mnist",
+            PAPER_ITERATIONS["mnist"],
+            {**_LENET_FIXED_10, "soft_labels": True, "items": 5, "label_init": "random", "decay_epochs": 40},
+            "soft-label paper: 5 images for 10 classes, 92 %",
+        ),
         # CPU-sized runs of the benchmark tables (the outer lr keeps the paper's period in iterations)
         "dd-mnist5k-fixed": Preset("mnist5k", 3000, _LENET_FIXED_10),
         "dd-mnist5k-random": Preset("mnist5k", 1000, _LENET_RANDOM_100),
         "dd-fashion-fixed": Preset("fashion-mnist", 3000, _LENET_FIXED_10),
         "dd-fashion-random": Preset("fashion-mnist", 1000, _LENET_RANDOM_100),
     },
-)  # fmt: skip
+)

@@ -89,9 +89,15 @@ class ExpertConfig(Config):
         return cfg, notes
 
     def recipe(self, data: Dataset) -> Standard:
-        return Standard(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, epochs=self.epochs,
-                        batch_size=self.batch_size, schedule="constant",
-                        dsa=data.info.dsa_strategy if self.dsa else None)  # fmt: skip
+        return Standard(
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            schedule="constant",
+            dsa=data.info.dsa_strategy if self.dsa else None,
+        )
 
 
 def expert_path(out: Path, i: int) -> Path:
@@ -102,15 +108,24 @@ def _flat(net: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).cpu()
 
 
-def train_expert(data: Dataset, cfg: ExpertConfig, seed: int, device: str = "cpu",
-                 progress: bool = False, desc: str = "expert") -> tuple[list[torch.Tensor], float]:  # fmt: skip
+def train_expert(
+    data: Dataset, cfg: ExpertConfig, seed: int, device: str = "cpu", progress: bool = False, desc: str = "expert"
+) -> tuple[list[torch.Tensor], float]:
     """Train one expert; returns the flat parameters at epochs 0..E and its final test accuracy. ``desc`` names
     its progress."""
     cfg, _ = cfg.resolve(data)
     net = create_net(cfg.net, data.image_shape, data.num_classes, seed=seed, **cfg.net_kwargs).to(device)
     snapshots = [_flat(net)]
-    fit(net, data.train_x.to(device), data.train_y.to(device), cfg.recipe(data), seed=seed, progress=progress,
-        desc=desc, on_epoch=lambda epoch, model: snapshots.append(_flat(model)))  # fmt: skip
+    fit(
+        net,
+        data.train_x.to(device),
+        data.train_y.to(device),
+        cfg.recipe(data),
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        on_epoch=lambda epoch, model: snapshots.append(_flat(model)),
+    )
     return snapshots, accuracy(net, data.test_x.to(device), data.test_y.to(device))
 
 
@@ -128,9 +143,17 @@ def _manifest_settings(data: Dataset, cfg: ExpertConfig) -> dict:
 
 
 @releases_locks
-def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfig | None = None,
-                  seed: int = 0, device: str = "cpu", progress: bool = False,
-                  ray: bool | str | None = None, overwrite: bool = False) -> ExpertBuffer:  # fmt: skip
+def train_experts(
+    data: Dataset,
+    out: str | Path,
+    experts: int,
+    cfg: ExpertConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    ray: bool | str | None = None,
+    overwrite: bool = False,
+) -> ExpertBuffer:
     """Train ``experts`` experts into ``out``, skipping those already there (resume). Expert i has seed
     ``seed + i`` and file ``expert_i``; with ``ray`` each is a Ray task (``distilset.jobs``). ``overwrite``
     deletes the experts already there (their files and manifest; nothing else) and trains all anew."""
@@ -171,8 +194,9 @@ def train_experts(data: Dataset, out: str | Path, experts: int, cfg: ExpertConfi
     return ExpertBuffer(out)
 
 
-def expert_job(data: Dataset, cfg: ExpertConfig, seed: int, device: str, out: Path, index: int,
-               progress: bool = False) -> dict:  # fmt: skip
+def expert_job(
+    data: Dataset, cfg: ExpertConfig, seed: int, device: str, out: Path, index: int, progress: bool = False
+) -> dict:
     """Train expert ``index`` and write its file (atomically, under its own name: a rerun replaces it whole);
     returns its manifest entry."""
     t0 = time.perf_counter()

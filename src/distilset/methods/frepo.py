@@ -98,8 +98,10 @@ class FRePoConfig(MethodConfig):
 
     def check_ranks(self, world: int) -> None:
         if self.target_batch < world:
-            raise ConfigError(f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
-                              f"give at least {world}")  # fmt: skip
+            raise ConfigError(
+                f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
+                f"give at least {world}"
+            )
 
     def resolve(self, data: Dataset) -> tuple[FRePoConfig, dict[str, str]]:
         if len(data.image_shape) != 3:
@@ -141,8 +143,9 @@ class FRePo:
 
     def _new_net(self, i: int, age: int = 0) -> None:
         cfg = self.cfg
-        net = create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
-                         **cfg.net_kwargs).to(self.device)  # fmt: skip
+        net = create_net(
+            cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62), **cfg.net_kwargs
+        ).to(self.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.online_lr)
         if i == len(self.nets):
             self.nets.append(net)
@@ -227,8 +230,16 @@ class FRePo:
         """The images and learned labels with FRePo's evaluation recipe."""
         n = len(self.images)
         steps = eval_steps(n)
-        recipe = Standard(optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=min(500, n), steps=steps,
-                          schedule="cosine", warmup=min(500, steps // 2), loss="mse")  # fmt: skip
+        recipe = Standard(
+            optimizer="adam",
+            lr=3e-4,
+            weight_decay=0.0,
+            batch_size=min(500, n),
+            steps=steps,
+            schedule="cosine",
+            warmup=min(500, steps // 2),
+            loss="mse",
+        )
         return SyntheticSet.for_dataset(
             self.data,
             images=self.images.detach().cpu().clone(),

@@ -64,8 +64,10 @@ class KernelConfig(MethodConfig):
 
     def resolve(self, data: Dataset) -> tuple[KernelConfig, dict[str, str]]:
         if data.token_embedding is not None:
-            raise ConfigError(f"kernel methods take images or embedded vectors; {data.info.name} holds token ids "
-                              "(use rotten-tomatoes-sentences)")  # fmt: skip
+            raise ConfigError(
+                f"kernel methods take images or embedded vectors; {data.info.name} holds token ids "
+                "(use rotten-tomatoes-sentences)"
+            )
         if self.arch != "fc" and len(data.image_shape) != 3:
             raise ConfigError(f"the {self.arch} kernel needs images (C, H, W); {data.info.name} has {data.image_shape}")
         data.require_per_class(self.ipc)
@@ -74,8 +76,12 @@ class KernelConfig(MethodConfig):
         if self.arch == "conv":
             return self.fill(depth=(3, "DC's and KIP's three conv layers"))
         depth = convnet_depth_for(data.image_shape)
-        return self.fill(depth=(depth, f"{depth} pooled stages leave a 2x2 map of {data.image_shape[1]}x"
-                                       f"{data.image_shape[2]} inputs"))  # fmt: skip
+        return self.fill(
+            depth=(
+                depth,
+                f"{depth} pooled stages leave a 2x2 map of {data.image_shape[1]}x{data.image_shape[2]} inputs",
+            )
+        )
 
     def recipe(self) -> KernelRidge:
         return KernelRidge(arch=self.arch, depth=self.depth, kernel=self.kernel, reg=self.reg)
@@ -103,8 +109,10 @@ class KIPConfig(KernelConfig):
 
     def check_ranks(self, world: int) -> None:
         if self.target_batch < world:
-            raise ConfigError(f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
-                              f"give at least {world}")  # fmt: skip
+            raise ConfigError(
+                f"`target_batch` {self.target_batch} leaves some of the {world} processes no targets; "
+                f"give at least {world}"
+            )
 
 
 @dataclass(frozen=True)
@@ -196,8 +204,11 @@ class KernelSupport:
         return {"target_acc": fit.double().mean().item()}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(),
-                 "generator": self.generator.get_state()}  # fmt: skip
+        state = {
+            "images": self.images.detach().cpu(),
+            "labels": self.labels.detach().cpu(),
+            "generator": self.generator.get_state(),
+        }
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         return state

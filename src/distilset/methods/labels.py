@@ -121,17 +121,22 @@ class LabelConfig(MethodConfig):
     def resolve(self, data: Dataset) -> tuple[LabelConfig, dict[str, str]]:
         k = data.num_classes
         if data.token_embedding is not None:
-            raise ConfigError(f"label distillation takes images or embedded vectors; {data.info.name} holds token ids "
-                              "(use rotten-tomatoes-sentences, or distill dd for token rows)")  # fmt: skip
+            raise ConfigError(
+                f"label distillation takes images or embedded vectors; {data.info.name} holds token ids "
+                "(use rotten-tomatoes-sentences, or distill dd for token rows)"
+            )
         if self.base_dataset is None and self.base % k:
-            raise ConfigError(f"`base` {self.base} must be a multiple of the {k} classes for class-balanced base "
-                              "examples")  # fmt: skip
+            raise ConfigError(
+                f"`base` {self.base} must be a multiple of the {k} classes for class-balanced base examples"
+            )
         if self.base_dataset is None:
             per_class = torch.bincount(data.train_y, minlength=k).min().item() * (1 - self.validation)
             if self.base // k > per_class:
-                raise ConfigError(f"`base` {self.base} asks for {self.base // k} base images per class; the smallest "
-                                  f"class has {int(per_class)} outside the validation share: use `base` "
-                                  f"{k * int(per_class)} or less")  # fmt: skip
+                raise ConfigError(
+                    f"`base` {self.base} asks for {self.base // k} base images per class; the smallest "
+                    f"class has {int(per_class)} outside the validation share: use `base` "
+                    f"{k * int(per_class)} or less"
+                )
         net, why = classic_net_for(data.image_shape)
         kwargs, depth_why = fit_net_to_input(self.net or net, self.net_kwargs, data.image_shape)
         batch = min(50, max(10, self.base // 2), self.base)
@@ -222,8 +227,9 @@ class LabelDistillation:
     # ---- the model that is trained alongside ----------------------------------------------------------
     def _new_model(self) -> None:
         s = int(torch.randint(2**62, (1,), generator=self.generator))
-        self.model = create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=s,
-                                **self.cfg.net_kwargs).to(self.device)  # fmt: skip
+        self.model = create_net(
+            self.cfg.net, self.data.image_shape, self.data.num_classes, seed=s, **self.cfg.net_kwargs
+        ).to(self.device)
         self.params = net_params(self.model)
         self.model_opt = torch.optim.Adam(list(self.params.values()), lr=self.cfg.model_lr)
         self.scale = torch.ones((), device=self.device, requires_grad=True)
@@ -284,15 +290,22 @@ class LabelDistillation:
     def recipe(self, steps: int) -> Standard:
         """The paper's retraining of a fresh model: Adam (``model_lr``) on minibatches of ``base_batch``."""
         cfg = self.cfg
-        return Standard(optimizer="adam", lr=cfg.model_lr, weight_decay=0.0, batch_size=cfg.base_batch, steps=steps,
-                        schedule="constant")  # fmt: skip
+        return Standard(
+            optimizer="adam",
+            lr=cfg.model_lr,
+            weight_decay=0.0,
+            batch_size=cfg.base_batch,
+            steps=steps,
+            schedule="constant",
+        )
 
     def _score_current(self) -> dict[str, Any]:
         """Train a fresh model on the current labels for the current training length and score it on the
         held-out images; a pure function of the iteration (its seed) and the state."""
         steps, cfg, it = self.train_steps, self.cfg, self.iterations
-        net = create_net(cfg.net, self.data.image_shape, self.data.num_classes, seed=self.seed + 7919 * it,
-                         **cfg.net_kwargs).to(self.device)  # fmt: skip
+        net = create_net(
+            cfg.net, self.data.image_shape, self.data.num_classes, seed=self.seed + 7919 * it, **cfg.net_kwargs
+        ).to(self.device)
         labels = self.labels.detach().clone()
         fit(net, self.base_x, labels, self.recipe(steps), seed=self.seed + it)
         acc = accuracy(net, self.val_x.to(self.device), self.val_y.to(self.device))
@@ -416,8 +429,9 @@ class LabelDistillation:
             final = self._score_current()  # the final labels take part too (without changing any state)
             if chosen is None or final["val_acc"] > chosen["val_acc"]:
                 chosen = final
-        chosen = chosen if chosen is not None else {"labels": self.labels.detach().cpu(),
-                                                           "train_steps": self.train_steps}  # fmt: skip
+        chosen = (
+            chosen if chosen is not None else {"labels": self.labels.detach().cpu(), "train_steps": self.train_steps}
+        )
         return SyntheticSet.for_dataset(
             self.data,
             images=self.base_x.detach().cpu().clone(),
@@ -425,11 +439,15 @@ class LabelDistillation:
             method="labels",
             recipe=self.recipe(chosen["train_steps"]),
             net={"name": cfg.net, "kwargs": dict(cfg.net_kwargs), "init": "default"},
-            extra={"resets": self.resets, "train_steps": chosen["train_steps"], "val_acc": chosen.get("val_acc"),
-                   "chosen_iteration": chosen.get("iteration"),
-                   "base_dataset": self.source.info.name if self.source else info.name,
-                   "base_classes": self.base_classes.tolist() if self.base_classes is not None else None},
-        )  # fmt: skip
+            extra={
+                "resets": self.resets,
+                "train_steps": chosen["train_steps"],
+                "val_acc": chosen.get("val_acc"),
+                "chosen_iteration": chosen.get("iteration"),
+                "base_dataset": self.source.info.name if self.source else info.name,
+                "base_classes": self.base_classes.tolist() if self.base_classes is not None else None,
+            },
+        )
 
 
 def split_validation(

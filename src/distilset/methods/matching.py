@@ -47,8 +47,9 @@ class PerClassImages:
 
     def fresh_net(self) -> nn.Module:
         """A freshly initialised network (PyTorch's default init, as in the released code)."""
-        return create_net(self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62),
-                          **self.cfg.net_kwargs).to(self.device)  # fmt: skip
+        return create_net(
+            self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62), **self.cfg.net_kwargs
+        ).to(self.device)
 
     def class_batches(self, c: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A real batch of class ``c`` and the class's synthetic images, both augmented by one DSA transform drawn
@@ -84,8 +85,11 @@ class PerClassImages:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}  # fmt: skip
+        return {
+            "images": self.images.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():

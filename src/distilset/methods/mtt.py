@@ -128,30 +128,54 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     def check(self) -> None:
         self.require_positive("lr_img", "lr_lr", "lr_teacher", "lr_max_step", "expert_lr")
         self.require_at_least(0, "momentum")
-        self.require_at_least(1, "ipc", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "num_experts",
-                              "expert_train_epochs", "trajectories", "expert_batch", "segment", "canvas")  # fmt: skip
+        self.require_at_least(
+            1,
+            "ipc",
+            "syn_steps",
+            "expert_epochs",
+            "max_start_epoch",
+            "batch_syn",
+            "num_experts",
+            "expert_train_epochs",
+            "trajectories",
+            "expert_batch",
+            "segment",
+            "canvas",
+        )
 
     def check_ranks(self, world: int) -> None:
         if world == 1:
             return
         if self.trajectories < world:
-            raise ConfigError(f"MTT spreads its expert trajectories over the {world} processes, but `trajectories` "
-                              f"is {self.trajectories}; give --trajectories {world} (or a multiple of it)")  # fmt: skip
+            raise ConfigError(
+                f"MTT spreads its expert trajectories over the {world} processes, but `trajectories` "
+                f"is {self.trajectories}; give --trajectories {world} (or a multiple of it)"
+            )
         if self.experts_dir is None or not (Path(self.experts_dir) / MANIFEST).exists():
-            raise ConfigError("under torchrun MTT reads trained experts (the other processes would wait out their "
-                              "timeout while one trains them): train them first with `distilset experts` (--ray "
-                              "spreads them) and give `experts_dir`")  # fmt: skip
+            raise ConfigError(
+                "under torchrun MTT reads trained experts (the other processes would wait out their "
+                "timeout while one trains them): train them first with `distilset experts` (--ray "
+                "spreads them) and give `experts_dir`"
+            )
 
     def expert_config(self) -> ExpertConfig:
-        return ExpertConfig(net=self.net, net_kwargs=self.net_kwargs, epochs=self.expert_train_epochs,
-                            lr=self.expert_lr, batch_size=self.expert_batch, dsa=self.dsa)  # fmt: skip
+        return ExpertConfig(
+            net=self.net,
+            net_kwargs=self.net_kwargs,
+            epochs=self.expert_train_epochs,
+            lr=self.expert_lr,
+            batch_size=self.expert_batch,
+            dsa=self.dsa,
+        )
 
     def resolve(self, data: Dataset) -> tuple[MTTConfig, dict[str, str]]:
         if len(data.image_shape) != 3:
             raise ConfigError(f"MTT distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         if self.texture and data.zca is not None:
-            raise ConfigError("texture mode cannot use ZCA: whitening mixes pixels across the canvas seams, so the "
-                              "texture would not tile; load the dataset without `zca`")  # fmt: skip
+            raise ConfigError(
+                "texture mode cannot use ZCA: whitening mixes pixels across the canvas seams, so the "
+                "texture would not tile; load the dataset without `zca`"
+            )
         if self.init == "real":
             data.require_per_class(self.ipc)  # before any expert is trained
         start_range = next(e for low, e in START_RANGE_EPOCHS if self.ipc >= low) * CIFAR_STEPS_PER_EPOCH
@@ -180,15 +204,18 @@ class MTTConfig(MethodConfig, PixelStatsOption):
             notes.update(more)
         steps_per_epoch = math.ceil(len(data.train_x) / cfg.expert_batch)
         start = max(1, round(start_range / steps_per_epoch))
-        why = (f"the paper's start range at IPC {self.ipc}, {start_range} SGD steps, is "
-               f"{start_range / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps here")  # fmt: skip
+        why = (
+            f"the paper's start range at IPC {self.ipc}, {start_range} SGD steps, is "
+            f"{start_range / steps_per_epoch:.1f} epochs of {steps_per_epoch} steps here"
+        )
         if existing and start > cfg.expert_train_epochs + 1 - cfg.expert_epochs:
             start = cfg.expert_train_epochs + 1 - cfg.expert_epochs
             why += f", cut to {start} by the experts' {cfg.expert_train_epochs} epochs"
         cfg, more = cfg.fill(max_start_epoch=(start, why))
         notes.update(more)
-        cfg, more = cfg.fill(expert_train_epochs=(cfg.max_start_epoch + cfg.expert_epochs,
-                                                  "max_start_epoch + expert_epochs"))  # fmt: skip
+        cfg, more = cfg.fill(
+            expert_train_epochs=(cfg.max_start_epoch + cfg.expert_epochs, "max_start_epoch + expert_epochs")
+        )
         notes.update(more)
         last = cfg.max_start_epoch - 1 + cfg.expert_epochs
         if last > cfg.expert_train_epochs:
@@ -204,8 +231,13 @@ class MTTConfig(MethodConfig, PixelStatsOption):
 class MTT:
     """Trajectory matching over an experts directory; stepwise and checkpointable (``methods.base.run``)."""
 
-    def __init__(self, data: Dataset, experts: ExpertBuffer | str | Path, cfg: MTTConfig | None = None,
-                 ctx: Context | None = None):  # fmt: skip
+    def __init__(
+        self,
+        data: Dataset,
+        experts: ExpertBuffer | str | Path,
+        cfg: MTTConfig | None = None,
+        ctx: Context | None = None,
+    ):
         cfg, _ = (cfg or MTTConfig()).resolve(data)
         ctx = ctx or Context()
         seed, device = ctx.seed, ctx.device
@@ -284,8 +316,9 @@ class MTT:
 
         memory = memory or cfg.memory
         segment = min(cfg.segment, cfg.syn_steps) if memory == "checkpoint" else None
-        return unrolled_gradient(self.model, theta_start, step_fn, cfg.syn_steps, outer,
-                                 [self.images, self.syn_lr], segment=segment)  # fmt: skip
+        return unrolled_gradient(
+            self.model, theta_start, step_fn, cfg.syn_steps, outer, [self.images, self.syn_lr], segment=segment
+        )
 
     def step(self, iteration: int) -> dict[str, float]:
         return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
@@ -365,12 +398,14 @@ def _prepare(data: Dataset, cfg: MTTConfig, ctx: Context) -> dict[str, ExpertBuf
     expert_cfg, _ = cfg.expert_config().resolve(data)
     if (path / MANIFEST).exists():  # a given directory is used as it is; our own is completed if interrupted
         manifest = ExpertBuffer.read_manifest(path)
-        unfinished = (cfg.experts_dir is None and len(manifest["experts"]) < cfg.num_experts
-                      and manifest["config"] == expert_cfg.to_json())  # fmt: skip
+        unfinished = (
+            cfg.experts_dir is None
+            and len(manifest["experts"]) < cfg.num_experts
+            and manifest["config"] == expert_cfg.to_json()
+        )
     if not (path / MANIFEST).exists() or unfinished:
         ctx.log(f"training {cfg.num_experts} experts x {cfg.expert_train_epochs} epochs into {path}")
-        train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device,
-                      progress=ctx.progress)  # fmt: skip
+        train_experts(data, path, cfg.num_experts, expert_cfg, seed=ctx.seed, device=ctx.device, progress=ctx.progress)
     return {"experts": ExpertBuffer(path)}
 
 
@@ -403,15 +438,54 @@ register_method(
     MTTConfig,
     _build,
     presets={
-        "mtt-cifar10-ipc1": Preset("cifar10", 5000, {"ipc": 1, "syn_steps": 50, "expert_epochs": 2,
-                                   "max_start_epoch": 2, "lr_img": 100.0, "lr_lr": 1e-7, "lr_teacher": 0.01,
-                                   "num_experts": 100, "expert_train_epochs": 50}, "paper: 46.3 % (ZCA)"),
-        "mtt-cifar10-ipc10": Preset("cifar10", 5000, {"ipc": 10, "syn_steps": 30, "expert_epochs": 2,
-                                    "max_start_epoch": 20, "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.001,
-                                    "num_experts": 100, "expert_train_epochs": 50}, "paper: 65.3 % (ZCA)"),
-        "mtt-cifar10-ipc50": Preset("cifar10", 5000, {"ipc": 50, "syn_steps": 30, "expert_epochs": 2,
-                                    "max_start_epoch": 40, "lr_img": 1000.0, "lr_lr": 1e-5, "lr_teacher": 0.001,
-                                    "num_experts": 100, "expert_train_epochs": 50}, "paper: 71.6 % (no ZCA)"),
+        "mtt-cifar10-ipc1": Preset(
+            "cifar10",
+            5000,
+            {
+                "ipc": 1,
+                "syn_steps": 50,
+                "expert_epochs": 2,
+                "max_start_epoch": 2,
+                "lr_img": 100.0,
+                "lr_lr": 1e-7,
+                "lr_teacher": 0.01,
+                "num_experts": 100,
+                "expert_train_epochs": 50,
+            },
+            "paper: 46.3 % (ZCA)",
+        ),
+        "mtt-cifar10-ipc10": Preset(
+            "cifar10",
+            5000,
+            {
+                "ipc": 10,
+                "syn_steps": 30,
+                "expert_epochs": 2,
+                "max_start_epoch": 20,
+                "lr_img": 100.0,
+                "lr_lr": 1e-5,
+                "lr_teacher": 0.001,
+                "num_experts": 100,
+                "expert_train_epochs": 50,
+            },
+            "paper: 65.3 % (ZCA)",
+        ),
+        "mtt-cifar10-ipc50": Preset(
+            "cifar10",
+            5000,
+            {
+                "ipc": 50,
+                "syn_steps": 30,
+                "expert_epochs": 2,
+                "max_start_epoch": 40,
+                "lr_img": 1000.0,
+                "lr_lr": 1e-5,
+                "lr_teacher": 0.001,
+                "num_experts": 100,
+                "expert_train_epochs": 50,
+            },
+            "paper: 71.6 % (no ZCA)",
+        ),
         "mtt-fashion-ipc1": Preset("fashion-mnist", 1000, _GREY_1),
         "mtt-fashion-ipc10": Preset("fashion-mnist", 1000, _GREY_10),
         "mtt-mnist5k-ipc1": Preset("mnist5k", 1000, _GREY_1),
@@ -419,4 +493,4 @@ register_method(
     },
     data_parallel=True,
     prepare=_prepare,
-)  # fmt: skip
+)

@@ -65,9 +65,29 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 # Options every `distill METHOD` shares (declared once in the CLI); a method's config may not use these names.
-SHARED_OPTIONS = ("dataset", "data_root", "data_path", "download", "zca", "out", "preset", "iterations", "seed",
-                  "device", "resume", "overwrite", "checkpoint_every", "eval_every", "evaluate", "progress", "log",
-                  "method", "data", "ray", "ray_address")  # fmt: skip
+SHARED_OPTIONS = (
+    "dataset",
+    "data_root",
+    "data_path",
+    "download",
+    "zca",
+    "out",
+    "preset",
+    "iterations",
+    "seed",
+    "device",
+    "resume",
+    "overwrite",
+    "checkpoint_every",
+    "eval_every",
+    "evaluate",
+    "progress",
+    "log",
+    "method",
+    "data",
+    "ray",
+    "ray_address",
+)
 
 
 def data_parallel_methods() -> list[str]:
@@ -220,8 +240,10 @@ def distill(
     shards = current()
     if shards.world > 1 and not m.data_parallel:
         supported = ", ".join(data_parallel_methods())
-        raise DistilsetError(f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
-                             f"run it in one process, or use one of {supported}")  # fmt: skip
+        raise DistilsetError(
+            f"`distill {m.name}` does not run data-parallel ({shards.world} processes); "
+            f"run it in one process, or use one of {supported}"
+        )
     cfg.check_ranks(shards.world)
     if out is not None:  # before any work: a directory holding another run, or one we cannot write, fails now
         out = shards.on_writer(lambda: prepare_out(out, resume=resume, overwrite=overwrite))
@@ -235,13 +257,28 @@ def distill(
         )
     for line in describe_config(cfg, notes):
         log(line)
-    ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
-                  data_root=data_root, download=download, ray=ray, iterations=iterations)  # fmt: skip
+    ctx = Context(
+        seed=seed,
+        device=device,
+        out=Path(out) if out else None,
+        progress=progress,
+        log=log,
+        data_root=data_root,
+        download=download,
+        ray=ray,
+        iterations=iterations,
+    )
     if m.prepare is not None:
         objects = {**m.prepare(data, cfg, ctx), **objects}
     distiller = m.build(data, cfg, ctx, **objects)
-    run_cfg = RunConfig(iterations=iterations, out=ctx.out, checkpoint_every=checkpoint_every,
-                        eval_every=eval_every, resume=resume, progress=progress)  # fmt: skip
+    run_cfg = RunConfig(
+        iterations=iterations,
+        out=ctx.out,
+        checkpoint_every=checkpoint_every,
+        eval_every=eval_every,
+        resume=resume,
+        progress=progress,
+    )
     identity = Identity(m.name, seed, cfg, dataset_identity(data))
     monitor = None
     if validation is not None:

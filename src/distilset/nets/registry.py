@@ -54,9 +54,11 @@ def create_net(
         try:
             net = NETS[name](tuple(in_shape), num_classes, **kw)
         except (TypeError, ValueError) as e:
-            raise DistilsetError(f"bad option for net {name!r} (`net_kwargs`) or inputs of shape {tuple(in_shape)}: "
-                                 f"{e}; its options: "
-                                 f"{NETS[name].__doc__ or 'none'}") from e  # fmt: skip
+            raise DistilsetError(
+                f"bad option for net {name!r} (`net_kwargs`) or inputs of shape {tuple(in_shape)}: "
+                f"{e}; its options: "
+                f"{NETS[name].__doc__ or 'none'}"
+            ) from e
         init_weights(net, init)
     return net
 

@@ -33,8 +33,14 @@ class _TokenInput(nn.Module):
 class TextCNN(nn.Module):
     """Kim (2014): 1-D convolutions of several widths over the token rows, ReLU, max over time, dropout, linear."""
 
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = (3, 4, 5),
-                 maps: int = 100, dropout: float = 0.5):  # fmt: skip
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        num_classes: int,
+        widths: tuple[int, ...] = (3, 4, 5),
+        maps: int = 100,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         if len(in_shape) != 2:
             raise ValueError(f"TextCNN takes token rows (L, D), got input shape {tuple(in_shape)}")

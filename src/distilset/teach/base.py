@@ -61,11 +61,18 @@ class TeachConfig(Config):
     def check(self) -> None:
         self.require_positive("lr", "batch_size")
 
-    def recipe(self, steps: int, lr: float | None = None, batch_size: int | None = None,
-               schedule: str = "step") -> Standard:  # fmt: skip
+    def recipe(
+        self, steps: int, lr: float | None = None, batch_size: int | None = None, schedule: str = "step"
+    ) -> Standard:
         """A ``Standard`` recipe of ``steps`` minibatch steps with this config's optimiser, no weight decay."""
-        return Standard(optimizer=self.optimizer, lr=lr or self.lr, batch_size=batch_size or self.batch_size,
-                        steps=steps, weight_decay=0.0, schedule=schedule)  # fmt: skip
+        return Standard(
+            optimizer=self.optimizer,
+            lr=lr or self.lr,
+            batch_size=batch_size or self.batch_size,
+            steps=steps,
+            weight_decay=0.0,
+            schedule=schedule,
+        )
 
 
 @dataclass(frozen=True)
@@ -99,14 +106,19 @@ class Model:
     outputs: tuple[str, ...] = ()
 
     @classmethod
-    def fresh(cls, net: str, kwargs: dict, in_shape: tuple[int, ...], num_classes: int, seed: int,
-              device: str) -> Model:  # fmt: skip
+    def fresh(
+        cls, net: str, kwargs: dict, in_shape: tuple[int, ...], num_classes: int, seed: int, device: str
+    ) -> Model:
         module = create_net(net, in_shape, num_classes, seed=seed, **kwargs).to(device)
         return cls(net, dict(kwargs), tuple(in_shape), num_classes, module)
 
     def metadata(self) -> dict[str, str]:
-        meta = {"net": self.net, "net_kwargs": json.dumps(self.kwargs), "in_shape": json.dumps(list(self.in_shape)),
-                "num_classes": str(self.num_classes)}  # fmt: skip
+        meta = {
+            "net": self.net,
+            "net_kwargs": json.dumps(self.kwargs),
+            "in_shape": json.dumps(list(self.in_shape)),
+            "num_classes": str(self.num_classes),
+        }
         if self.outputs:
             meta["outputs"] = json.dumps(list(self.outputs))
         return meta
@@ -158,8 +170,19 @@ class System:
 
 
 SYSTEMS: dict[str, System] = {}
-SHARED = ("dataset", "data_root", "data_path", "download", "out", "seed", "device", "overwrite", "progress", "log",
-          "ray")  # fmt: skip
+SHARED = (
+    "dataset",
+    "data_root",
+    "data_path",
+    "download",
+    "out",
+    "seed",
+    "device",
+    "overwrite",
+    "progress",
+    "log",
+    "ray",
+)
 
 
 def register_system(name: str, config: type[TeachConfig], run: Callable[..., Taught], ray: bool = False) -> System:
@@ -197,8 +220,9 @@ def teach(
     names = [f.name for f in dataclasses.fields(s.config)]
     unknown = sorted(set(options) - set(names))
     if unknown:
-        raise ConfigError(f"unknown option(s) for teach {system}: {', '.join(unknown)} "
-                          f"({system} options: {', '.join(names)})")  # fmt: skip
+        raise ConfigError(
+            f"unknown option(s) for teach {system}: {', '.join(unknown)} ({system} options: {', '.join(names)})"
+        )
     if data.token_embedding is not None or len(data.image_shape) != 3:
         raise DistilsetError(f"teach {system} trains image classifiers; {data.info.name} is not an image dataset")
     check_seed(seed)
@@ -214,15 +238,28 @@ def teach(
     log(f"teach {system} on {data.info.name}, seed {seed}:")
     for line in describe_config(cfg, notes):
         log(line)
-    ctx = Context(seed=seed, device=device, out=Path(out) if out else None, progress=progress, log=log,
-                  data_root=data_root, download=download, ray=ray)  # fmt: skip
+    ctx = Context(
+        seed=seed,
+        device=device,
+        out=Path(out) if out else None,
+        progress=progress,
+        log=log,
+        data_root=data_root,
+        download=download,
+        ray=ray,
+    )
     start = time.perf_counter()
     taught = s.run(data.to(device), cfg, ctx)
     taught.report = {
-        "system": system, "dataset": data.info.name, "seed": seed, "config": cfg.to_json(), "resolved": notes,
-        **taught.report, "seconds": round(time.perf_counter() - start, 1),
+        "system": system,
+        "dataset": data.info.name,
+        "seed": seed,
+        "config": cfg.to_json(),
+        "resolved": notes,
+        **taught.report,
+        "seconds": round(time.perf_counter() - start, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
-    }  # fmt: skip
+    }
     if out is not None:
         write_outputs(Path(out), taught)
     return taught
@@ -249,8 +286,16 @@ def write_outputs(out: Path, taught: Taught) -> None:
 
 
 # ---- pieces the systems share ---------------------------------------------------------------------------
-def train(model: Model, x: torch.Tensor, y: torch.Tensor, recipe: Standard, seed: int, test: Dataset | None = None,
-          points: int = 12, **fit_kw) -> list[tuple[int, float]]:  # fmt: skip
+def train(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Standard,
+    seed: int,
+    test: Dataset | None = None,
+    points: int = 12,
+    **fit_kw,
+) -> list[tuple[int, float]]:
     """``fit`` the model; with ``test``, its test accuracy at about ``points`` epochs along the way:
     ``[(step, accuracy), ...]``, the learning curve."""
     curve: list[tuple[int, float]] = []
@@ -292,8 +337,12 @@ def check_share(cfg: Config, *names: str) -> None:
             raise ConfigError(f"`{name}` must be a share between 0 and 1 (exclusive), got {value}")
 
 
-def split_per_class(data: Dataset, share: float | int, generator: torch.Generator, what: str,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def split_per_class(
+    data: Dataset,
+    share: float | int,
+    generator: torch.Generator,
+    what: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(picked, rest): training indices, ``share`` of every class (or that many per class) and the others."""
     picked = data.sample_per_class(share, generator, what=what)
     mask = torch.ones(len(data.train_y), dtype=torch.bool, device=data.train_y.device)

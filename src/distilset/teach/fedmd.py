@@ -60,12 +60,30 @@ from distilset.methods.base import Context
 from distilset.nets import NETS, create_net
 from distilset.teach.base import Model, Taught, TeachConfig, claim, register_system, train
 
-DEFAULT_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "lenet", "convnet:width=8",
-                "convnet:width=16", "convnet-bn:width=8", "convnet-bn:width=16", "convnet:width=16,depth=2",
-                "convnet-bn:width=16,depth=2")  # fmt: skip
-SMALL_NETS = ("mlp", "mlp:width=256,depth=1", "mlp:width=64,depth=3", "mlp:width=32,depth=2", "convnet:width=8,depth=2",
-              "convnet:width=16,depth=2", "convnet-bn:width=8,depth=2", "convnet-bn:width=16,depth=2",
-              "convnet:width=16,depth=1", "convnet-bn:width=16,depth=1")  # fmt: skip
+DEFAULT_NETS = (
+    "mlp",
+    "mlp:width=256,depth=1",
+    "mlp:width=64,depth=3",
+    "lenet",
+    "convnet:width=8",
+    "convnet:width=16",
+    "convnet-bn:width=8",
+    "convnet-bn:width=16",
+    "convnet:width=16,depth=2",
+    "convnet-bn:width=16,depth=2",
+)
+SMALL_NETS = (
+    "mlp",
+    "mlp:width=256,depth=1",
+    "mlp:width=64,depth=3",
+    "mlp:width=32,depth=2",
+    "convnet:width=8,depth=2",
+    "convnet:width=16,depth=2",
+    "convnet-bn:width=8,depth=2",
+    "convnet-bn:width=16,depth=2",
+    "convnet:width=16,depth=1",
+    "convnet-bn:width=16,depth=1",
+)
 """The parties' networks for inputs under 20x20 (8x8 digits): no LeNet, ConvNets of depth 1-2."""
 
 
@@ -101,8 +119,9 @@ class FedMDConfig(TeachConfig):
 
     def check(self) -> None:
         super().check()
-        self.require_positive("private_classes", "per_class", "public_epochs", "private_epochs", "public_subset",
-                              "revisit_epochs")  # fmt: skip
+        self.require_positive(
+            "private_classes", "per_class", "public_epochs", "private_epochs", "public_subset", "revisit_epochs"
+        )
         self.require_at_least(0, "rounds")
         if self.nets is not None and len(self.nets) < 2:
             raise ConfigError(f"`nets` needs at least 2 parties, got {list(self.nets)}")
@@ -111,19 +130,25 @@ class FedMDConfig(TeachConfig):
 
     def resolve(self, data: Dataset) -> tuple[FedMDConfig, dict[str, str]]:
         if self.private_classes > data.num_classes:
-            raise ConfigError(f"`private_classes` {self.private_classes} exceeds the {data.num_classes} classes of "
-                              f"{data.info.name}")  # fmt: skip
+            raise ConfigError(
+                f"`private_classes` {self.private_classes} exceeds the {data.num_classes} classes of {data.info.name}"
+            )
         side = min(data.image_shape[1:])
         k = self.private_classes
         if self.public in (None, data.info.name) and k >= data.num_classes:
-            raise ConfigError(f"the public set is {data.info.name}'s classes outside the private task: lower "
-                              f"`private_classes` below {data.num_classes}, or name another `public`")  # fmt: skip
+            raise ConfigError(
+                f"the public set is {data.info.name}'s classes outside the private task: lower "
+                f"`private_classes` below {data.num_classes}, or name another `public`"
+            )
         nets = (DEFAULT_NETS, f"{side}-pixel inputs") if side >= 20 else (SMALL_NETS, f"{side}-pixel inputs: no LeNet")
         return self.fill(
-            public=(data.info.name, f"{data.info.name}'s classes {k}-{data.num_classes - 1}: one domain, classes "
-                                    "disjoint from the private task's (the paper: MNIST digits, EMNIST letters)"),
+            public=(
+                data.info.name,
+                f"{data.info.name}'s classes {k}-{data.num_classes - 1}: one domain, classes "
+                "disjoint from the private task's (the paper: MNIST digits, EMNIST letters)",
+            ),
             nets=nets,
-        )  # fmt: skip
+        )
 
 
 def parse_net(spec: str) -> tuple[str, dict]:
@@ -148,8 +173,7 @@ class Party:
     ``scores``, ``digest``, ``revisit`` and ``accuracy``, whose arguments and results are plain tensors and
     numbers, so a party can live in another process (a Ray actor, ``distilset.jobs.Crowd``)."""
 
-    def __init__(self, index: int, model: Model, x: torch.Tensor, y: torch.Tensor, cfg: FedMDConfig,
-                 seed: int) -> None:  # fmt: skip
+    def __init__(self, index: int, model: Model, x: torch.Tensor, y: torch.Tensor, cfg: FedMDConfig, seed: int) -> None:
         self.index, self.model, self.x, self.y, self.cfg, self.seed = index, model, x, y, cfg, seed
 
     @property
@@ -167,8 +191,14 @@ class Party:
     def digest(self, x: torch.Tensor, consensus: torch.Tensor, seed: int) -> None:
         """One epoch of mean absolute error to the consensus scores, minibatch 256."""
         steps = -(-len(x) // 256)
-        train(self.model, x, consensus, self.cfg.recipe(steps, batch_size=256, schedule="constant"),
-              seed=seed, loss_fn=F.l1_loss)  # fmt: skip
+        train(
+            self.model,
+            x,
+            consensus,
+            self.cfg.recipe(steps, batch_size=256, schedule="constant"),
+            seed=seed,
+            loss_fn=F.l1_loss,
+        )
 
     def revisit(self, epochs: int, seed: int) -> None:
         """``epochs`` on the private images, minibatch 5."""
@@ -179,8 +209,9 @@ class Party:
         return private_accuracy(self.model, x, y, offset)
 
 
-def collaborate(parties: Sequence[Party] | Crowd, public_x: torch.Tensor, cfg: FedMDConfig, seed: int,
-                after_round=None) -> torch.Tensor:  # fmt: skip
+def collaborate(
+    parties: Sequence[Party] | Crowd, public_x: torch.Tensor, cfg: FedMDConfig, seed: int, after_round=None
+) -> torch.Tensor:
     """The server: ``cfg.rounds`` of fresh public subset, consensus, digest, revisit, each party's training seeded
     by its ``index``. ``parties``: a list (called one after another here) or a ``Crowd`` (e.g. on Ray actors, side
     by side). Returns the last consensus (and calls ``after_round(r, subset_index, consensus)``)."""
@@ -283,8 +314,13 @@ def _set_up_party(s: _Setting, i: int, spec: str, idx: torch.Tensor) -> tuple[Pa
 
     def private_fit(m: Model, rows: torch.Tensor, seed: int) -> None:
         steps = cfg.private_epochs * -(-len(rows) // min(5, len(rows)))
-        train(m, data.train_x[rows], data.train_y[rows] + offset,
-              cfg.recipe(steps, batch_size=5, schedule="constant"), seed=seed)  # fmt: skip
+        train(
+            m,
+            data.train_x[rows],
+            data.train_y[rows] + offset,
+            cfg.recipe(steps, batch_size=5, schedule="constant"),
+            seed=seed,
+        )
 
     twin = Model.fresh(model.net, model.kwargs, model.in_shape, model.num_classes, seed=0, device=s.device)
     twin.module.load_state_dict(model.module.state_dict())
@@ -302,8 +338,10 @@ def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
         create_net(name, data.image_shape, data.num_classes, seed=0, **kwargs)
     public = public_set(data, cfg, ctx).to(ctx.device)
     if public.image_shape != data.image_shape:
-        raise ConfigError(f"`public` {cfg.public} has inputs {public.image_shape} but {data.info.name} has "
-                          f"{data.image_shape}; pick a public set of the same shape")  # fmt: skip
+        raise ConfigError(
+            f"`public` {cfg.public} has inputs {public.image_shape} but {data.info.name} has "
+            f"{data.image_shape}; pick a public set of the same shape"
+        )
     offset = public.num_classes
     g = torch.Generator().manual_seed(ctx.seed)
     with torch.random.fork_rng(devices=[]):
@@ -320,8 +358,10 @@ def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
     for p, acc in zip(parties, public_acc, strict=True):
         ctx.log(f"  {p.name}: public test {100 * acc:.1f} %, private {len(p.x)} images")
     by_round = [[p.accuracy(test_x, test_y, offset) for p in parties]]
-    ctx.log(f"  transfer only: {100 * sum(by_round[0]) / len(parties):.2f} % mean private accuracy; pooled bound "
-            f"{100 * sum(pooled) / len(parties):.2f} %")  # fmt: skip
+    ctx.log(
+        f"  transfer only: {100 * sum(by_round[0]) / len(parties):.2f} % mean private accuracy; pooled bound "
+        f"{100 * sum(pooled) / len(parties):.2f} %"
+    )
     last: dict[str, torch.Tensor] = {}
     alone = [copy.deepcopy(p) for p in parties] if cfg.control else None
     crowd = Crowd(parties, ray=ctx.ray)
@@ -342,20 +382,31 @@ def run_fedmd(data: Dataset, cfg: FedMDConfig, ctx: Context) -> Taught:
         control = alone.each("accuracy", test_x, test_y, offset)
         ctx.log(f"  control, revisits without consensus: {100 * mean(control):.2f} % mean private accuracy")
     report: dict[str, Any] = {
-        "parties": [p.name for p in parties], "private_images": [len(i) for i in dealt],
-        "public_test_accuracy": public_acc, "transfer_only": by_round[0], "final": by_round[-1],
-        "pooled": pooled, "by_round": by_round, "mean_transfer_only": mean(by_round[0]),
-        "mean_final": mean(by_round[-1]), "mean_pooled": mean(pooled), "revisit_only": control,
+        "parties": [p.name for p in parties],
+        "private_images": [len(i) for i in dealt],
+        "public_test_accuracy": public_acc,
+        "transfer_only": by_round[0],
+        "final": by_round[-1],
+        "pooled": pooled,
+        "by_round": by_round,
+        "mean_transfer_only": mean(by_round[0]),
+        "mean_final": mean(by_round[-1]),
+        "mean_pooled": mean(pooled),
+        "revisit_only": control,
         "mean_revisit_only": mean(control) if control else None,
-    }  # fmt: skip
+    }
     gain = report["mean_final"] - report["mean_transfer_only"]
     gaining = int(sum(f > t for f, t in zip(by_round[-1], by_round[0], strict=True)))
     report["claims"] = [
-        claim("collaboration gains over transfer-only training", gain > 0,
-              {"mean_gain": gain, "parties_gaining": gaining}),
-        claim("and ends below the pooled-private bound", report["mean_final"] < report["mean_pooled"],
-              {"mean_final": report["mean_final"], "mean_pooled": report["mean_pooled"]}),
-    ]  # fmt: skip
+        claim(
+            "collaboration gains over transfer-only training", gain > 0, {"mean_gain": gain, "parties_gaining": gaining}
+        ),
+        claim(
+            "and ends below the pooled-private bound",
+            report["mean_final"] < report["mean_pooled"],
+            {"mean_final": report["mean_final"], "mean_pooled": report["mean_pooled"]},
+        ),
+    ]
     if control:
         report["claims"].append(
             claim(
@@ -375,16 +426,23 @@ def _picture(report: dict, cfg: FedMDConfig, dataset: str):
     fig, ax = plt.subplots(figsize=(7, 4))
     rounds = list(range(len(report["by_round"])))
     for i in range(len(report["parties"])):
-        ax.plot(rounds, [100 * r[i] for r in report["by_round"]], color="grey", linewidth=0.7,
-                label="each party" if i == 0 else None)  # fmt: skip
+        ax.plot(
+            rounds,
+            [100 * r[i] for r in report["by_round"]],
+            color="grey",
+            linewidth=0.7,
+            label="each party" if i == 0 else None,
+        )
     ax.plot(rounds, [100 * sum(r) / len(r) for r in report["by_round"]], color="black", linewidth=2, label="mean")
     ax.axhline(100 * report["mean_transfer_only"], color="black", linestyle=":", label="transfer only (mean)")
     ax.axhline(100 * report["mean_pooled"], color="black", linestyle="--", label="pooled private (mean)")
     if report["mean_revisit_only"] is not None:
         ax.axhline(100 * report["mean_revisit_only"], color="grey", linestyle="-.", label="revisits only (mean)")
-    ax.set(xlabel="round", ylabel="private test accuracy (%)",
-           title=f"FedMD: public {cfg.public}, private {dataset} "
-                 f"({cfg.private_classes} classes, {cfg.split})")  # fmt: skip
+    ax.set(
+        xlabel="round",
+        ylabel="private test accuracy (%)",
+        title=f"FedMD: public {cfg.public}, private {dataset} ({cfg.private_classes} classes, {cfg.split})",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

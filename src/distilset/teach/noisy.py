@@ -92,8 +92,10 @@ class NoisyConfig(OneNet, TeachConfig):
     def resolve(self, data: Dataset) -> tuple[NoisyConfig, dict[str, str]]:
         smallest = int(torch.bincount(data.train_y.cpu(), minlength=data.num_classes).min())
         share = min(0.5, max(0.02, 10 / max(smallest, 1)))
-        return self.fill_net(data, clean=(share, f"{100 * share:.3g} % of each class: 2 %, at least 10 of "
-                                                 f"the smallest class ({smallest})"))  # fmt: skip
+        return self.fill_net(
+            data,
+            clean=(share, f"{100 * share:.3g} % of each class: 2 %, at least 10 of the smallest class ({smallest})"),
+        )
 
 
 def partners(data: Dataset) -> torch.Tensor:
@@ -113,8 +115,9 @@ def partners(data: Dataset) -> torch.Tensor:
     return partner
 
 
-def corrupt(y: torch.Tensor, cfg: NoisyConfig, num_classes: int, partner: torch.Tensor,
-            g: torch.Generator) -> torch.Tensor:  # fmt: skip
+def corrupt(
+    y: torch.Tensor, cfg: NoisyConfig, num_classes: int, partner: torch.Tensor, g: torch.Generator
+) -> torch.Tensor:
     flip = torch.rand(len(y), generator=g) < cfg.noise_rate
     if cfg.noise == "pairs":
         other = partner[y.cpu()]
@@ -141,8 +144,10 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
     noisy_y[noisy_idx] = corrupt(data.train_y[noisy_idx], cfg, k, partner, g)
     x_val, y_val = data.train_x[val_idx], data.train_y[val_idx]
     rate = float((noisy_y[noisy_idx] != data.train_y[noisy_idx]).float().mean())
-    ctx.log(f"  clean: {len(fit_idx)} teacher + {len(val_idx)} validation images; noisy: {len(noisy_idx)} "
-            f"({100 * rate:.1f} % of their labels wrong)")  # fmt: skip
+    ctx.log(
+        f"  clean: {len(fit_idx)} teacher + {len(val_idx)} validation images; noisy: {len(noisy_idx)} "
+        f"({100 * rate:.1f} % of their labels wrong)"
+    )
     fresh = lambda offset: Model.fresh(cfg.net, cfg.net_kwargs, shape, k, seed=ctx.seed + offset, device=ctx.device)  # noqa: E731
 
     teacher = fresh(0)
@@ -181,8 +186,11 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
             progress=ctx.progress,
             desc=f"noisy: student, lambda {lam:g}",
         )
-        row = {"lambda": lam, "validation": accuracy(student.module, x_val, y_val),
-               "test": test_accuracy(student, data)}  # fmt: skip
+        row = {
+            "lambda": lam,
+            "validation": accuracy(student.module, x_val, y_val),
+            "test": test_accuracy(student, data),
+        }
         sweep.append(row)
         students[lam] = student
         ctx.log(f"  lambda {lam:g}: validation {100 * row['validation']:.2f} %, test {100 * row['test']:.2f} %")
@@ -191,17 +199,29 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
     models = {"teacher": teacher, "student": students[best["lambda"]]}
     by_lambda = {r["lambda"]: r for r in sweep}
     report: dict[str, Any] = {
-        "clean": len(fit_idx), "validation": len(val_idx), "noisy": len(noisy_idx), "wrong_label_share": rate,
+        "clean": len(fit_idx),
+        "validation": len(val_idx),
+        "noisy": len(noisy_idx),
+        "wrong_label_share": rate,
         "partners": partner.tolist() if cfg.noise == "pairs" else None,
-        "teacher_accuracy": acc_teacher, "sweep": sweep, "chosen_lambda": best["lambda"],
-        "student_accuracy": best["test"], "noisy_only_accuracy": by_lambda[1.0]["test"] if 1.0 in by_lambda else None,
-    }  # fmt: skip
+        "teacher_accuracy": acc_teacher,
+        "sweep": sweep,
+        "chosen_lambda": best["lambda"],
+        "student_accuracy": best["test"],
+        "noisy_only_accuracy": by_lambda[1.0]["test"] if 1.0 in by_lambda else None,
+    }
     if cfg.baselines:
         finetuned = fresh(99)
         finetuned.module.load_state_dict(students[1.0].module.state_dict())
-        train(finetuned, data.train_x[fit_idx], data.train_y[fit_idx],
-              cfg.recipe(cfg.teacher_steps, lr=cfg.lr / 10), seed=ctx.seed + 99,
-              progress=ctx.progress, desc="noisy: clean fine-tuning")  # fmt: skip
+        train(
+            finetuned,
+            data.train_x[fit_idx],
+            data.train_y[fit_idx],
+            cfg.recipe(cfg.teacher_steps, lr=cfg.lr / 10),
+            seed=ctx.seed + 99,
+            progress=ctx.progress,
+            desc="noisy: clean fine-tuning",
+        )
         report["finetuned_accuracy"] = test_accuracy(finetuned, data)
         models["finetuned"] = finetuned
         ctx.log(f"  noisy labels then clean fine-tuning: {100 * report['finetuned_accuracy']:.2f} %")
@@ -209,9 +229,13 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
     if interior and 0.0 in by_lambda and 1.0 in by_lambda:
         top = max(interior, key=lambda r: (r["validation"], -abs(r["lambda"] - 0.5)))
         ends = {"lambda_0": by_lambda[0.0]["test"], "lambda_1": by_lambda[1.0]["test"]}
-        report["claims"] = [claim("the interior lambda chosen on the clean validation beats both ends on test",
-                                  top["test"] > max(ends.values()),
-                                  {"interior_lambda": top["lambda"], "interior": top["test"], **ends})]  # fmt: skip
+        report["claims"] = [
+            claim(
+                "the interior lambda chosen on the clean validation beats both ends on test",
+                top["test"] > max(ends.values()),
+                {"interior_lambda": top["lambda"], "interior": top["test"], **ends},
+            )
+        ]
         if cfg.baselines:
             rivals = {"clean_only": acc_teacher, "finetuned": report["finetuned_accuracy"]}
             report["claims"].append(
@@ -222,8 +246,14 @@ def run_noisy(data: Dataset, cfg: NoisyConfig, ctx: Context) -> Taught:
                 )
             )
     lam = best["lambda"]
-    labels = {"clean_index": fit_idx, "validation_index": val_idx, "noisy_index": noisy_idx, "noisy_label": noisy_y,
-              "soft_label": soft, "pseudo_label": lam * y_noisy + (1 - lam) * soft}  # fmt: skip
+    labels = {
+        "clean_index": fit_idx,
+        "validation_index": val_idx,
+        "noisy_index": noisy_idx,
+        "noisy_label": noisy_y,
+        "soft_label": soft,
+        "pseudo_label": lam * y_noisy + (1 - lam) * soft,
+    }
     if graph is not None:
         labels["graph"] = graph
     return Taught(models, labels, report, picture=lambda: _picture(report, data.info.name, cfg))
@@ -235,15 +265,25 @@ def _picture(report: dict, dataset: str, cfg: NoisyConfig):
     fig, ax = plt.subplots(figsize=(6, 3.8))
     lams = [r["lambda"] for r in report["sweep"]]
     ax.plot(lams, [100 * r["test"] for r in report["sweep"]], "-o", color="black", label="student, test")
-    ax.plot(lams, [100 * r["validation"] for r in report["sweep"]], "--s", color="black", markersize=4,
-            label="student, clean validation")  # fmt: skip
+    ax.plot(
+        lams,
+        [100 * r["validation"] for r in report["sweep"]],
+        "--s",
+        color="black",
+        markersize=4,
+        label="student, clean validation",
+    )
     ax.axhline(100 * report["teacher_accuracy"], color="grey", linestyle=":", label="clean only (teacher)")
     if "finetuned_accuracy" in report:
-        ax.axhline(100 * report["finetuned_accuracy"], color="grey", linestyle="-.",
-                   label="noisy, then clean fine-tune")  # fmt: skip
+        ax.axhline(
+            100 * report["finetuned_accuracy"], color="grey", linestyle="-.", label="noisy, then clean fine-tune"
+        )
     ax.axvline(report["chosen_lambda"], color="grey", linewidth=0.8)
-    ax.set(xlabel="lambda (weight of the noisy label)", ylabel="accuracy (%)",
-           title=f"{dataset}: {100 * cfg.noise_rate:.0f} % {cfg.noise} noise, graph {cfg.graph}")  # fmt: skip
+    ax.set(
+        xlabel="lambda (weight of the noisy label)",
+        ylabel="accuracy (%)",
+        title=f"{dataset}: {100 * cfg.noise_rate:.0f} % {cfg.noise} noise, graph {cfg.graph}",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

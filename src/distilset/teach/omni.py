@@ -125,8 +125,9 @@ def views(x: torch.Tensor, cfg: OmniConfig) -> list[torch.Tensor]:
 def pseudo_labels(teacher: Model, x: torch.Tensor, cfg: OmniConfig, multi: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, confidence) per image: the top class of the mean probabilities over the views (or the image)."""
     chunks = [x[i : i + 4096] for i in range(0, len(x), 4096)]  # the views of a few thousand images at a time
-    probs = torch.cat([torch.stack([predict(teacher, v) for v in (views(c, cfg) if multi else [c])]).mean(0)
-                       for c in chunks])  # fmt: skip
+    probs = torch.cat(
+        [torch.stack([predict(teacher, v) for v in (views(c, cfg) if multi else [c])]).mean(0) for c in chunks]
+    )
     confidence, label = probs.max(1)
     return label, confidence
 
@@ -177,8 +178,17 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
         y = torch.cat([F.one_hot(ya, k).float(), labels[kept]]) if labels.ndim == 2 else torch.cat([ya, labels[kept]])
         plan = MixedBatches(len(xa), int(kept.sum()), cfg.batch_size, cfg.real_share)
         model = fresh(offset)
-        curves[name] = train(model, x, y, cfg.recipe(cfg.student_steps), seed=ctx.seed + offset, test=data,
-                             batches=plan, progress=ctx.progress, desc=f"omni: {name}")  # fmt: skip
+        curves[name] = train(
+            model,
+            x,
+            y,
+            cfg.recipe(cfg.student_steps),
+            seed=ctx.seed + offset,
+            test=data,
+            batches=plan,
+            progress=ctx.progress,
+            desc=f"omni: {name}",
+        )
         ctx.log(f"  {name}: {100 * curves[name][-1][1]:.2f} % test accuracy")
         return model, curves[name][-1][1]
 
@@ -189,41 +199,69 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
     models = {"teacher": teacher}
     models["student"], acc_student = student("student", label, kept, 1)
     acc_teacher = test_accuracy(teacher, data)
-    pseudo = {"kept": int(kept.sum()), "of": len(xb), "threshold": threshold,
-              "accuracy_kept": float((label[kept] == truth_b[kept]).float().mean()),
-              "accuracy_all": float((label == truth_b).float().mean())}  # fmt: skip
+    pseudo = {
+        "kept": int(kept.sum()),
+        "of": len(xb),
+        "threshold": threshold,
+        "accuracy_kept": float((label[kept] == truth_b[kept]).float().mean()),
+        "accuracy_all": float((label == truth_b).float().mean()),
+    }
     report: dict[str, Any] = {
-        "labelled": len(xa), "unlabelled": len(xb), "views": len(views(xa[:1], cfg)),
-        "teacher_accuracy": acc_teacher, "student_accuracy": acc_student, "pseudo_labels": pseudo,
-    }  # fmt: skip
-    claims = [claim("the student beats its teacher", acc_student > acc_teacher,
-                    {"student": acc_student, "teacher": acc_teacher})]  # fmt: skip
+        "labelled": len(xa),
+        "unlabelled": len(xb),
+        "views": len(views(xa[:1], cfg)),
+        "teacher_accuracy": acc_teacher,
+        "student_accuracy": acc_student,
+        "pseudo_labels": pseudo,
+    }
+    claims = [
+        claim(
+            "the student beats its teacher", acc_student > acc_teacher, {"student": acc_student, "teacher": acc_teacher}
+        )
+    ]
     cover = {"multi-transform": coverage(label, conf, truth_b)}
     if cfg.baselines:
         label1, conf1 = pseudo_labels(teacher, xb, cfg, multi=False)
         kept1, threshold1 = keep_rule(conf1, cfg.threshold)
         if not bool(kept1.any()):
-            raise ConfigError(f"`threshold` {threshold1:g} keeps no single-view pseudo-label (top confidence "
-                              f"{float(conf1.max()):.3f})")  # fmt: skip
+            raise ConfigError(
+                f"`threshold` {threshold1:g} keeps no single-view pseudo-label (top confidence "
+                f"{float(conf1.max()):.3f})"
+            )
         cover["single view"] = coverage(label1, conf1, truth_b)
         models["student-single-view"], acc_single = student("student-single-view", label1, kept1, 2)
         soft = predict(teacher, xb)
         models["student-soft"], acc_soft = student("student-soft", soft, torch.ones_like(kept), 3)
         long_teacher = fresh(4)  # the teacher on the student's schedule: is the student's gain just more steps?
-        curves["teacher-long"] = train(long_teacher, xa, ya, cfg.recipe(cfg.student_steps), seed=ctx.seed + 4,
-                                       test=data, progress=ctx.progress, desc="omni: teacher-long")  # fmt: skip
+        curves["teacher-long"] = train(
+            long_teacher,
+            xa,
+            ya,
+            cfg.recipe(cfg.student_steps),
+            seed=ctx.seed + 4,
+            test=data,
+            progress=ctx.progress,
+            desc="omni: teacher-long",
+        )
         acc_long = curves["teacher-long"][-1][1]
         models["teacher-long"] = long_teacher
         ctx.log(f"  teacher-long: {100 * acc_long:.2f} % test accuracy")
-        claims[0] = claim("the student beats its teacher, also one trained as long as the student",
-                          acc_student > max(acc_teacher, acc_long),
-                          {"student": acc_student, "teacher": acc_teacher, "teacher_long": acc_long})  # fmt: skip
-        report.update(single_view_student_accuracy=acc_single, soft_student_accuracy=acc_soft,
-                      long_teacher_accuracy=acc_long,
-                      single_view_pseudo_labels={
-                          "kept": int(kept1.sum()), "threshold": threshold1,
-                          "accuracy_kept": float((label1[kept1] == truth_b[kept1]).float().mean()),
-                          "accuracy_all": float((label1 == truth_b).float().mean())})  # fmt: skip
+        claims[0] = claim(
+            "the student beats its teacher, also one trained as long as the student",
+            acc_student > max(acc_teacher, acc_long),
+            {"student": acc_student, "teacher": acc_teacher, "teacher_long": acc_long},
+        )
+        report.update(
+            single_view_student_accuracy=acc_single,
+            soft_student_accuracy=acc_soft,
+            long_teacher_accuracy=acc_long,
+            single_view_pseudo_labels={
+                "kept": int(kept1.sum()),
+                "threshold": threshold1,
+                "accuracy_kept": float((label1[kept1] == truth_b[kept1]).float().mean()),
+                "accuracy_all": float((label1 == truth_b).float().mean()),
+            },
+        )
         claims.append(
             claim(
                 "multi-transform pseudo-labels train a better student than single-view ones",
@@ -232,8 +270,13 @@ def run_omni(data: Dataset, cfg: OmniConfig, ctx: Context) -> Taught:
             )
         )
     report.update(curves=curves, coverage=cover, claims=claims)
-    labels = {"labelled_index": a_idx, "unlabelled_index": b_idx, "pseudo_label": label, "confidence": conf,
-              "kept": kept.to(torch.uint8)}  # fmt: skip
+    labels = {
+        "labelled_index": a_idx,
+        "unlabelled_index": b_idx,
+        "pseudo_label": label,
+        "confidence": conf,
+        "kept": kept.to(torch.uint8),
+    }
     return Taught(models, labels, report, picture=lambda: _picture(report, data.info.name))
 
 
