@@ -40,6 +40,7 @@ from torch import nn
 from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.files import EVALUATIONS
 from distilset.io import write_json
 from distilset.jobs import run_jobs
 from distilset.kernels import architecture, centred_one_hot, krr
@@ -106,7 +107,6 @@ def at_chance(accuracy: float, num_classes: int) -> str:
     return ""
 
 
-EVALUATIONS = "evaluations.json"
 """Beside a set: every evaluation recorded with ``record_evaluation`` (``evaluate --save``), oldest first."""
 
 

@@ -46,6 +46,7 @@ import torch
 
 from distilset.data.dataset import Dataset, Normalization
 from distilset.errors import DistilsetError
+from distilset.files import EXPORT_LABELS
 from distilset.io import write_bytes, write_json
 from distilset.jsonread import load_json
 from distilset.recipes import Standard
@@ -54,7 +55,7 @@ from distilset.synset import SyntheticSet
 IMPORT_FORMATS = ("mtt", "dc", "folder", "pt", "npz")
 EXPORT_FORMATS = ("folder", "npz", "pt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-LABELS_FILE = "labels.json"
+LABELS_FILE = EXPORT_LABELS
 CONVNET = {"name": "convnet", "kwargs": {}, "init": "default"}
 
 

@@ -23,10 +23,10 @@ import torch
 
 from distilset.augment import View
 from distilset.errors import DistilsetError, SynsetFormatError
+from distilset.files import VIEWS_FILE
 from distilset.progress import Progress
 from distilset.recipes import Teacher
 
-VIEWS_FILE = "views.safetensors"
 NAMES = ("order", "cols", "rows", "boxes", "flips", "mix_box", "mix_from", "probs", "classes")
 
 

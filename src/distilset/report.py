@@ -35,6 +35,7 @@ import torch
 
 from distilset.errors import DistilsetError
 from distilset.evaluate import load_evaluations
+from distilset.files import HISTORY
 from distilset.io import write_text
 from distilset.pictures import png_bytes
 from distilset.recipes import Replay, recipe_to_json
@@ -77,9 +78,9 @@ def load_entry(directory: str | os.PathLike) -> Entry:
     path = Path(directory)
     syn = SyntheticSet.load(path)
     history: list[dict] = []
-    if (path / "history.json").exists():
+    if (path / HISTORY).exists():
         try:
-            raw = json.loads((path / "history.json").read_text())
+            raw = json.loads((path / HISTORY).read_text())
         except (OSError, ValueError) as e:
             raise DistilsetError(f"{path / 'history.json'} is unreadable ({e}); delete it or fix it") from e
         if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):

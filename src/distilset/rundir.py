@@ -36,24 +36,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from distilset.errors import ConfigError
-
-RUN_FILES = (
-    *("synset.json", "synset.safetensors", "grid.png", "tiles.png", "history.json", "evaluations.json", "scores.json"),
-    *("nearest_words.txt", "nearest_sentences.txt", "teacher.safetensors", "views.safetensors", "teacher.json"),
-    "checkpoint",
+from distilset.files import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILES,
+    EVALUATIONS,
+    HISTORY,
+    RUN_FILES,
+    SCORES,
+    SET_META,
+    TEACH_FILES,
+    TEACH_MODELS,
+    TEACH_REPORT,
+    TEACHER_INFO,
 )
-"""What a run writes into its directory: a set (with its teacher, when it has one) or a teacher (``distilset
-teacher``). ``OUT/experts`` and ``OUT/teacher`` are reusable caches, not part of this list."""
-CHECKPOINT_FILES = ("state.pt", "teacher.pt")
-"""What distilset writes into ``OUT/checkpoint/`` (a run's state; a teacher's training state)."""
-TEACH_FILES = ("report.json", "labels.safetensors", "teach.png")
-"""What a ``distilset teach`` run writes besides ``models/*.safetensors``; they count as a run's only when
-``report.json`` is a teach report (names a ``system``), so a user's own ``models/`` folder is never taken for one."""
 
 
 def _teach_run(out: Path) -> bool:
     try:
-        report = json.loads((out / "report.json").read_text())
+        report = json.loads((out / TEACH_REPORT).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(report, dict) and "system" in report
@@ -87,26 +87,26 @@ def _written_here(out: Path, name: str) -> bool:
     safetensors files say so by their format or shape; pictures and word lists count when they sit beside a
     set or teacher distilset wrote."""
     path = out / name
-    if name in ("synset.json", "teacher.json"):
+    if name in (SET_META, TEACHER_INFO):
         value = _json(path)
         return isinstance(value, dict) and value.get("format") in ("distilset.synset", "distilset.teacher")
-    if name == "history.json":  # one entry per logged iteration
+    if name == HISTORY:  # one entry per logged iteration
         return _records(_json(path), "iteration")
-    if name == "evaluations.json":
+    if name == EVALUATIONS:
         return _records(_json(path), "protocol")
-    if name == "scores.json":
+    if name == SCORES:
         return _records(_json(path), "lrs")
     if name.endswith(".safetensors"):
         return _safetensors_format(path) in ("distilset.synset", "distilset.teacher")
-    return any(_written_here(out, owner) for owner in ("synset.json", "teacher.json") if (out / owner).is_file())
+    return any(_written_here(out, owner) for owner in (SET_META, TEACHER_INFO) if (out / owner).is_file())
 
 
 def _run_files(out: Path) -> list[Path]:
     """The files and folders of a run in ``out`` that ``overwrite`` deletes (``checkpoint/``: its own files)."""
-    files = [out / name for name in RUN_FILES if name != "checkpoint"]
-    files += [out / "checkpoint" / name for name in CHECKPOINT_FILES]
+    files = [out / name for name in RUN_FILES if name != CHECKPOINT_DIR]
+    files += [out / CHECKPOINT_DIR / name for name in CHECKPOINT_FILES]
     if _teach_run(out):
-        files += [out / name for name in TEACH_FILES] + sorted((out / "models").glob("*.safetensors"))
+        files += [out / name for name in TEACH_FILES] + sorted((out / TEACH_MODELS).glob("*.safetensors"))
     return files
 
 

@@ -43,6 +43,7 @@ from distilset.config import check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.evaluate import EvalResult, append_dated, evaluate, load_records, training_recipe
+from distilset.files import SCORES
 from distilset.io import write_json
 from distilset.jsonread import load_json
 from distilset.recipes import KernelRidge, Replay, Standard, Teacher, recipe_to_json
@@ -50,7 +51,6 @@ from distilset.synset import SyntheticSet
 
 FULL_STEPS = 5000
 """Most minibatch steps the full-data run trains (DD-Ranking: 300 epochs, whatever the dataset's size)."""
-SCORES = "scores.json"
 """Beside a set: every score computed with ``record_scores`` (``evaluate --scores --save``), oldest first."""
 
 

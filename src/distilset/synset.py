@@ -26,6 +26,7 @@ from distilset import augment, jsonread
 from distilset.data.dataset import Normalization
 from distilset.data.zca import ZCA
 from distilset.errors import DistilsetError, SynsetFormatError
+from distilset.files import GRID, SET_META, SET_TENSORS, TILES
 from distilset.io import atomic_write, write_together
 from distilset.jsonread import load_json
 from distilset.nets import create_net
@@ -42,8 +43,7 @@ MAX_LEARNED_LR = 1e3
 """Largest learned per-step lr accepted (DD's learned lrs are softplus outputs near 0.01-1; 1e30 is damage)."""
 LABEL_SUM_TOLERANCE = 1e-3
 """How far a soft-label row of a standard-recipe set may sum from 1 (float32 rounding over K classes)."""
-TENSOR_FILE = "synset.safetensors"
-META_FILE = "synset.json"
+TENSOR_FILE, META_FILE = SET_TENSORS, SET_META
 
 
 class _SetData(torch.utils.data.Dataset):
@@ -415,9 +415,9 @@ class SyntheticSet:
         files[out / META_FILE] = (json.dumps(meta, indent=2, default=_json) + "\n").encode()  # the listing: last
         write_together(files)
         if grid and self.images.ndim == 4:
-            self.save_grid(out / "grid.png")
+            self.save_grid(out / GRID)
             if self.is_texture:
-                self.save_tiles(out / "tiles.png")
+                self.save_tiles(out / TILES)
         return out
 
     @classmethod

@@ -47,6 +47,7 @@ from distilset import jsonread
 from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset, Normalization
 from distilset.errors import ConfigError, DistilsetError, Interrupted, SynsetFormatError
+from distilset.files import TEACHER_CHECKPOINT, TEACHER_DIR, TEACHER_FILE, TEACHER_INFO
 from distilset.io import load_torch, save_torch, write_bytes, write_json
 from distilset.nets import create_net, list_nets
 from distilset.nets.registry import fit_net_to_input, read_net_spec
@@ -55,9 +56,7 @@ from distilset.rundir import releases_locks
 from distilset.train import accuracy, fit
 
 FORMAT = "distilset.teacher"
-TEACHER_FILE = "teacher.safetensors"
-TEACHER_INFO = "teacher.json"
-CHECKPOINT = "checkpoint/teacher.pt"
+CHECKPOINT = TEACHER_CHECKPOINT
 """The training state after the last finished epoch (not a distillation run's ``checkpoint/state.pt``, so that one
 directory is never taken for the other)."""
 MAX_CLASSES = 100_000
@@ -481,7 +480,7 @@ def teacher_for(
     is refused); without ``path``, the one in ``OUT/teacher`` (trained there, or continued after an interruption),
     or a fresh one kept in memory when there is no output directory. A directory holding something else (a set
     without a teacher, another run) is refused."""
-    where = Path(path) if path is not None else (out / "teacher" if out is not None else None)
+    where = Path(path) if path is not None else (out / TEACHER_DIR if out is not None else None)
     if where is not None and teacher_path(where).is_file():
         teacher = load_teacher(where, device)
     else:

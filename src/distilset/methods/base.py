@@ -34,6 +34,7 @@ import torch
 from distilset.config import Config, auto
 from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError, Interrupted
+from distilset.files import CHECKPOINT, HISTORY
 from distilset.io import load_torch, save_torch, write_json
 from distilset.nets import create_net
 from distilset.nets.registry import fit_net_to_input
@@ -41,7 +42,6 @@ from distilset.progress import Progress
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, teacher_for, teacher_path
 
-CHECKPOINT = "checkpoint/state.pt"
 CHECKPOINT_FORMAT = 2
 
 
@@ -365,7 +365,7 @@ def _stop_on_signal() -> Iterator[dict[str, str | None]]:
 
 def _save(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
     path = save_checkpoint(distiller, identity, out, iteration, history)
-    write_json(out / "history.json", history)
+    write_json(out / HISTORY, history)
     return path
 
 

@@ -33,6 +33,7 @@ from distilset import jsonread
 from distilset.config import FLAG, Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
+from distilset.files import EXPERTS_MANIFEST
 from distilset.io import save_tensors, write_json
 from distilset.jobs import run_jobs
 from distilset.jsonread import load_json
@@ -42,7 +43,7 @@ from distilset.recipes import Standard
 from distilset.rundir import prepare_out, releases_locks
 from distilset.train import accuracy, fit
 
-MANIFEST = "manifest.json"
+MANIFEST = EXPERTS_MANIFEST
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 

@@ -44,6 +44,7 @@ from distilset.config import FLAG, auto
 from distilset.data.dataset import Dataset
 from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
+from distilset.files import EXPERTS_DIR
 from distilset.methods.base import (
     Context,
     MethodConfig,
@@ -392,7 +393,7 @@ def _prepare(data: Dataset, cfg: MTTConfig, ctx: Context) -> dict[str, ExpertBuf
     if cfg.experts_dir is not None:
         path = Path(cfg.experts_dir)
     elif ctx.out is not None:
-        path = ctx.out / "experts"
+        path = ctx.out / EXPERTS_DIR
     else:
         path = Path(tempfile.mkdtemp(prefix="distilset-experts-"))
     expert_cfg, _ = cfg.expert_config().resolve(data)

@@ -36,6 +36,7 @@ from torch import nn
 from distilset.config import CHOICES, Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError, SynsetFormatError
+from distilset.files import TEACH_LABELS, TEACH_MODELS, TEACH_PICTURE, TEACH_REPORT
 from distilset.io import save_tensors, write_bytes, write_json
 from distilset.methods.base import Context
 from distilset.methods.registry import describe_config
@@ -268,10 +269,10 @@ def teach(
 def write_outputs(out: Path, taught: Taught) -> None:
     for name, model in taught.models.items():
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-        save_tensors(out / "models" / f"{name}.safetensors", state, metadata=model.metadata())
+        save_tensors(out / TEACH_MODELS / f"{name}.safetensors", state, metadata=model.metadata())
     if taught.labels:
-        save_tensors(out / "labels.safetensors", {k: v.detach().cpu().contiguous() for k, v in taught.labels.items()})
-    write_json(out / "report.json", taught.report)
+        save_tensors(out / TEACH_LABELS, {k: v.detach().cpu().contiguous() for k, v in taught.labels.items()})
+    write_json(out / TEACH_REPORT, taught.report)
     if taught.picture is not None:
         import matplotlib
 
@@ -282,7 +283,7 @@ def write_outputs(out: Path, taught: Taught) -> None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        write_bytes(out / "teach.png", buf.getvalue())
+        write_bytes(out / TEACH_PICTURE, buf.getvalue())
 
 
 # ---- pieces the systems share ---------------------------------------------------------------------------
