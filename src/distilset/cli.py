@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from distilset.baselines import BASELINES, baseline, random_real_like
-from distilset.config import FieldSpec, field_specs, runtime_choices
+from distilset.config import FieldSpec, field_specs, flag_of, runtime_choices
 from distilset.data import list_datasets, load_dataset
 from distilset.data.registry import SOURCES
 from distilset.distributed import current, init_from_env, world_size
@@ -32,6 +32,7 @@ from distilset.errors import DistilsetError, Interrupted
 from distilset.evaluate import EVALUATIONS, PROTOCOLS, evaluate, evaluate_nets, record_evaluation, transfer_accuracy
 from distilset.exchange import EXPORT_FORMATS, IMPORT_FORMATS, export_set, import_set
 from distilset.methods import METHODS, distill
+from distilset.methods.base import RunOptions, SharedOptions
 from distilset.methods.experts import ExpertConfig, train_experts
 from distilset.methods.registry import data_parallel_methods, preset_of
 from distilset.recipes import Standard, Teacher, teacher_recipe
@@ -107,18 +108,28 @@ def _help(spec: FieldSpec, flags: Mapping[str, str], default_text: str | None) -
 
 
 def add_config_options(
-    parser: argparse.ArgumentParser, cls: type, title: str, default_text: str | None = None, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    title: str | None,
+    default_text: str | None = None,
+    skip: tuple[str, ...] = (),
+    helps: Mapping[str, str] | None = None,
 ) -> None:
     """One option per field of the config class ``cls``; only options given on the line reach the namespace.
 
-    ``default_text`` replaces the field defaults in the help (e.g. evaluate: "the set's recipe"); ``skip``: fields
-    another group of the same parser already declares."""
-    group = parser.add_argument_group(title)
+    ``title``: the help's group (None: ``parser`` is that group); ``default_text`` replaces the field defaults in
+    the help (e.g. evaluate: "the set's recipe"); ``skip``: fields another group of the same parser declares;
+    ``helps``: a field's help in this command's words. A field marked ``REQUIRED_FLAG`` is required here; a field's
+    earlier names (``OLD_NAMES``) are accepted, hidden, with a deprecation line (``config_options``)."""
+    group = parser.add_argument_group(title) if title is not None else parser
     flags = flags_of(cls)
     for spec in field_specs(cls):
         if spec.name in skip:
             continue
-        kw: dict = {"dest": spec.name, "default": argparse.SUPPRESS, "help": _help(spec, flags, default_text)}
+        help_text = (helps or {}).get(spec.name) or _help(spec, flags, default_text)
+        kw: dict = {"dest": spec.name, "default": argparse.SUPPRESS, "help": help_text}
+        if spec.required_flag:
+            kw["required"] = True
         if spec.base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif spec.base is dict:
@@ -132,12 +143,24 @@ def add_config_options(
                 kw["choices"] = choices
                 kw["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         group.add_argument(spec.flag, **kw)
+        for old in spec.old_names:
+            group.add_argument(flag_of(old), **{**kw, "dest": _OLD + old, "help": argparse.SUPPRESS})
+
+
+_OLD = "old_name:"
 
 
 def config_options(args: argparse.Namespace, cls: type) -> dict:
     """The fields of ``cls`` given on the command line, as API values (KEY=VALUE lists become dicts)."""
     out = {}
     for spec in field_specs(cls):
+        for old in spec.old_names:
+            if hasattr(args, _OLD + old):
+                if hasattr(args, spec.name):
+                    raise UsageError(f"{flag_of(old)} is the old name of {spec.flag}; give only {spec.flag}")
+                print(f"distilset: {flag_of(old)} is now {spec.flag}; the old name goes in the next release",
+                      file=sys.stderr)  # fmt: skip
+                setattr(args, spec.name, getattr(args, _OLD + old))
         if hasattr(args, spec.name):
             value = getattr(args, spec.name)
             out[spec.name] = dict(value) if spec.base is dict else value
@@ -465,35 +488,28 @@ def cmd_distill(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
     if args.evaluate < 0:
         raise DistilsetError(f"`evaluate` must be >= 0 (fresh nets to train after distilling), got {args.evaluate}")
-    if args.preset:
-        args.dataset = args.dataset or preset_of(method.name, args.preset).dataset
+    run = config_options(args, RunOptions)
+    if run.get("preset"):
+        args.dataset = args.dataset or preset_of(method.name, run["preset"]).dataset
     if args.dataset is None:
         raise DistilsetError("--dataset is required (or a --preset of this method that names one)")
     data = _load(args, zca=args.zca)
     syn = distill(
         method.name,
         data,
-        iterations=args.iterations,
-        out=args.out,
-        seed=args.seed,
-        device=args.device,
-        resume=args.resume,
-        overwrite=args.overwrite,
         progress=True,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        preset=args.preset,
         log=print,
         data_root=args.data_root,
         download=args.download,
         ray=_ray_of(args) if method.ray else None,
+        **run,
         **config_options(args, method.config),
     )
     if not current().writer:  # data-parallel: rank 0 reports
         return 0
     print(f"wrote {len(syn)} distilled items ({method.name}, {data.info.name}) to {args.out}")
     if args.evaluate:
-        res = evaluate(syn, data, repeats=args.evaluate, device=args.device)
+        res = evaluate(syn, data, repeats=args.evaluate, device=run.get("device", "cpu"))
         record_evaluation(args.out, res)
         print(f"evaluation: {res} (recorded in {Path(args.out) / EVALUATIONS})")
     return 0
@@ -505,15 +521,12 @@ def cmd_teach(args: argparse.Namespace) -> int:
     taught = teach(
         system.name,
         data,
-        out=args.out,
-        seed=args.seed,
-        device=args.device,
-        overwrite=args.overwrite,
         progress=True,
         log=print,
         data_root=args.data_root,
         download=args.download,
         ray=_ray_of(args) if system.ray else None,
+        **config_options(args, SharedOptions),
         **config_options(args, system.config),
     )
     for c in taught.report.get("claims", []):
@@ -526,29 +539,21 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOT_FLAGS = ("progress", "data_root", "download")
+"""Run options the command line sets itself (progress: always) or takes with the dataset's options."""
+
+
 def _add_distill_shared(p: argparse.ArgumentParser, method) -> None:
     shared = p.add_argument_group("options of every method")
     _add_data_args(shared, required=False, unless="--preset names one")
     shared.add_argument("--zca", action="store_true", help="distil in ZCA-whitened space (the set carries the ZCA)")
-    shared.add_argument("--out", required=True, help="output directory (set, grid.png, history.json, checkpoint/)")
-    presets = ", ".join(method.presets) or "none"
-    shared.add_argument("--preset", default=None, help=f"named settings of the papers: {presets}")
     budget = method.config.ITERATIONS_HELP or method.config.ITERATIONS
-    shared.add_argument(
-        "--iterations", type=int, default=None, help=f"outer iterations (default: the preset's, else {budget})"
-    )
-    _add_run_args(shared)
-    shared.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    shared.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in --out (refused without this or --resume)"
-    )
-    shared.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (50)")
-    shared.add_argument(
-        "--eval-every",
-        type=int,
-        default=0,
-        help="record accuracy every N iterations on held-out training images (not test)",
-    )
+    helps = {
+        "out": "output directory (set, grid.png, history.json, checkpoint/)",
+        "preset": f"named settings of the papers: {', '.join(method.presets) or 'none'}",
+        "iterations": f"outer iterations (default: the preset's, else {budget})",
+    }
+    add_config_options(shared, RunOptions, None, skip=_NOT_FLAGS, helps=helps)
     shared.add_argument(
         "--evaluate",
         type=int,
@@ -636,9 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
         m = systems.add_parser(system.name, help=system.summary, description=system.summary)
         shared = m.add_argument_group("options of every system")
         _add_data_args(shared)
-        shared.add_argument("--out", required=True, help="output directory (models/, labels, report.json, teach.png)")
-        shared.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-        _add_run_args(shared)
+        helps = {"out": "output directory (models/, labels, report.json, teach.png)"}
+        add_config_options(shared, SharedOptions, None, skip=_NOT_FLAGS, helps=helps)
         if system.ray:
             _add_ray_arg(shared, "its independent parts run as Ray tasks and actors")
         add_config_options(m, system.config, f"{system.name} options")
@@ -802,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"`{args.command}` runs in one process; under torchrun only `distill` runs, with "
                     f"one of {', '.join(data_parallel_methods())}"
                 )
-            _, args.device = init_from_env(args.device)
+            _, args.device = init_from_env(getattr(args, "device", "cpu"))
         return args.func(args)
     except Interrupted as e:
         print(f"distilset: {_render(e, flags)}", file=sys.stderr)

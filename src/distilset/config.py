@@ -24,17 +24,23 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import textwrap
 import types
 import typing
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from distilset.errors import ConfigError
 
 # Field metadata keys: AUTO marks a None default resolved from the dataset; FLAG overrides the flag name;
-# CHOICES is a callable giving the allowed values at run time (e.g. the registered nets).
-AUTO, FLAG, CHOICES = "auto", "flag", "choices"
+# CHOICES is a callable giving the allowed values at run time (e.g. the registered nets); REQUIRED_FLAG marks an
+# option the API may leave out but the command line must give (``distill --out``); OLD_NAMES lists earlier names of
+# a field, still accepted (with a deprecation warning) for one release.
+AUTO, FLAG, CHOICES, REQUIRED_FLAG, OLD_NAMES = "auto", "flag", "choices", "required_flag", "old_names"
 
 
 def auto(doc_default: str = "from the dataset", **kw) -> Any:
@@ -56,6 +62,8 @@ class FieldSpec:
     auto: str | None
     flag: str
     default: Any
+    required_flag: bool = False
+    old_names: tuple[str, ...] = ()
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -94,7 +102,8 @@ def field_docs(cls: type) -> dict[str, str]:
 def field_specs(cls: type) -> tuple[FieldSpec, ...]:
     """One ``FieldSpec`` per field of the config class ``cls``."""
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
+    docs = {**field_docs(cls), **getattr(cls, "FIELD_DOCS", {})}
+    autos = getattr(cls, "AUTO_DOCS", {})
     specs = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -110,7 +119,7 @@ def field_specs(cls: type) -> tuple[FieldSpec, ...]:
             nargs = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
         elif get_origin(tp) is dict or tp is dict:
             base = dict
-        elif tp in (int, float, str, bool):
+        elif tp in (int, float, str, bool, Path):
             base = tp
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: unsupported option type {tp!r}")
@@ -126,9 +135,11 @@ def field_specs(cls: type) -> tuple[FieldSpec, ...]:
                 nargs=nargs,
                 elem=elem,
                 doc=docs.get(f.name, ""),
-                auto=f.metadata.get(AUTO),
+                auto=autos.get(f.name, f.metadata.get(AUTO)) if f.metadata.get(AUTO) is not None else None,
                 flag=f.metadata.get(FLAG) or flag_of(f.name),
                 default=default,
+                required_flag=bool(f.metadata.get(REQUIRED_FLAG)),
+                old_names=tuple(f.metadata.get(OLD_NAMES, ())),
             )
         )
     return tuple(specs)
@@ -160,7 +171,28 @@ def check_seed(seed: Any) -> int:
 
 @dataclass(frozen=True)
 class Config:
-    """Base of every option set: generic type checks, then ``check()``; ``resolve(data)`` fills auto fields."""
+    """Base of every option set: generic type checks, then ``check()``; ``resolve(data)`` fills auto fields.
+
+    A subclass may word an inherited field for itself: ``FIELD_DOCS`` replaces fields' docs, ``AUTO_DOCS`` how their
+    ``auto`` default is chosen (e.g. a mixin's ``net``: "the network whose gradients are matched")."""
+
+    FIELD_DOCS: ClassVar[Mapping[str, str]] = {}
+    AUTO_DOCS: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's ``resolve`` marks the config it returns as resolved (``resolved``)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("resolve")
+        if own is not None and not getattr(own, "_marks", False):
+
+            @functools.wraps(own)
+            def resolve(self, data: Any) -> tuple[Config, dict[str, str]]:
+                cfg, notes = own(self, data)
+                object.__setattr__(cfg, "_resolved", True)
+                return cfg, notes
+
+            resolve._marks = True
+            cls.resolve = resolve
 
     def __post_init__(self) -> None:
         for spec in field_specs(type(self)):
@@ -208,12 +240,57 @@ class Config:
         return dataclasses.replace(self, **{k: v for k, (v, _) in chosen.items()}), notes
 
     def to_json(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: _json_value(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_json(cls, obj: dict) -> Config:
+        """The config a stored ``to_json`` describes (earlier names of a field read as its name; unknown keys,
+        written by a newer release, ignored)."""
+        obj = renamed(cls, obj, warn=False)
         names = {s.name for s in field_specs(cls)}
         return cls(**{k: v for k, v in obj.items() if k in names})
+
+    @property
+    def resolved(self) -> bool:
+        """Whether this config is what ``resolve(data)`` returned (a config made by hand, or changed since, is not:
+        its ``auto`` fields may still be ``None``)."""
+        return getattr(self, "_resolved", False) or not any(s.auto is not None for s in field_specs(type(self)))
+
+    def describe(self, notes: Mapping[str, str]) -> list[str]:
+        """Lines for the start of a run: every setting, then why each resolved one has its value."""
+        items = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.to_json().items()]
+        lines, line = [], " "
+        for item in items:
+            if len(line) + len(item) > 110:
+                lines.append(line)
+                line = " "
+            line += " " + item
+        lines.append(line)
+        lines += [f"  auto {k}: {why}" for k, why in notes.items()]
+        return lines
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def renamed(cls: type, options: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
+    """``options`` with each earlier name of a field of ``cls`` (its ``OLD_NAMES``) replaced by the field's name,
+    with a ``DeprecationWarning`` per old name used (``warn``); both names at once are refused."""
+    old = {o: s.name for s in field_specs(cls) for o in s.old_names}
+    out = dict(options)
+    for name in [k for k in out if k in old]:
+        new = old[name]
+        if new in out:
+            raise ConfigError(f"`{name}` is the old name of `{new}`; give only `{new}`")
+        if warn:
+            warnings.warn(
+                f"`{name}` is now `{new}`; the old name goes in the next release", DeprecationWarning, stacklevel=3
+            )
+        out[new] = out.pop(name)
+    return out
 
 
 def _coerce(spec: FieldSpec, value: Any) -> Any:
@@ -239,6 +316,10 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"`{name}` must be a number, got {value!r}")
         return float(value)
+    if spec.base is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"`{name}` must be a path, got {value!r}")
+        return Path(value)
     if spec.base is str:
         if not isinstance(value, str):
             raise ConfigError(f"`{name}` must be a string, got {value!r}")

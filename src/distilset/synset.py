@@ -30,7 +30,7 @@ from distilset.files import GRID, SET_META, SET_TENSORS, TILES
 from distilset.io import atomic_write, write_together
 from distilset.jsonread import load_json
 from distilset.nets import create_net
-from distilset.nets.registry import fit_net_to_input, read_net_spec
+from distilset.nets.registry import read_net_spec
 from distilset.recipes import KernelRidge, Recipe, Replay, Standard, Teacher, recipe_from_json, recipe_to_json
 from distilset.relabel import NAMES as VIEW_NAMES
 from distilset.relabel import VIEWS_FILE, StoredViews
@@ -279,7 +279,6 @@ class SyntheticSet:
         name, kwargs, scheme = read_net_spec(self.net)
         crop = self.recipe.crop if isinstance(self.recipe, Standard) else None
         shape = (self.image_shape[0], *crop) if crop else self.image_shape
-        kwargs, _ = fit_net_to_input(name, kwargs, shape)
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
                 state = create_net(name, shape, self.num_classes, init=scheme, **kwargs).state_dict()

@@ -29,7 +29,6 @@ weights; ``--net resnet18 --net-arg norm=batch --epochs 200`` asks for such a on
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
@@ -37,20 +36,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from distilset import jsonread
-from distilset.config import FLAG, Config, auto, check_seed
+from distilset.config import Config, auto, check_seed
 from distilset.data.dataset import Dataset, Normalization
 from distilset.errors import ConfigError, DistilsetError, Interrupted, SynsetFormatError
 from distilset.files import TEACHER_CHECKPOINT, TEACHER_DIR, TEACHER_FILE, TEACHER_INFO
 from distilset.io import load_torch, save_torch, write_bytes, write_json
-from distilset.nets import create_net, list_nets
-from distilset.nets.registry import fit_net_to_input, read_net_spec
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
+from distilset.nets.registry import read_net_spec
 from distilset.recipes import Standard
 from distilset.rundir import releases_locks
 from distilset.train import accuracy, fit
@@ -265,13 +265,14 @@ def _check_state(file: Path, want: dict[str, torch.Tensor], state: dict[str, tor
 
 # ---- training -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TeacherConfig(Config):
+class TeacherConfig(Config, NetOption):
     """How a teacher is trained (SRe2L's squeeze; defaults sized for a CPU, see the module docstring)."""
 
-    net: str | None = auto("convnet-bn: a batch-norm ConvNet, its depth fitted to the input", choices=list_nets)
-    """Network of the teacher (SRe2L's recovery needs batch-norm layers)."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE, e.g. width=64 or norm=batch."""
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "net": "Network of the teacher (SRe2L's recovery needs batch-norm layers).",
+        "net_kwargs": "Network options as KEY=VALUE, e.g. width=64 or norm=batch.",
+    }
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "convnet-bn: a batch-norm ConvNet, its depth fitted to the input"}
     epochs: int | None = auto("ceil(100,000 / training images), from 3 to 30")
     """Passes over the training data."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -301,14 +302,12 @@ class TeacherConfig(Config):
                 f"a teacher here classifies images (C, H, W); {data.info.name} has inputs of shape {data.image_shape}"
             )
         n, side = len(data.train_x), min(data.image_shape[1:])
-        cfg, notes = self.fill(
-            net=("convnet-bn", "a batch-norm ConvNet (RDED's Conv3 teacher; SRe2L matches batch-norm statistics)"),
+        cfg, notes = self.fill_net(
+            data.image_shape,
+            ("convnet-bn", "a batch-norm ConvNet (RDED's Conv3 teacher; SRe2L matches batch-norm statistics)"),
             epochs=(min(30, max(3, math.ceil(100_000 / n))), f"ceil(100,000 / {n} training images), from 3 to 30"),
             augment=(side >= 16, f"{side} px inputs"),
         )
-        kwargs, fitted = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if fitted:
-            cfg, notes = dataclasses.replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": fitted}
         create_net(cfg.net, data.image_shape, data.num_classes, seed=0, **cfg.net_kwargs)  # fails now, not later
         return cfg, notes
 

@@ -18,7 +18,7 @@ import torch
 
 from distilset.data.split import stratified_split
 from distilset.data.zca import ZCA
-from distilset.errors import DistilsetError
+from distilset.errors import ConfigError, DistilsetError
 
 # DSA strategies (Zhao & Bilen, DSA, ICML 2021): no flip for digit-like data, whose meaning changes under mirroring.
 DSA_WITH_FLIP = "color_crop_cutout_flip_scale_rotate"
@@ -188,6 +188,18 @@ class Dataset:
                 continue
             picks.append(members[torch.randperm(len(members), generator=generator)[:n]])
         return torch.cat(picks)
+
+    def holdout(
+        self, share: float | int, generator: torch.Generator, what: str = "`validation`"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held, rest): training indices of ``share`` of every class (or that many per class, drawn as
+        ``sample_per_class`` draws them) and of all the others; refused when nothing is left."""
+        held = self.sample_per_class(share, generator, what=what)
+        rest = torch.ones(len(self.train_y), dtype=torch.bool, device=self.train_y.device)
+        rest[held] = False
+        if not bool(rest.any()):
+            raise ConfigError(f"{what} takes every training image; leave some out")
+        return held, torch.nonzero(rest, as_tuple=True)[0]
 
     def to(self, device: str | torch.device) -> Dataset:
         return replace(

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distilset.data import bundled, cifar, files, mnist_family, svhn, text
 from distilset.data.dataset import Dataset
@@ -31,6 +32,9 @@ class Source:
     present: Callable[[Path, str | None], bool]
     downloadable: bool = False
     takes_path: bool = True
+    describe: Callable[[Any, Path, Path], Path] | None = None
+    """``describe(set, out, root)`` writes a readable view of a set of this dataset into ``out`` after a run (text:
+    its items decoded to their nearest words or snippets); ``root``: the raw data files' directory."""
     """Whether ``path`` (``--data-path``) locates its files; bundled sources have none to locate."""
 
 
@@ -107,6 +111,7 @@ for _source in (
         load=lambda r, d, p: text.load_rotten_tomatoes(r),
         present=lambda r, p: text.corpus_present(),
         takes_path=False,
+        describe=lambda syn, out, root: text.write_nearest_words(syn, out),
     ),
     Source(
         "rotten-tomatoes-sentences",
@@ -116,6 +121,7 @@ for _source in (
         load=lambda r, d, p: text.load_rotten_tomatoes_sentences(r),
         present=lambda r, p: text.corpus_present(),
         takes_path=False,
+        describe=text.write_nearest,
     ),
     _idx_source("mnist", "MNIST", "MNIST 60k/10k IDX files under ROOT/mnist"),
     _idx_source("kmnist", "KMNIST", "Kuzushiji-MNIST 60k/10k IDX files under ROOT/kmnist"),

@@ -1,44 +1,28 @@
-"""What every distillation method shares: its config base, the context it is built in, and the outer loop.
+"""What every distillation method is made of: its config base, the option mixins, the context it is built in
+and the distiller base class.
 
-A method is a config class (``MethodConfig``: options, checks, dataset-aware defaults) and a stepwise
-distiller: an object with ``step(iteration) -> metrics``, ``state_dict()``, ``load_state_dict()`` and
-``synthetic_set()``. ``run`` drives it: progress (``distilset.progress``: a bar on a terminal, log lines
-elsewhere), metrics history (``history.json``), a checkpoint every N iterations (``DIR/checkpoint/state.pt``,
-tensors and plain values only, read with ``weights_only=True`` and checked before use), resume from the last
-checkpoint so that an interrupted run continues bit for bit, a stop on SIGINT/SIGTERM at the end of the current
-iteration that saves the state first, and on a non-finite loss, gradient or learned value a stop that first
-saves the last good state, names the iteration and the options of the method that ran. The saved set carries
-the resolved config and the reasons for the resolved values.
-
-Checkpoint identity: the checkpoint stores the method, seed and resolved config (format 2); ``--resume``
-compares them field by field with the new run and names the first setting that differs. Only the fields a
-method lists in ``RESUMABLE`` (e.g. the outer learning rate) may change on resume.
+A method is a config class (``MethodConfig``: options, checks, dataset-aware defaults) and a stepwise distiller
+(``Distiller``): ``step(iteration) -> metrics``, ``state_dict()``, ``load_state_dict()`` and ``synthetic_set()``.
+A subclass writes ``outer_step``, one outer iteration; ``step`` around it owns what every method needs on a
+non-finite value (the subclass calls ``check_finite`` before it changes any state): the random generator is put
+back where the iteration found it, so the state saved at the stop replays the same iteration on resume.
+``distilset.methods.runner`` drives a distiller: progress, history, checkpoints, resume, signals.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import signal
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from distilset.config import Config, auto
+from distilset.config import REQUIRED_FLAG, Config, auto, check_seed, field_specs
 from distilset.distributed import current
-from distilset.errors import ConfigError, DistilsetError, Interrupted
-from distilset.files import CHECKPOINT, HISTORY
-from distilset.io import load_torch, save_torch, write_json
+from distilset.errors import ConfigError, DistilsetError
 from distilset.nets import create_net
-from distilset.nets.registry import fit_net_to_input
-from distilset.progress import Progress
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, teacher_for, teacher_path
 
@@ -91,14 +75,6 @@ class MethodConfig(Config):
         """Refuse settings that leave nothing to shard over ``world`` data-parallel processes (a method registered
         with ``data_parallel=True`` whose share depends on an option overrides this)."""
 
-    def fill_convnet(self, data: Any, why: str, **more: tuple[Any, str]) -> tuple[MethodConfig, dict[str, str]]:
-        """``fill`` with ``net`` defaulting to the ConvNet (``why``) and ``more`` auto fields, then the ConvNet's
-        depth fitted to the input (``nets.registry.fit_net_to_input``) unless ``net_kwargs`` gives one."""
-        cfg, notes = self.fill(net=("convnet", why), **more)
-        kwargs, fitted = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if fitted:
-            cfg, notes = dataclasses.replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": fitted}
-        return cfg, notes
 
 
 def per_channel_norm(module: torch.nn.Module) -> bool:
@@ -177,269 +153,178 @@ class Context:
     """The run's outer iterations, for methods whose schedule spans the run (SRe2L's cosine)."""
 
 
-class Distiller(Protocol):
-    def step(self, iteration: int) -> dict[str, float]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def synthetic_set(self) -> SyntheticSet: ...
-
-
 @dataclass(frozen=True)
-class RunConfig:
-    """How long to run and where to keep the work."""
+class SharedOptions(Config):
+    """Options every run shares, ``distill METHOD`` and ``teach SYSTEM`` alike."""
 
-    iterations: int
-    out: Path | None = None
-    checkpoint_every: int = 50
-    eval_every: int = 0
-    resume: bool = False
+    out: Path | None = field(default=None, metadata={REQUIRED_FLAG: True})
+    """Output directory (none: nothing is written; the command line needs one)."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    overwrite: bool = False
+    """Replace the run already in `out` (a directory holding another run is refused without this)."""
     progress: bool = False
+    """Print progress (a bar on a terminal, log lines elsewhere)."""
+    data_root: str | None = None
+    """Directory of raw dataset files, for outputs that read them (a text set's nearest snippets)."""
+    download: bool = False
+    """Download missing files those outputs need (checksum-verified)."""
 
+    def check(self) -> None:
+        check_seed(self.seed)
+        kind, _, index = self.device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+            raise ConfigError(f"`device` {self.device} is not a device; use cpu, cuda or cuda:N")
 
-@dataclass(frozen=True)
-class Identity:
-    """What a checkpoint must share with a run that resumes it."""
-
-    method: str
-    seed: int
-    config: Config
-    data: dict = field(default_factory=dict)
-    """The dataset the run distils: name, training-set size, image shape, ZCA."""
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "method": self.method,
-                "seed": self.seed,
-                "data": self.data,
-                "config": self.config.to_json(),
-            }
+    def context(self, log: Callable[[str], None] | None, ray: bool | str | None, **more: Any) -> Context:
+        """The ``Context`` a method or system runs in."""
+        return Context(
+            seed=self.seed,
+            device=self.device,
+            out=self.out,
+            progress=self.progress,
+            log=log or (lambda message: None),
+            data_root=self.data_root,
+            download=self.download,
+            ray=ray,
+            **more,
         )
 
-    def check(self, stored: str | None, where: Path) -> None:
-        """Refuse a checkpoint made with other settings, naming the first setting that differs."""
-        try:
-            old = json.loads(stored) if isinstance(stored, str) else None
-        except json.JSONDecodeError:
-            old = None
-        if not isinstance(old, dict) or old.get("format") != CHECKPOINT_FORMAT:
-            raise DistilsetError(
-                f"the checkpoint in {where} was written by an older distilset (no settings to compare); "
-                "start a new `out` directory"
+
+@dataclass(frozen=True)
+class RunOptions(SharedOptions):
+    """Options every ``distill METHOD`` shares: how long it runs and where it keeps its work."""
+
+    preset: str | None = None
+    """Named settings of the papers: a dataset, a budget and options (the options given override them)."""
+    iterations: int | None = None
+    """Outer iterations (default: the preset's, else the method's budget)."""
+    resume: bool = False
+    """Continue the run in `out` from its last checkpoint."""
+    checkpoint_every: int = 50
+    """Iterations between checkpoints."""
+    eval_every: int = 0
+    """Record accuracy every N iterations on held-out training images, never the test split (0: never)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"`iterations` must be >= 1, got {self.iterations}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(
+                f"`checkpoint_every` must be >= 1 (iterations between checkpoints), got {self.checkpoint_every}"
             )
-        if old.get("method") != self.method:
-            raise DistilsetError(f"{where} holds a `distill {old.get('method')}` run, not `distill {self.method}`")
-        if old.get("data") != self.data:
-            raise DistilsetError(
-                f"cannot resume {where}: it distils {_describe(old.get('data'))}, not {_describe(self.data)}; "
-                "resume with the same `dataset` or start a new `out` directory"
+        if self.eval_every < 0:
+            raise ConfigError(f"`eval_every` must be >= 0 (0: no accuracy during the run), got {self.eval_every}")
+        if self.resume and self.out is None:
+            raise ConfigError("`resume` needs `out`, the directory of the interrupted run")
+
+
+def split_options(cls: type[Config], options: dict[str, Any]) -> Any:
+    """An instance of ``cls`` from the fields of ``cls`` taken out of ``options`` (the rest stay there: the method's
+    or system's own)."""
+    return cls(**{s.name: options.pop(s.name) for s in field_specs(cls) if s.name in options})
+
+
+class Distiller:
+    """Base of the stepwise distillers. The constructor takes the dataset, the *resolved* config (the runner
+    resolves it once; ``cfg.resolve(data)[0]`` by hand) and the context, and keeps them with a random generator
+    seeded by the run's seed and the data-parallel shards. A subclass writes ``outer_step``, ``state_dict``,
+    ``load_state_dict`` and ``synthetic_set``."""
+
+    def __init__(self, data: Any, cfg: MethodConfig, ctx: Context | None = None) -> None:
+        if not cfg.resolved:
+            raise ConfigError(
+                f"{type(self).__name__} takes a resolved config: pass `cfg.resolve(data)[0]` (or run the method "
+                "with `distilset.distill`)"
             )
-        if old.get("seed") != self.seed:
-            raise DistilsetError(f"cannot resume {where}: it was made with `seed` {old.get('seed')}, not {self.seed}")
-        mine = json.loads(json.dumps(self.config.to_json()))  # the stored form: compare like with like
-        theirs = old.get("config") or {}
-        defaults = json.loads(json.dumps(type(self.config)().to_json()))  # a setting newer than the checkpoint
-        resumable = type(self.config).RESUMABLE
-        for key in mine:
-            if key not in resumable and mine[key] != theirs.get(key, defaults.get(key)):
-                may = f" (only {', '.join(f'`{k}`' for k in resumable)} may change)" if resumable else ""
-                raise DistilsetError(
-                    f"cannot resume {where}: it was made with `{key}` {theirs.get(key)!r}, this run has "
-                    f"{mine[key]!r}; resume with the same settings{may} or start a new `out` directory"
-                )
+        self.data, self.cfg, self.ctx = data, cfg, ctx or Context()
+        self.seed, self.device = self.ctx.seed, self.ctx.device
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.shards = current()
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One outer iteration; on a non-finite value (``NonFiniteError``) the generator is rewound first."""
+        return rewind_on_nonfinite(self.generator, lambda: self.outer_step(iteration))
+
+    def draw(self, n: int) -> int:
+        """A random integer in [0, n) from the run's generator (a net's seed, a pool member, ...)."""
+        return int(torch.randint(n, (1,), generator=self.generator))
+
+    def descend(
+        self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, reported: torch.Tensor | None = None
+    ) -> float:
+        """One step of ``optimizer`` down ``loss``: the gradients summed over the data-parallel ranks, then refused
+        before any change when the loss (``reported``, else ``loss``, summed over the ranks) or a gradient is not
+        finite (``what`` names it). Returns that loss."""
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        learned = [p for group in optimizer.param_groups for p in group["params"]]
+        self.shards.sum_grads(learned)
+        total = float(self.shards.sum_((loss if reported is None else reported).detach().clone()))
+        check_finite(what, total, *(p.grad for p in learned))
+        optimizer.step()
+        return total
+
+    def outer_step(self, iteration: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def quick_eval(self, validation: Any) -> dict[str, float]:
+        """``eval_every``: the accuracy of the current set, trained once by its recipe, on ``validation``'s
+        held-out training images (its test split)."""
+        from distilset.evaluate import evaluate
+
+        res = evaluate(self.synthetic_set(), validation, repeats=1, seed=777, device=self.device)
+        return {"val_acc": res.accuracy_mean}
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def synthetic_set(self) -> SyntheticSet:
+        raise NotImplementedError
 
 
-def _describe(data: dict | None) -> str:
-    if not data:
-        return "an unrecorded dataset"
-    zca = ", ZCA" if data.get("zca") else ""
-    return f"{data['name']} ({data['train']} images of {'x'.join(map(str, data['shape']))}{zca})"
+def check_finite(what: str, loss: float | torch.Tensor, *tensors: torch.Tensor | None) -> None:
+    """Raise ``NonFiniteError`` ("``what`` is not finite (loss ...)") if ``loss`` or any of ``tensors`` (gradients,
+    learned values) holds NaN or inf: a method calls it before it changes any state."""
+    loss = float(loss)
+    if not math.isfinite(loss) or not all(t is None or bool(torch.isfinite(t).all()) for t in tensors):
+        raise NonFiniteError(f"{what} is not finite (loss {loss:.4g})")
 
 
-def dataset_identity(data) -> dict:
-    return {
-        "name": data.info.name,
-        "train": len(data.train_x),
-        "shape": list(data.image_shape),
-        "zca": data.zca is not None,
-    }
+def start_labels(kind: str, hard: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Learned labels' start, one row per item of class ``hard``: ``onehot`` (its class), ``uniform`` (1/k each) or
+    ``random`` (a softmax of Gaussian noise, drawn from ``generator``)."""
+    if kind == "onehot":
+        return torch.nn.functional.one_hot(hard, k).float()
+    if kind == "uniform":
+        return torch.full((len(hard), k), 1.0 / k, device=hard.device)
+    return torch.softmax(torch.randn(len(hard), k, generator=generator), 1).to(hard.device)
 
 
-def save_checkpoint(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
-    state = {
-        "iteration": iteration,
-        "identity": identity.to_json(),
-        "distiller": distiller.state_dict(),
-        "history": json.dumps(history),
-    }
-    return save_torch(out / CHECKPOINT, state)
+_MOVED = {
+    "run": "distilset.methods.runner",
+    "RunConfig": "distilset.methods.runner",
+    "Identity": "distilset.methods.runner",
+    "dataset_identity": "distilset.methods.runner",
+    "save_checkpoint": "distilset.methods.runner",
+    "load_checkpoint": "distilset.methods.runner",
+    "CHECKPOINT": "distilset.files",
+}
 
 
-def load_checkpoint(out: Path) -> dict[str, Any] | None:
-    """The checkpoint in ``out`` (None if there is none), its structure checked; the distiller's own state is
-    checked when it is loaded into the distiller (``_restore``)."""
-    path = out / CHECKPOINT
-    if not path.exists():
-        return None
-    state = load_torch(path)
-    problem = _checkpoint_problem(state)
-    if problem:
-        raise DistilsetError(f"checkpoint {path} is corrupt ({problem}); delete {path.parent} to start over")
-    return state
+def __getattr__(name: str) -> Any:
+    """Names that moved to ``distilset.methods.runner`` (0.3), still importable from here for one release."""
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-
-def _checkpoint_problem(state: Any) -> str | None:
-    if not isinstance(state, dict) or not {"iteration", "identity", "distiller", "history"} <= set(state):
-        return "not a distilset checkpoint"
-    iteration = state["iteration"]
-    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-        return f"iteration {iteration!r} is not a count"
-    if not isinstance(state["identity"], str) or not isinstance(state["distiller"], dict):
-        return "identity or state of the wrong type"
-    try:
-        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
-    except json.JSONDecodeError:
-        history = None
-    if not isinstance(history, list) or len(history) != iteration or not all(isinstance(r, dict) for r in history):
-        return f"its history does not hold one row per iteration up to {iteration}"
-    bad = [k for k, v in _tensors(state["distiller"]) if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        return f"{bad[0]} holds NaN or inf"
-    return None
-
-
-def _tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
-    """Every tensor in a nested state (dicts, lists), with its path."""
-    if isinstance(obj, torch.Tensor):
-        return [(prefix or "state", obj)]
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return [pair for k, v in items for pair in _tensors(v, f"{prefix}.{k}" if prefix else str(k))]
-
-
-def _restore(distiller: Distiller, state: dict[str, Any], where: Path) -> None:
-    """Load the checkpoint's state, first checking every tensor this run also holds (the images, a fixed init, ...)
-    has this run's shape and dtype: a tensor of another shape would fail only later, inside a step. Tensors a fresh
-    run holds empty (a record that grows by an entry per iteration, as label distillation's errors) are not
-    compared."""
-    mine = {k: v for k, v in _tensors(distiller.state_dict()) if v.numel()}  # empty ones grow as a run goes on
-    for key, tensor in _tensors(state):
-        if key in mine and (mine[key].shape != tensor.shape or mine[key].dtype != tensor.dtype):
-            raise DistilsetError(
-                f"the checkpoint in {where} does not fit this run ({key} is {tuple(tensor.shape)} {tensor.dtype}, "
-                f"this run's {tuple(mine[key].shape)} {mine[key].dtype}); delete {where / 'checkpoint'} to start over"
-            )
-    try:
-        distiller.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise DistilsetError(
-            f"the checkpoint in {where} does not fit this run ({str(e).splitlines()[0][:200]}); "
-            f"delete {where / 'checkpoint'} to start over"
-        ) from e
-
-
-@contextmanager
-def _stop_on_signal() -> Iterator[dict[str, str | None]]:
-    """SIGINT/SIGTERM ask the loop to stop after the current iteration (and save); a second one aborts."""
-    request: dict[str, str | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}  # e.g. SIGINT of a background job
-
-    def ask(signum, frame):
-        if request["signal"] is not None:
-            raise KeyboardInterrupt
-        request["signal"] = signal.Signals(signum).name
-        print("distilset: stopping after this iteration to save the state (again to abort)", file=sys.stderr)
-
-    for s in previous:
-        signal.signal(s, ask)
-    try:
-        yield request
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _save(distiller: Distiller, identity: Identity, out: Path, iteration: int, history: list[dict]) -> Path:
-    path = save_checkpoint(distiller, identity, out, iteration, history)
-    write_json(out / HISTORY, history)
-    return path
-
-
-def run(
-    distiller: Distiller,
-    identity: Identity,
-    cfg: RunConfig,
-    quick_eval: Callable[[], dict[str, float]] | None = None,
-    extra: dict | None = None,
-) -> SyntheticSet:
-    """Run ``cfg.iterations`` outer iterations (continuing a checkpoint with ``resume``), then save the set.
-
-    SIGINT or SIGTERM stops the run at the end of the current iteration, saves a checkpoint (with ``out``) and
-    raises ``Interrupted`` saying how to continue. The set records the method, its resolved config, the seed,
-    the iterations and ``extra``."""
-    start, history = 0, []
-    if not current().writer:  # data-parallel: rank 0 writes; every rank reads a checkpoint to resume
-        cfg = dataclasses.replace(cfg, progress=False, checkpoint_every=0)
-        quick_eval = None
-    writes = current().writer
-    if cfg.resume:
-        if cfg.out is None:
-            raise DistilsetError("`resume` needs `out`, the directory of the interrupted run")
-        state = load_checkpoint(cfg.out)
-        if state is None and writes:
-            print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
-        else:
-            identity.check(state.get("identity"), cfg.out)
-            start, history = state["iteration"], json.loads(state["history"])
-            if start >= cfg.iterations:
-                done = "is finished" if start == cfg.iterations else "is further"
-                raise DistilsetError(
-                    f"the run in {cfg.out} {done} (checkpoint at iteration {start}); to continue "
-                    f"it, resume with `iterations` above {start}"
-                )
-            if writes:
-                print(f"distilset: resuming {cfg.out} from iteration {start} of {cfg.iterations}")
-            _restore(distiller, state["distiller"], cfg.out)
-    t0 = time.perf_counter()
-    hint = type(identity.config).NONFINITE_HINT
-    with _stop_on_signal() as stop, Progress(cfg.iterations, f"distill {identity.method}", cfg.progress, start) as bar:
-        for it in range(start, cfg.iterations):
-            try:
-                metrics = distiller.step(it)
-            except NonFiniteError as e:
-                where = ""
-                if cfg.out is not None and writes:
-                    path = _save(distiller, identity, cfg.out, it, history)
-                    where = f"; the last good state (before iteration {it}) is saved in {path}, continue with `resume`"
-                raise DistilsetError(f"{e.args[0]} at outer iteration {it}{where}; {hint}") from e
-            row = {"iteration": it + 1, "time_s": round(time.perf_counter() - t0, 3), **metrics}
-            if quick_eval is not None and cfg.eval_every and (it + 1) % cfg.eval_every == 0:
-                row.update(quick_eval())
-            history.append(row)
-            bar.update({k: v for k, v in row.items() if k in ("loss", "val_acc")})
-            if cfg.out is not None and writes and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-                _save(distiller, identity, cfg.out, it + 1, history)
-            if current().any(bool(stop["signal"])) and it + 1 < cfg.iterations:  # every rank stops together
-                stop["signal"] = stop["signal"] or "a signal to another rank"
-                if cfg.out is None:
-                    raise Interrupted(
-                        f"stopped by {stop['signal']} after iteration {it + 1}; nothing was saved (no `out` directory)"
-                    )
-                if writes:
-                    _save(distiller, identity, cfg.out, it + 1, history)
-                raise Interrupted(
-                    f"stopped by {stop['signal']} after iteration {it + 1} of {cfg.iterations}; the state is saved "
-                    f"in {cfg.out / CHECKPOINT}: run the same command with `resume` to continue"
-                )
-    syn = distiller.synthetic_set()
-    syn.config = {"method": identity.method, **identity.config.to_json()}
-    syn.extra = {**syn.extra, "seed": identity.seed, "iterations": cfg.iterations, **(extra or {})}
-    if cfg.out is not None and writes:
-        _save(distiller, identity, cfg.out, cfg.iterations, history)
-        syn.save(cfg.out)
-    current().barrier()  # the other ranks return once the set is on disk
-    return syn
+        warnings.warn(f"import {name} from {_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,13 +39,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from distilset.config import FLAG, auto
+from distilset.config import OLD_NAMES, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.methods.base import Context, MethodConfig, PixelStatsOption
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import list_nets
+from distilset.nets.options import NetOption
 from distilset.recipes import Standard
 from distilset.train import fit
 
@@ -76,7 +76,7 @@ def match_loss(g_syn: list[torch.Tensor], g_real: list[torch.Tensor]) -> torch.T
 
 
 @dataclass(frozen=True)
-class DCConfig(MethodConfig, PixelStatsOption):
+class DCConfig(MethodConfig, NetOption, PixelStatsOption):
     """DC: gradient matching on fresh networks along their training on the synthetic set (Zhao et al. 2021)."""
 
     ipc: int = 1
@@ -87,7 +87,7 @@ class DCConfig(MethodConfig, PixelStatsOption):
     """Momentum of the image updates."""
     lr_net: float = 0.01
     """SGD learning rate of the network's training on the synthetic set between matchings."""
-    batch_real: int = 256
+    real_batch: int = field(default=256, metadata={OLD_NAMES: ("batch_real",)})
     """Real images per class per matching (all of a smaller class)."""
     batch_train: int = 256
     """Minibatch of the network's training on the synthetic set."""
@@ -99,11 +99,8 @@ class DCConfig(MethodConfig, PixelStatsOption):
     """Epochs the network trains on the synthetic set between two matchings."""
     dsa: bool = False
     """Augment real and synthetic batches with the same DSA transform (DSA); DC matches them unaugmented."""
-    net: str | None = auto("convnet", choices=list_nets)
-    """The network whose gradients are matched (fresh every iteration)."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE (a ConvNet gets the depth its input allows unless given)."""
-
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "The network whose gradients are matched (fresh every iteration)."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "convnet"}
     ITERATIONS: ClassVar[int] = 1000
     RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "pixel_stats")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img`, or resume to continue from the last good state"
@@ -111,7 +108,7 @@ class DCConfig(MethodConfig, PixelStatsOption):
     def check(self) -> None:
         self.require_positive("lr_img", "lr_net")
         self.require_at_least(0, "momentum")
-        self.require_at_least(1, "ipc", "batch_real", "batch_train", "outer_loop", "inner_loop")
+        self.require_at_least(1, "ipc", "real_batch", "batch_train", "outer_loop", "inner_loop")
 
     def resolve(self, data: Dataset) -> tuple[DCConfig, dict[str, str]]:
         if len(data.image_shape) != 3:
@@ -120,9 +117,9 @@ class DCConfig(MethodConfig, PixelStatsOption):
             data.require_per_class(self.ipc)
         outer, inner, listed = loops_for(self.ipc)
         source = "the released code's" if listed == self.ipc else f"the released code's for ipc {listed}, the nearest"
-        cfg, notes = self.fill_convnet(
-            data,
-            f"{self.name}'s ConvNet",
+        cfg, notes = self.fill_net(
+            data.image_shape,
+            ("convnet", f"{self.name}'s ConvNet"),
             outer_loop=(outer, f"{outer}: {source}"),
             inner_loop=(inner, f"{inner}: {source}"),
         )
@@ -159,8 +156,7 @@ def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:
 class GradientMatching(PerClassImages):
     """Stepwise DC / DSA (``methods.base.run`` drives it): ``step``, ``state_dict``, ``synthetic_set``."""
 
-    def __init__(self, data: Dataset, cfg: DCConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or DCConfig()).resolve(data)
+    def __init__(self, data: Dataset, cfg: DCConfig, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
         self.method = "dsa" if cfg.dsa else "dc"
         self.inner = Standard(
@@ -177,7 +173,7 @@ class GradientMatching(PerClassImages):
         """A freshly initialised network (PyTorch's default init, as in the released code)."""
         return self.fresh_net()
 
-    def _step(self) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         cfg, net = self.cfg, self.network()
         has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
         weights = [p for p in net.parameters() if p.ndim > 1]  # 1-D parameters have distance 0: not matched
@@ -191,7 +187,7 @@ class GradientMatching(PerClassImages):
             total += self.update_images(loss, cfg.name)
             if outer < cfg.outer_loop - 1:
                 images = self.images.detach().clone()
-                fit(net, images, self.labels.to(self.device), self.inner, seed=self._draw(2**62))
+                fit(net, images, self.labels.to(self.device), self.inner, seed=self.draw(2**62))
         return {"loss": total / (self.data.num_classes * cfg.outer_loop)}
 
     def matching_loss(self, net: nn.Module, weights: list[torch.Tensor]) -> torch.Tensor:
@@ -210,17 +206,17 @@ class GradientMatching(PerClassImages):
         return loss
 
 
-def _build(data: Dataset, cfg: DCConfig, ctx: Context) -> GradientMatching:
-    return GradientMatching(data, cfg, ctx)
-
-
 def _paper(ipc: int) -> Preset:
     return Preset("mnist", 1000, {"ipc": ipc}, f"the released code's settings at {ipc} image(s) per class")
 
 
 register_method(
-    "dc", DCConfig, _build, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)}, data_parallel=True
+    "dc", DCConfig, GradientMatching, presets={f"dc-paper-ipc{n}": _paper(n) for n in (1, 10, 50)}, data_parallel=True
 )
 register_method(
-    "dsa", DSAConfig, _build, presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)}, data_parallel=True
+    "dsa",
+    DSAConfig,
+    GradientMatching,
+    presets={f"dsa-paper-ipc{n}": _paper(n) for n in (1, 10, 50)},
+    data_parallel=True,
 )

@@ -32,14 +32,15 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from distilset.config import FLAG, auto
+from distilset.config import OLD_NAMES, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.evaluate import evaluate
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
+from distilset.methods.base import Context, Distiller, MethodConfig, NonFiniteError, check_finite, start_labels
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import create_net, list_nets
-from distilset.nets.registry import classic_net_for, fit_net_to_input
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
+from distilset.nets.registry import classic_net_for
 from distilset.recipes import Replay, Standard
 from distilset.synset import SyntheticSet
 from distilset.train import fit
@@ -51,7 +52,7 @@ PAPER_DECAY_ITERATIONS = 40 * 60_000 / 1024
 
 
 @dataclass(frozen=True)
-class DDConfig(MethodConfig):
+class DDConfig(MethodConfig, NetOption):
     """Dataset Distillation (Wang et al. 2018), with learned soft labels (Sucholutsky & Schonlau 2021)."""
 
     steps: int | None = auto("10 (the paper's); 1 on token rows (the text paper's IMDB run)")
@@ -62,17 +63,13 @@ class DDConfig(MethodConfig):
     """Images per class in each distilled batch (the set holds steps x classes x ipc images)."""
     items: int | None = None
     """Items per distilled batch instead of classes x ipc (with `soft_labels`, fewer items than classes)."""
-    init: Literal["fixed", "random", "fixed-pretrained", "random-pretrained"] = "fixed"
+    net_init: Literal["fixed", "random", "fixed-pretrained", "random-pretrained"] = field(
+        default="fixed", metadata={OLD_NAMES: ("init",)}
+    )
     """Initial weights: one stored init, fresh inits every iteration, or nets pretrained on the data."""
     n_nets: int = 1
     """Initial weights per outer iteration (random / random-pretrained init), gradients averaged."""
-    net: str | None = auto(
-        "lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), lstm (token rows), else mlp", choices=list_nets
-    )
-    """Network the distilled data trains."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE, e.g. width=32."""
-    init_scheme: Literal["xavier", "default"] = "xavier"
+    weight_init: Literal["xavier", "default"] = field(default="xavier", metadata={OLD_NAMES: ("init_scheme",)})
     """Weight initialisation of fresh nets (the paper: xavier-normal weights, zero biases)."""
     lr: float = 0.01
     """Adam learning rate on the images, the learned lrs and the labels."""
@@ -88,8 +85,8 @@ class DDConfig(MethodConfig):
     """Real images per outer iteration."""
     soft_labels: bool = False
     """Learn a label vector per distilled item (soft-label Dataset Distillation)."""
-    label_init: Literal["onehot", "random"] = "onehot"
-    """Soft labels' start: one-hot of the item's class, or random distributions."""
+    label_init: Literal["onehot", "uniform", "random"] = "onehot"
+    """Soft labels' start: one-hot of the item's class, uniform, or random distributions."""
     attack: tuple[int, int] | None = None
     """Poisoning: ATTACK_CLASS TARGET_CLASS; training on the set makes the net read the first as the second."""
     pool_size: int = 4
@@ -105,6 +102,10 @@ class DDConfig(MethodConfig):
     outer_chunk: int = 256
     """Memory checkpoint: real images per part of the outer loss."""
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "Network the distilled data trains."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {
+        "net": "lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), lstm (token rows), else mlp"
+    }
     ITERATIONS: ClassVar[int] = 400
     RESUMABLE: ClassVar[tuple[str, ...]] = ("lr", "decay_epochs", "decay_factor")
     NONFINITE_HINT: ClassVar[str] = "resume with a lower outer learning rate `lr` (or start with a lower `init_lr`)"
@@ -156,13 +157,10 @@ class DDConfig(MethodConfig):
                     "TextCNN it did not at CPU budgets (README, text)"
                 ),
             )
-        net = self.net or net
-        kwargs, depth_why = fit_net_to_input(net, self.net_kwargs, data.image_shape)
-        if tokens and net == "textcnn" and "dropout" not in kwargs:
-            kwargs = {**kwargs, "dropout": 0.0}
-            depth_why = "no dropout: on token rows its noise in the unrolled steps kept DD's outer loss from falling"
         text_run = "the text paper's IMDB run: 1 step x 10 per class x 5 epochs"
-        cfg, notes = self.fill(
+        cfg, notes = self.fill_net(
+            data.image_shape,
+            (net, why),
             steps=(1, text_run) if tokens else (10, "the paper's"),
             epochs=(5, text_run) if tokens else (3, "the paper's"),
             ipc=(10, text_run) if tokens else (1, "the paper's"),
@@ -176,9 +174,13 @@ class DDConfig(MethodConfig):
             if tokens
             else (1024, "the paper's"),
         )
+        if tokens and cfg.net == "textcnn" and "dropout" not in cfg.net_kwargs:
+            cfg = replace(cfg, net_kwargs={**cfg.net_kwargs, "dropout": 0.0})
+            notes["net_kwargs"] = (
+                "no dropout: on token rows its noise in the unrolled steps kept DD's outer loss from falling"
+            )
         n = len(data.train_x)
         cfg, more = cfg.fill(
-            net=(net, why),
             decay_epochs=(
                 PAPER_DECAY_ITERATIONS * cfg.real_batch / n,
                 f"every {PAPER_DECAY_ITERATIONS:.0f} iterations, the paper's 40 MNIST epochs",
@@ -186,8 +188,6 @@ class DDConfig(MethodConfig):
             segment=(default_segment(cfg.total_steps) if self.memory == "checkpoint" else None, "ceil(sqrt(T))"),
         )
         notes.update(more)
-        if depth_why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": depth_why}
         # the paper's values need no note on images
         quiet = ("init_lr", "real_batch", "steps", "epochs", "ipc") if not tokens else ()
         return cfg, {k_: v for k_, v in notes.items() if getattr(cfg, k_) is not None and k_ not in quiet}
@@ -205,15 +205,15 @@ def pretrain_pool(
     pool = []
     for i in range(n):
         net = create_net(
-            cfg.net, data.image_shape, data.num_classes, seed=seed + i, init=cfg.init_scheme, **cfg.net_kwargs
+            cfg.net, data.image_shape, data.num_classes, seed=seed + i, init=cfg.weight_init, **cfg.net_kwargs
         )
         fit(net, x, y, recipe, seed=seed + i)
         pool.append({k: v.detach().clone() for k, v in net.state_dict().items()})
     return pool
 
 
-class DatasetDistillation:
-    """Algorithm 1 as a stepwise, checkpointable object (driven by ``methods.base.run``).
+class DatasetDistillation(Distiller):
+    """Algorithm 1 as a stepwise, checkpointable object (driven by ``distilset.methods.runner``).
 
     The learned inner lrs are lr_t = softplus(raw_t), raw_t updated by Adam: an lr can never turn negative,
     and one Adam step moves raw_t by about the outer lr (0.01), so an lr changes by at most ~1 % per
@@ -223,19 +223,15 @@ class DatasetDistillation:
     def __init__(
         self,
         data: Dataset,
-        cfg: DDConfig | None = None,
+        cfg: DDConfig,
         ctx: Context | None = None,
         pool: list[dict[str, torch.Tensor]] | None = None,
     ):
-        cfg, _ = (cfg or DDConfig()).resolve(data)
-        ctx = ctx or Context()
-        seed, device = ctx.seed, ctx.device
-        self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
-        k = data.num_classes
+        super().__init__(data, cfg, ctx)
+        seed, device, k = self.seed, self.device, data.num_classes
         self.per_step = cfg.items if cfg.items is not None else k * cfg.ipc
-        self.model = create_net(cfg.net, data.image_shape, k, seed=seed, init=cfg.init_scheme, **cfg.net_kwargs)
+        self.model = create_net(cfg.net, data.image_shape, k, seed=seed, init=cfg.weight_init, **cfg.net_kwargs)
         self.model.to(device)
-        self.generator = torch.Generator().manual_seed(seed)
         g = self.generator
         n_items = cfg.steps * self.per_step
         hard = torch.arange(self.per_step) % k if cfg.items is not None else torch.arange(k).repeat_interleave(cfg.ipc)
@@ -245,23 +241,18 @@ class DatasetDistillation:
         self.raw_lrs = torch.full((cfg.total_steps,), raw, device=device).requires_grad_(True)
         self.labels: torch.Tensor | None = None
         if cfg.soft_labels:
-            init = (
-                F.one_hot(self.hard_labels, k).float()
-                if cfg.label_init == "onehot"
-                else torch.softmax(torch.randn(n_items, k, generator=g), 1).to(device)
-            )
-            self.labels = init.clone().requires_grad_(True)
+            self.labels = start_labels(cfg.label_init, self.hard_labels, k, g).requires_grad_(True)
         self.optimizer = torch.optim.Adam(self.learnables(), lr=cfg.lr, betas=cfg.betas)
         # Initial weights by regime.
         self.fixed_init: dict[str, torch.Tensor] | None = None
         self.pool = pool
-        if cfg.init == "fixed":
+        if cfg.net_init == "fixed":
             self.fixed_init = {k_: v.to(device) for k_, v in net_params(self.model, False).items()}
-        elif cfg.init.endswith("pretrained"):
+        elif cfg.net_init.endswith("pretrained"):
             if self.pool is None:
-                n = 1 if cfg.init == "fixed-pretrained" else cfg.pool_size
+                n = 1 if cfg.net_init == "fixed-pretrained" else cfg.pool_size
                 self.pool = pretrain_pool(data, cfg, n, seed=seed + 10_000, classes=cfg.pretrain_classes)
-            if cfg.init == "fixed-pretrained":
+            if cfg.net_init == "fixed-pretrained":
                 self.fixed_init = {k_: v.to(device) for k_, v in self.pool[0].items()}
 
     # ---- learnable state ------------------------------------------------------------------------------
@@ -282,8 +273,8 @@ class DatasetDistillation:
     def _inits(self) -> list[dict[str, torch.Tensor]]:
         cfg = self.cfg
         if self.fixed_init is not None:
-            return [self.fixed_init] * (1 if cfg.init.startswith("fixed") else cfg.n_nets)
-        if cfg.init == "random":
+            return [self.fixed_init] * (1 if cfg.net_init.startswith("fixed") else cfg.n_nets)
+        if cfg.net_init == "random":
             seeds = torch.randint(2**62, (cfg.n_nets,), generator=self.generator).tolist()
             return [
                 net_params(
@@ -292,7 +283,7 @@ class DatasetDistillation:
                         self.data.image_shape,
                         self.data.num_classes,
                         seed=s,
-                        init=cfg.init_scheme,
+                        init=cfg.weight_init,
                         **cfg.net_kwargs,
                     ).to(self.device),
                     False,
@@ -326,10 +317,7 @@ class DatasetDistillation:
         return self.cfg.lr * self.cfg.decay_factor ** math.floor(epoch / self.cfg.decay_epochs)
 
     # ---- one outer iteration ----------------------------------------------------------------------------
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
-
-    def _step(self, iteration: int) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         cfg = self.cfg
         x_real, y_real = self._real_batch()
         inits = self._inits()
@@ -350,10 +338,7 @@ class DatasetDistillation:
             total_loss += float(loss) / len(inits)
             g = [v / len(inits) for v in g] if len(inits) > 1 else g
             grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
-        if not math.isfinite(total_loss):
-            raise NonFiniteError(f"outer loss is {total_loss}")
-        if not all(torch.isfinite(g).all() for g in grads):
-            raise NonFiniteError("gradient of the distilled data is NaN/inf")
+        check_finite("DD's outer loss or the gradient of the distilled data", total_loss, *grads)
         snapshot = ([v.detach().clone() for v in self.learnables()], copy.deepcopy(self.optimizer.state_dict()))
         for group in self.optimizer.param_groups:
             group["lr"] = self._outer_lr(iteration)
@@ -410,11 +395,11 @@ class DatasetDistillation:
             images=self.images.detach().cpu().clone(),
             labels=(self.labels.detach().cpu().clone() if self.labels is not None else self.hard_labels.cpu().clone()),
             method="dd",
-            recipe=Replay(init=cfg.init),
+            recipe=Replay(init=cfg.net_init),
             lrs=self.lrs().detach().cpu().clone(),
             step_order=order,
             init_params=({k: v.cpu().clone() for k, v in self.fixed_init.items()} if self.fixed_init else None),
-            net={"name": cfg.net, "kwargs": dict(cfg.net_kwargs), "init": cfg.init_scheme},
+            net={"name": cfg.net, "kwargs": dict(cfg.net_kwargs), "init": cfg.weight_init},
             extra={"items_per_step": self.per_step},
         )
 
@@ -422,25 +407,21 @@ class DatasetDistillation:
         """Recipe accuracy of the current set on ``validation``'s held-out images (fixed: its init; random:
         ``repeats`` fresh inits)."""
         syn = self.synthetic_set()
-        pool = self.pool if self.cfg.init == "random-pretrained" else None
-        reps = 1 if self.cfg.init.startswith("fixed") else repeats
+        pool = self.pool if self.cfg.net_init == "random-pretrained" else None
+        reps = 1 if self.cfg.net_init.startswith("fixed") else repeats
         res = evaluate(syn, validation, repeats=reps, seed=self.seed + 777, init_pool=pool, device=self.device)
         return {"val_acc": res.accuracy_mean}
 
 
-def _build(data: Dataset, cfg: DDConfig, ctx: Context, pool=None) -> DatasetDistillation:
-    return DatasetDistillation(data, cfg, ctx, pool=pool)
-
-
-_LENET_FIXED_10 = {"net": "lenet", "init": "fixed", "steps": 1, "epochs": 3}  # 1 step x 10 classes x 1
-_LENET_RANDOM_100 = {"net": "lenet", "init": "random", "steps": 10, "epochs": 3}  # 10 steps x 10 classes x 1
+_LENET_FIXED_10 = {"net": "lenet", "net_init": "fixed", "steps": 1, "epochs": 3}  # 1 step x 10 classes x 1
+_LENET_RANDOM_100 = {"net": "lenet", "net_init": "random", "steps": 10, "epochs": 3}  # 10 steps x 10 classes x 1
 _ALEX_100 = {"net": "alexcifarnet", "steps": 10, "epochs": 3}
 PAPER_ITERATIONS = {"mnist": 400 * 59, "cifar10": 400 * 49}  # 400 epochs at real batch 1024
 
 register_method(
     "dd",
     DDConfig,
-    _build,
+    DatasetDistillation,
     objects=("pool",),
     presets={
         "dd-mnist-fixed": Preset(
@@ -458,13 +439,13 @@ register_method(
         "dd-cifar10-fixed": Preset(
             "cifar10",
             PAPER_ITERATIONS["cifar10"],
-            {**_ALEX_100, "init": "fixed", "decay_epochs": 40},
+            {**_ALEX_100, "net_init": "fixed", "decay_epochs": 40},
             "paper: 100 images, fixed init, 54.0 %",
         ),
         "dd-cifar10-random": Preset(
             "cifar10",
             PAPER_ITERATIONS["cifar10"],
-            {**_ALEX_100, "init": "random", "n_nets": 4, "decay_epochs": 40},
+            {**_ALEX_100, "net_init": "random", "n_nets": 4, "decay_epochs": 40},
             "paper: 100 images, random init, 36.8 +- 1.2 %",
         ),
         "sldd-mnist-fixed": Preset(

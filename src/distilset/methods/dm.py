@@ -25,17 +25,17 @@ from typing import ClassVar, Literal
 
 import torch
 
-from distilset.config import FLAG, auto
+from distilset.config import OLD_NAMES
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
-from distilset.methods.base import Context, MethodConfig, PixelStatsOption
+from distilset.methods.base import MethodConfig, PixelStatsOption
 from distilset.methods.matching import PerClassImages
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import list_nets
+from distilset.nets.options import NetOption
 
 
 @dataclass(frozen=True)
-class DMConfig(MethodConfig, PixelStatsOption):
+class DMConfig(MethodConfig, NetOption, PixelStatsOption):
     """DM: distribution matching of mean embeddings under random networks (Zhao & Bilen 2023)."""
 
     ipc: int = 10
@@ -44,17 +44,16 @@ class DMConfig(MethodConfig, PixelStatsOption):
     """SGD learning rate on the images."""
     momentum: float = 0.5
     """Momentum of the image updates."""
-    batch_real: int = 256
+    real_batch: int = field(default=256, metadata={OLD_NAMES: ("batch_real",)})
     """Real images per class per iteration (all of a smaller class)."""
     init: Literal["real", "noise"] = "real"
     """Start from random real images of each class, or from Gaussian noise."""
     dsa: bool = True
     """Augment real and synthetic batches with the same DSA transform (the dataset's strategy)."""
-    net: str | None = auto("convnet", choices=list_nets)
-    """The randomly initialised embedding network (its features before the classifier)."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE (a ConvNet gets the depth its input allows unless given)."""
-
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "net": "The randomly initialised embedding network (its features before the classifier)."
+    }
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "convnet"}
     ITERATIONS: ClassVar[int] = 1000
     RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "pixel_stats")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img`, or resume to continue from the last good state"
@@ -62,14 +61,14 @@ class DMConfig(MethodConfig, PixelStatsOption):
     def check(self) -> None:
         self.require_positive("lr_img")
         self.require_at_least(0, "momentum")
-        self.require_at_least(1, "ipc", "batch_real")
+        self.require_at_least(1, "ipc", "real_batch")
 
     def resolve(self, data: Dataset) -> tuple[DMConfig, dict[str, str]]:
         if len(data.image_shape) != 3:
             raise ConfigError(f"DM distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         if self.init == "real":
             data.require_per_class(self.ipc)
-        cfg, notes = self.fill_convnet(data, "DM's ConvNet")
+        cfg, notes = self.fill_net(data.image_shape, ("convnet", "DM's ConvNet"))
         cfg, more = cfg.fill_pixel_stats(data)
         return cfg, {**notes, **more}
 
@@ -79,15 +78,11 @@ class DistributionMatching(PerClassImages):
 
     method = "dm"
 
-    def __init__(self, data: Dataset, cfg: DMConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or DMConfig()).resolve(data)
-        super().__init__(data, cfg, ctx)
-
     def embedder(self) -> torch.nn.Module:
         """A freshly initialised network, frozen: it only embeds, nothing of it is learned."""
         return self.fresh_net().requires_grad_(False)
 
-    def _step(self) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         net = self.embedder()
         loss = torch.zeros((), device=self.device)
         for c in range(self.data.num_classes):
@@ -102,14 +97,10 @@ class DistributionMatching(PerClassImages):
         return {"loss": total / self.data.num_classes}
 
 
-def _build(data: Dataset, cfg: DMConfig, ctx: Context) -> DistributionMatching:
-    return DistributionMatching(data, cfg, ctx)
-
-
 register_method(
     "dm",
     DMConfig,
-    _build,
+    DistributionMatching,
     presets={
         "dm-paper-ipc10": Preset("mnist", 20000, {"ipc": 10}, "the paper's budget: 20,000 iterations"),
         "dm-paper-ipc50": Preset("mnist", 20000, {"ipc": 50}, "the paper's budget: 20,000 iterations"),

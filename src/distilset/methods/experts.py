@@ -22,22 +22,23 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from distilset import jsonread
-from distilset.config import FLAG, Config, auto, check_seed
+from distilset.config import Config, auto, check_seed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.files import EXPERTS_MANIFEST
 from distilset.io import save_tensors, write_json
 from distilset.jobs import run_jobs
 from distilset.jsonread import load_json
-from distilset.nets import create_net, list_nets
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
 from distilset.nets.registry import SIZE_BOUNDS
 from distilset.recipes import Standard
 from distilset.rundir import prepare_out, releases_locks
@@ -53,13 +54,11 @@ def expert_batch_for(n_train: int) -> int:
 
 
 @dataclass(frozen=True)
-class ExpertConfig(Config):
+class ExpertConfig(Config, NetOption):
     """How MTT's expert trajectories are trained and stored (MTT ``buffer.py`` defaults)."""
 
-    net: str = field(default="convnet", metadata={"choices": list_nets})
-    """Network of the experts (MTT distils with the same one)."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE, e.g. width=32."""
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "Network of the experts (MTT distils with the same one)."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "convnet"}
     epochs: int = 50
     """Epochs per expert; its parameters are stored after each."""
     lr: float = 0.01
@@ -81,13 +80,11 @@ class ExpertConfig(Config):
 
     def resolve(self, data: Dataset) -> tuple[ExpertConfig, dict[str, str]]:
         n = len(data.train_x)
-        cfg, notes = self.fill(batch_size=(expert_batch_for(n), f"about 50 SGD steps per epoch of {n} images"))
-        from distilset.nets.registry import fit_net_to_input
-
-        kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-        if why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-        return cfg, notes
+        return self.fill_net(
+            data.image_shape,
+            ("convnet", "MTT's ConvNet"),
+            batch_size=(expert_batch_for(n), f"about 50 SGD steps per epoch of {n} images"),
+        )
 
     def recipe(self, data: Dataset) -> Standard:
         return Standard(

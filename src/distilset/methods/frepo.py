@@ -33,15 +33,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from distilset.config import FLAG, auto
+from distilset.config import FLAG
 from distilset.data.dataset import Dataset
-from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.kernels import centred_one_hot, krr
 from distilset.losses import centred_mse
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, rewind_on_nonfinite
+from distilset.methods.base import Context, Distiller, MethodConfig, NonFiniteError
 from distilset.methods.registry import register_method
-from distilset.nets import create_net, list_nets
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 
@@ -61,7 +61,7 @@ def label_margin(labels: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FRePoConfig(MethodConfig):
+class FRePoConfig(MethodConfig, NetOption):
     """FRePo: neural feature regression over a pool of online networks (Zhou et al. 2022)."""
 
     ipc: int = 10
@@ -82,11 +82,12 @@ class FRePoConfig(MethodConfig):
     """Adam learning rate of the pool networks."""
     reg: float = 1e-6
     """Ridge of the feature regression, relative to the mean diagonal of the support kernel."""
-    net: str | None = auto("convnet", choices=list_nets)
     """The pool's network (its features are the classifier's input)."""
     net_kwargs: dict = field(default_factory=lambda: {"norm": "none"}, metadata={FLAG: "--net-arg"})
     """Network options as KEY=VALUE (FRePo's ConvNet has no normalisation; depth fitted to the input)."""
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "The pool's network (its features are the classifier's input)."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "convnet"}
     ITERATIONS: ClassVar[int] = 1000
     NONFINITE_HINT: ClassVar[str] = "lower `lr` or raise `reg`"
 
@@ -107,24 +108,20 @@ class FRePoConfig(MethodConfig):
         if len(data.image_shape) != 3:
             raise ConfigError(f"FRePo distils images (C, H, W); {data.info.name} has shape {data.image_shape}")
         data.require_per_class(self.ipc)
-        return self.fill_convnet(data, "FRePo's ConvNet")
+        return self.fill_net(data.image_shape, ("convnet", "FRePo's ConvNet"))
 
 
-class FRePo:
+class FRePo(Distiller):
     """Stepwise FRePo (``methods.base.run`` drives it)."""
 
-    def __init__(self, data: Dataset, cfg: FRePoConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or FRePoConfig()).resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.device = data, cfg, ctx.device
-        self.generator = torch.Generator().manual_seed(ctx.seed)
-        self.shards = current()
+    def __init__(self, data: Dataset, cfg: FRePoConfig, ctx: Context | None = None):
+        super().__init__(data, cfg, ctx)
         k = data.num_classes
         picks = data.sample_per_class(cfg.ipc, self.generator)
-        self.images = data.train_x[picks].to(ctx.device).clone().requires_grad_(True)
+        self.images = data.train_x[picks].to(self.device).clone().requires_grad_(True)
         scale = math.sqrt(k / 10)  # the released code scales the centred labels by sqrt(K / 10)
         labels = centred_one_hot(torch.arange(k).repeat_interleave(cfg.ipc), k).float() / scale
-        self.labels = labels.to(ctx.device).requires_grad_(cfg.learn_labels)
+        self.labels = labels.to(self.device).requires_grad_(cfg.learn_labels)
         learned = [self.images] + ([self.labels] if cfg.learn_labels else [])
         from pytorch_optimizer import Lamb  # loaded when FRePo runs, not on `import distilset`
 
@@ -138,13 +135,10 @@ class FRePo:
         progress = min(iteration / self.cfg.decay_iterations, 1.0)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def _draw(self, n: int) -> int:
-        return int(torch.randint(n, (1,), generator=self.generator))
-
     def _new_net(self, i: int, age: int = 0) -> None:
         cfg = self.cfg
         net = create_net(
-            cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62), **cfg.net_kwargs
+            cfg.net, self.data.image_shape, self.data.num_classes, seed=self.draw(2**62), **cfg.net_kwargs
         ).to(self.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.online_lr)
         if i == len(self.nets):
@@ -154,12 +148,9 @@ class FRePo:
         else:
             self.nets[i], self.online[i], self.ages[i] = net, optimizer, age
 
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, self._step)
-
-    def _step(self) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         cfg, k = self.cfg, self.data.num_classes
-        i = self._draw(cfg.pool)
+        i = self.draw(cfg.pool)
         net = self.nets[i]
         pick = torch.randperm(len(self.data.train_x), generator=self.generator)[: cfg.target_batch]
         n = len(pick)
@@ -176,14 +167,7 @@ class FRePo:
             raise NonFiniteError(f"FRePo's feature kernel broke down ({e})") from e
         kernel_loss = 0.5 * (pred - y_t).pow(2).sum() / n  # the mean over all n, once summed over the ranks
         loss = kernel_loss + (label_margin(self.labels).mean() if self.shards.writer else 0.0)  # counted once
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        learned = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.shards.sum_grads(learned)
-        kernel_loss = float(self.shards.sum_(kernel_loss.detach().clone()))
-        if not math.isfinite(kernel_loss) or not all(torch.isfinite(p.grad).all() for p in learned):
-            raise NonFiniteError(f"FRePo's loss or support gradient is not finite (loss {kernel_loss:.4g})")
-        self.optimizer.step()
+        kernel_loss = self.descend(self.optimizer, loss, "FRePo's loss or support gradient", reported=kernel_loss)
         self.scheduler.step()
         self._online_update(i)
         right = self.shards.sum_((pred.argmax(1) == y_t.argmax(1)).sum().double())
@@ -250,8 +234,4 @@ class FRePo:
         )
 
 
-def _build(data: Dataset, cfg: FRePoConfig, ctx: Context) -> FRePo:
-    return FRePo(data, cfg, ctx)
-
-
-register_method("frepo", FRePoConfig, _build, data_parallel=True)
+register_method("frepo", FRePoConfig, FRePo, data_parallel=True)

@@ -24,7 +24,6 @@ them. The target batch is 1000 images (the papers use larger ones on accelerator
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -32,10 +31,9 @@ import torch
 
 from distilset.config import auto
 from distilset.data.dataset import Dataset
-from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.kernels import architecture, centred_one_hot, krr
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import Context, Distiller, MethodConfig, NonFiniteError, restore_optimizer
 from distilset.methods.registry import register_method
 from distilset.nets.registry import convnet_depth_for
 from distilset.recipes import KernelRidge
@@ -129,21 +127,18 @@ class LSConfig(KernelConfig):
         self.require_at_least(1, "targets")
 
 
-class KernelSupport:
-    """KIP / LS as a stepwise distiller (``methods.base.run`` drives it)."""
+class KernelSupport(Distiller):
+    """KIP / LS as a stepwise distiller (``distilset.methods.runner`` drives it)."""
 
-    def __init__(self, data: Dataset, cfg: KernelConfig, ctx: Context | None = None, method: str = "kip"):
-        cfg, _ = cfg.resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.device, self.method = data, cfg, ctx.device, method
-        self.generator = torch.Generator().manual_seed(ctx.seed)
+    def __init__(self, data: Dataset, cfg: KernelConfig, ctx: Context | None = None):
+        super().__init__(data, cfg, ctx)
+        self.method = "kip" if isinstance(cfg, KIPConfig) else "ls"
         self.net = architecture(cfg.arch, cfg.depth)
         k = data.num_classes
         picks = data.sample_per_class(cfg.ipc, self.generator)
-        self.images = data.train_x[picks].to(ctx.device).double().clone()
-        self.labels = centred_one_hot(torch.arange(k).repeat_interleave(cfg.ipc), k).to(ctx.device)
+        self.images = data.train_x[picks].to(self.device).double().clone()
+        self.labels = centred_one_hot(torch.arange(k).repeat_interleave(cfg.ipc), k).to(self.device)
         self.solved = False
-        self.shards = current()
         self.optimizer = None
         if isinstance(cfg, KIPConfig):
             self.images.requires_grad_(True)
@@ -161,10 +156,8 @@ class KernelSupport:
         y = torch.cat([torch.full((min(per_class, len(self.data.class_indices(c))),), c) for c in range(k)])
         return x.to(self.device).double(), centred_one_hot(y, k).to(self.device)
 
-    def step(self, iteration: int) -> dict[str, float]:
-        if isinstance(self.cfg, LSConfig):
-            return self._solve_labels()
-        return rewind_on_nonfinite(self.generator, self._kip_step)
+    def outer_step(self, iteration: int) -> dict[str, float]:
+        return self._kip_step() if self.method == "kip" else self._solve_labels()
 
     def _kip_step(self) -> dict[str, float]:
         x_t, y_t = self._targets(self.cfg.target_batch)
@@ -179,14 +172,7 @@ class KernelSupport:
         except DistilsetError as e:
             raise NonFiniteError(f"KIP's support kernel broke down ({e})") from e
         loss = 0.5 * (pred - y_t).pow(2).sum() / n  # the mean over all n targets, once summed over the ranks
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        learned = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.shards.sum_grads(learned)
-        loss = float(self.shards.sum_(loss.detach().clone()))
-        if not math.isfinite(loss) or not all(torch.isfinite(p.grad).all() for p in learned):
-            raise NonFiniteError(f"KIP's loss or support gradient is not finite (loss {loss:.4g})")
-        self.optimizer.step()
+        loss = self.descend(self.optimizer, loss, "KIP's loss or support gradient")
         right = self.shards.sum_((pred.argmax(1) == y_t.argmax(1)).sum().double())
         return {"loss": loss, "target_acc": right.item() / n}
 
@@ -240,13 +226,5 @@ class KernelSupport:
         )
 
 
-def _build_kip(data: Dataset, cfg: KIPConfig, ctx: Context) -> KernelSupport:
-    return KernelSupport(data, cfg, ctx, method="kip")
-
-
-def _build_ls(data: Dataset, cfg: LSConfig, ctx: Context) -> KernelSupport:
-    return KernelSupport(data, cfg, ctx, method="ls")
-
-
-register_method("kip", KIPConfig, _build_kip, data_parallel=True)
-register_method("ls", LSConfig, _build_ls)
+register_method("kip", KIPConfig, KernelSupport, data_parallel=True)
+register_method("ls", LSConfig, KernelSupport)

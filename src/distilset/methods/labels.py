@@ -38,21 +38,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from distilset.config import FLAG, auto
+from distilset.config import auto
 from distilset.data.dataset import Dataset
 from distilset.data.registry import load_dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.losses import soft_cross_entropy
-from distilset.methods.base import Context, MethodConfig, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import Context, Distiller, MethodConfig, check_finite, restore_optimizer, start_labels
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import create_net, list_nets
-from distilset.nets.registry import classic_net_for, fit_net_to_input
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
+from distilset.nets.registry import classic_net_for
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 from distilset.train import accuracy, fit
@@ -60,7 +61,7 @@ from distilset.unroll import forward, net_params, unrolled_gradient
 
 
 @dataclass(frozen=True)
-class LabelConfig(MethodConfig):
+class LabelConfig(MethodConfig, NetOption):
     """Label distillation (Bohdal et al. 2020): learn soft labels for fixed real base examples."""
 
     base: int = 100
@@ -71,15 +72,11 @@ class LabelConfig(MethodConfig):
     """Meta-gradient through one inner SGD step, or the first-order ridge-regression variant."""
     base_dataset: str | None = None
     """Take the base images from this other dataset (cross-dataset labels), e.g. fashion-mnist or npz:PATH."""
-    net: str | None = auto("lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), else mlp", choices=list_nets)
-    """Network trained alongside the labels."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE, e.g. width=32."""
-    label_init: Literal["uniform", "onehot"] | None = auto(
+    label_init: Literal["onehot", "uniform", "random"] | None = auto(
         "onehot within a dataset (labels that transfer to other nets; the paper's code: uniform), uniform with "
         "base_dataset"
     )
-    """Labels' start: uniform (the paper's code) or one-hot of the base example's class."""
+    """Labels' start: one-hot of the base example's class, uniform (the paper's code), or random distributions."""
     inner_lr: float = 0.01
     """Second-order: lr of the inner SGD step with fast weights."""
     inner_steps: int = 1
@@ -106,6 +103,8 @@ class LabelConfig(MethodConfig):
     val_every: int | None = auto("every 5 passes over the target data (the paper), at least every 100 iterations")
     """Iterations between validation checks."""
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "Network trained alongside the labels."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "lenet (>= 20x20 inputs), alexcifarnet (colour, >= 32x32), else mlp"}
     ITERATIONS: ClassVar[int] = 3000
     RESUMABLE: ClassVar[tuple[str, ...]] = ("label_lr", "inner_lr")
     NONFINITE_HINT: ClassVar[str] = "lower `label_lr` (or `inner_lr`)"
@@ -137,11 +136,11 @@ class LabelConfig(MethodConfig):
                     f"class has {int(per_class)} outside the validation share: use `base` "
                     f"{k * int(per_class)} or less"
                 )
-        net, why = classic_net_for(data.image_shape)
-        kwargs, depth_why = fit_net_to_input(self.net or net, self.net_kwargs, data.image_shape)
         batch = min(50, max(10, self.base // 2), self.base)
         big = len(data.image_shape) == 3 and min(data.image_shape[1:]) >= 20
-        cfg, notes = self.fill(
+        return self.fill_net(
+            data.image_shape,
+            classic_net_for(data.image_shape),
             label_init=("uniform", "base examples from another dataset have no class to start from")
             if self.base_dataset is not None
             else (
@@ -149,7 +148,6 @@ class LabelConfig(MethodConfig):
                 "learned from one-hot, the labels beat one-hot labels on other nets too; from "
                 "uniform (the paper's code) they lost on ConvNets (README)",
             ),
-            net=(net, why),
             variant=(
                 "ridge",
                 "at 3000 iterations it beat one-hot labels on mnist5k and Fashion-MNIST, second-order did not",
@@ -163,9 +161,6 @@ class LabelConfig(MethodConfig):
                 "5 passes over the target data (the paper), at least 100 iterations",
             ),
         )
-        if depth_why:
-            cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": depth_why}
-        return cfg, notes
 
 
 def map_images(source: Dataset, x: torch.Tensor, target: Dataset) -> torch.Tensor:
@@ -194,17 +189,16 @@ def select_base(target: Dataset, n: int, source: Dataset | None, seed: int) -> t
     return map_images(source, source.train_x[idx], target), None
 
 
-class LabelDistillation:
-    """Learns soft labels for fixed base examples; stepwise and checkpointable (driven by ``methods.base.run``)."""
+class LabelDistillation(Distiller):
+    """Learns soft labels for fixed base examples; stepwise and checkpointable (``distilset.methods.runner``)."""
 
-    def __init__(self, data: Dataset, cfg: LabelConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or LabelConfig()).resolve(data)
-        ctx = ctx or Context()
-        seed, device = ctx.seed, ctx.device
+    def __init__(self, data: Dataset, cfg: LabelConfig, ctx: Context | None = None):
+        super().__init__(data, cfg, ctx)
+        seed, device = self.seed, self.device
         source = None
         if cfg.base_dataset is not None:
-            source = load_dataset(cfg.base_dataset, root=ctx.data_root, download=ctx.download)
-        self.data, self.cfg, self.seed, self.device, self.source = data, cfg, seed, device, source
+            source = load_dataset(cfg.base_dataset, root=self.ctx.data_root, download=self.ctx.download)
+        self.source = source
         k = data.num_classes
         # The paper holds out part of the training data to pick the best labels; base and target batches
         # come from the rest. The test split is never seen.
@@ -213,10 +207,10 @@ class LabelDistillation:
         self.base_x, base_y = select_base(self.target, cfg.base, source, seed)
         self.base_x = self.base_x.to(device)
         self.base_classes = base_y
-        init = F.one_hot(base_y, k).float() if cfg.label_init == "onehot" else torch.full((cfg.base, k), 1.0 / k)
-        self.labels = init.to(device).requires_grad_(True)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # the base and the split drew from their own
+        hard = base_y if base_y is not None else torch.zeros(cfg.base, dtype=torch.long)  # (uniform across datasets)
+        self.labels = start_labels(cfg.label_init, hard, k, self.generator).to(device).requires_grad_(True)
         self.label_opt = torch.optim.Adam([self.labels], lr=cfg.label_lr)
-        self.generator = torch.Generator().manual_seed(seed + 1)
         self.resets = 0
         self.steps_to_best: list[int] = []  # per re-initialised model: steps to its lowest moving-average error
         self.checks = 0  # validation checks so far
@@ -270,10 +264,7 @@ class LabelDistillation:
         return b, self.target.train_x[t].to(self.device), self.target.train_y[t].to(self.device)
 
     # ---- one outer step ----------------------------------------------------------------------------------
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
-
-    def _step(self, iteration: int) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         b, x_t, y_t = self._batches()
         if self.cfg.variant == "second-order":
             loss, error = self._second_order(b, x_t, y_t)
@@ -320,8 +311,7 @@ class LabelDistillation:
         return current["val_acc"]
 
     def _finish_label_step(self, grad: torch.Tensor, loss: float) -> None:
-        if not math.isfinite(loss) or not torch.isfinite(grad).all():
-            raise NonFiniteError(f"target loss is {loss}")
+        check_finite("the target loss or the labels' gradient", loss, grad)
         self.labels.grad = grad
         self.label_opt.step()
         self.label_opt.zero_grad(set_to_none=True)
@@ -456,9 +446,7 @@ def split_validation(
     """``data`` without a class-balanced ``share`` of its training images, and those images with their labels."""
     if share == 0:
         return data, None, None
-    held = data.sample_per_class(share, torch.Generator().manual_seed(seed + 2), what="`validation`")
-    keep = torch.ones(len(data.train_x), dtype=torch.bool)
-    keep[held] = False
+    held, keep = data.holdout(share, torch.Generator().manual_seed(seed + 2))
     target = dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
     return target, data.train_x[held], data.train_y[held]
 
@@ -479,14 +467,10 @@ def _embed(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Ten
     return torch.func.functional_call(_EmbedOf(model), {f"inner.{k}": v for k, v in params.items()}, (x,), strict=False)
 
 
-def _build(data: Dataset, cfg: LabelConfig, ctx: Context) -> LabelDistillation:
-    return LabelDistillation(data, cfg, ctx)
-
-
 register_method(
     "labels",
     LabelConfig,
-    _build,
+    LabelDistillation,
     presets={
         "labels-paper": Preset(
             "mnist",

@@ -6,7 +6,6 @@ the checkpoint state; and the saved set (hard labels, DC's standard protocol wit
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -14,50 +13,43 @@ from torch import nn
 
 from distilset.augment import dsa
 from distilset.data.dataset import Dataset
-from distilset.distributed import current
-from distilset.methods.base import Context, NonFiniteError, restore_optimizer, rewind_on_nonfinite
+from distilset.methods.base import Context, Distiller, restore_optimizer
 from distilset.nets import create_net
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 
 
-class PerClassImages:
-    """The shared state of a matching method; a subclass adds ``_step`` (one outer iteration) and a name."""
+class PerClassImages(Distiller):
+    """The shared state of a matching method; a subclass adds ``outer_step`` (one outer iteration) and a name."""
 
     method = ""
     """The name the saved set records."""
 
     def __init__(self, data: Dataset, cfg: Any, ctx: Context | None = None):
-        ctx = ctx or Context()
-        self.data, self.cfg, self.device = data, cfg, ctx.device
-        self.generator = torch.Generator().manual_seed(ctx.seed)
+        super().__init__(data, cfg, ctx)
         k = data.num_classes
         self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
         if cfg.init == "noise":
             images = torch.randn(k * cfg.ipc, *data.image_shape, generator=self.generator)
         else:
             images = data.train_x[data.sample_per_class(cfg.ipc, self.generator)].clone()
-        self.images = images.to(ctx.device).requires_grad_(True)
+        self.images = images.to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
-        self.shards = current()
-
-    def _draw(self, n: int) -> int:
-        return int(torch.randint(n, (1,), generator=self.generator))
 
     def fresh_net(self) -> nn.Module:
         """A freshly initialised network (PyTorch's default init, as in the released code)."""
         return create_net(
-            self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self._draw(2**62), **self.cfg.net_kwargs
+            self.cfg.net, self.data.image_shape, self.data.num_classes, seed=self.draw(2**62), **self.cfg.net_kwargs
         ).to(self.device)
 
     def class_batches(self, c: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A real batch of class ``c`` and the class's synthetic images, both augmented by one DSA transform drawn
         from one seed (siamese) when the method augments; None when another rank computes class ``c`` (its
         random numbers are drawn all the same, so every rank's generator stays in step)."""
-        real = self.data.class_batch(c, self.cfg.batch_real, self.generator)
+        real = self.data.class_batch(c, self.cfg.real_batch, self.generator)
         syn = self.images[c * self.cfg.ipc : (c + 1) * self.cfg.ipc]
-        seed = self._draw(2**62) if self.strategy else None
+        seed = self.draw(2**62) if self.strategy else None
         if not self.shards.mine(c):
             return None
         real = real.to(self.device)
@@ -68,21 +60,7 @@ class PerClassImages:
     def update_images(self, loss: torch.Tensor, name: str) -> float:
         """One SGD step on the images from ``loss`` (summed over the ranks), refused before any change if it is not
         finite; returns the loss summed over the ranks."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-        self.shards.sum_grads([self.images])
-        total = float(self.shards.sum_(loss.detach().clone()))
-        if not math.isfinite(total) or not torch.isfinite(self.images.grad).all():
-            raise NonFiniteError(f"{name}'s loss or image gradient is not finite (loss {total:.4g})")
-        self.optimizer.step()
-        return total
-
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, self._step)
-
-    def _step(self) -> dict[str, float]:
-        raise NotImplementedError
+        return self.descend(self.optimizer, loss, f"{name}'s loss or image gradient")
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -33,30 +33,22 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from distilset.augment import dsa, toroidal_crop
-from distilset.config import FLAG, auto
+from distilset.config import auto
 from distilset.data.dataset import Dataset
-from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.files import EXPERTS_DIR
-from distilset.methods.base import (
-    Context,
-    MethodConfig,
-    NonFiniteError,
-    PixelStatsOption,
-    restore_optimizer,
-    rewind_on_nonfinite,
-)
+from distilset.methods.base import Context, Distiller, MethodConfig, PixelStatsOption, check_finite, restore_optimizer
 from distilset.methods.experts import MANIFEST, ExpertBuffer, ExpertConfig, expert_batch_for, train_experts
 from distilset.methods.registry import Preset, register_method
-from distilset.nets import create_net, list_nets
-from distilset.nets.registry import fit_net_to_input
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
 from distilset.recipes import Standard
 from distilset.synset import SyntheticSet
 from distilset.unroll import unrolled_gradient
@@ -68,7 +60,7 @@ START_RANGE_EPOCHS = ((50, 40), (10, 20), (1, 2))  # (smallest ipc, CIFAR-10 epo
 
 
 @dataclass(frozen=True)
-class MTTConfig(MethodConfig, PixelStatsOption):
+class MTTConfig(MethodConfig, NetOption, PixelStatsOption):
     """MTT: matching training trajectories (Cazenavette et al. 2022), with tileable textures (2022)."""
 
     ipc: int = 1
@@ -95,10 +87,6 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     """Start from random real images of each class, or from Gaussian noise."""
     dsa: bool = True
     """Augment the student's batches (and the experts') with the dataset's DSA strategy."""
-    net: str | None = auto("the experts' net, else convnet", choices=list_nets)
-    """Network of the experts and the student."""
-    net_kwargs: dict = field(default_factory=dict, metadata={FLAG: "--net-arg"})
-    """Network options as KEY=VALUE (a ConvNet gets the depth its input allows unless given)."""
     experts_dir: str | None = None
     """Experts directory (from `distilset experts`), used as it is, or trained there if it does not exist yet;
     none: OUT/experts."""
@@ -122,6 +110,8 @@ class MTTConfig(MethodConfig, PixelStatsOption):
     canvas: int = 2
     """Texture mode: canvas side in image sides."""
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "Network of the experts and the student."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "the experts' net, else convnet"}
     ITERATIONS: ClassVar[int] = 300
     RESUMABLE: ClassVar[tuple[str, ...]] = ("lr_img", "lr_lr", "pixel_stats", "trajectories")
     NONFINITE_HINT: ClassVar[str] = "lower `lr_img` (or `lr_lr`), or resume to continue from the last good state"
@@ -159,6 +149,17 @@ class MTTConfig(MethodConfig, PixelStatsOption):
                 "spreads them) and give `experts_dir`"
             )
 
+    def require_trajectories(self, epochs: int, where: str) -> int:
+        """Refuse experts of ``epochs`` epochs (``where`` says whose) too short for the latest target this config
+        can draw: start epochs below ``max_start_epoch`` plus ``expert_epochs``. Returns that latest epoch."""
+        last = self.max_start_epoch - 1 + self.expert_epochs
+        if last > epochs:
+            raise ConfigError(
+                f"start epochs below `max_start_epoch` {self.max_start_epoch} plus `expert_epochs` "
+                f"{self.expert_epochs} need experts of at least {last} epochs; {where} {epochs}"
+            )
+        return last
+
     def expert_config(self) -> ExpertConfig:
         return ExpertConfig(
             net=self.net,
@@ -182,27 +183,22 @@ class MTTConfig(MethodConfig, PixelStatsOption):
         start_range = next(e for low, e in START_RANGE_EPOCHS if self.ipc >= low) * CIFAR_STEPS_PER_EPOCH
         existing = self.experts_dir is not None and (Path(self.experts_dir) / MANIFEST).exists()
         if existing:  # take the net and the trajectories' length from the experts
-            manifest = ExpertBuffer.read_manifest(Path(self.experts_dir))
-            made = manifest["config"]
+            made = ExpertBuffer.read_manifest(Path(self.experts_dir))["config"]
             cfg, notes = self.fill(
-                net=(made["net"], f"the net of the experts in {self.experts_dir}"),
                 expert_train_epochs=(made["epochs"], "the experts' length"),
                 expert_batch=(made["batch_size"], "the experts' batch"),
             )
-            if cfg.net == made["net"] and not cfg.net_kwargs and made["net_kwargs"]:
+            if (cfg.net or made["net"]) == made["net"] and not cfg.net_kwargs and made["net_kwargs"]:
                 cfg, notes = replace(cfg, net_kwargs=made["net_kwargs"]), {**notes, "net_kwargs": "the experts'"}
-            elif cfg.net_kwargs:  # fitted as `distilset experts` fitted the same options (e.g. depth 2 on 8x8)
-                kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-                if why:
-                    cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-        else:
-            cfg, notes = self.fill(net=("convnet", "MTT's ConvNet"))
-            kwargs, why = fit_net_to_input(cfg.net, cfg.net_kwargs, data.image_shape)
-            if why:
-                cfg, notes = replace(cfg, net_kwargs=kwargs), {**notes, "net_kwargs": why}
-            n = len(data.train_x)
-            cfg, more = cfg.fill(expert_batch=(expert_batch_for(n), f"about 50 SGD steps per epoch of {n} images"))
+            cfg, more = cfg.fill_net(data.image_shape, (made["net"], f"the net of the experts in {self.experts_dir}"))
             notes.update(more)
+        else:
+            n = len(data.train_x)
+            cfg, notes = self.fill_net(
+                data.image_shape,
+                ("convnet", "MTT's ConvNet"),
+                expert_batch=(expert_batch_for(n), f"about 50 SGD steps per epoch of {n} images"),
+            )
         steps_per_epoch = math.ceil(len(data.train_x) / cfg.expert_batch)
         start = max(1, round(start_range / steps_per_epoch))
         why = (
@@ -218,41 +214,24 @@ class MTTConfig(MethodConfig, PixelStatsOption):
             expert_train_epochs=(cfg.max_start_epoch + cfg.expert_epochs, "max_start_epoch + expert_epochs")
         )
         notes.update(more)
-        last = cfg.max_start_epoch - 1 + cfg.expert_epochs
-        if last > cfg.expert_train_epochs:
-            raise ConfigError(
-                f"start epochs below `max_start_epoch` {cfg.max_start_epoch} plus `expert_epochs` {cfg.expert_epochs} "
-                f"need experts of at least {last} epochs; the experts have `expert_train_epochs` "
-                f"{cfg.expert_train_epochs}"
-            )
+        cfg.require_trajectories(cfg.expert_train_epochs, "the experts have `expert_train_epochs`")
         cfg, more = cfg.fill_pixel_stats(data)
         return cfg, {**notes, **more}
 
 
-class MTT:
-    """Trajectory matching over an experts directory; stepwise and checkpointable (``methods.base.run``)."""
+class MTT(Distiller):
+    """Trajectory matching over an experts directory; stepwise and checkpointable (``distilset.methods.runner``).
+    ``experts``: the buffer (or its directory) the ``prepare`` hook made or found."""
 
     def __init__(
-        self,
-        data: Dataset,
-        experts: ExpertBuffer | str | Path,
-        cfg: MTTConfig | None = None,
-        ctx: Context | None = None,
+        self, data: Dataset, cfg: MTTConfig, ctx: Context | None = None, *, experts: ExpertBuffer | str | Path
     ):
-        cfg, _ = (cfg or MTTConfig()).resolve(data)
-        ctx = ctx or Context()
-        seed, device = ctx.seed, ctx.device
+        super().__init__(data, cfg, ctx)
+        device = self.device
         self.experts = experts if isinstance(experts, ExpertBuffer) else ExpertBuffer(experts)
         self.experts.check_compatible(data, cfg.net, cfg.net_kwargs)
-        last = cfg.max_start_epoch - 1 + cfg.expert_epochs  # the latest epoch a target can be
-        if last > self.experts.epochs:
-            raise ConfigError(
-                f"start epochs below `max_start_epoch` {cfg.max_start_epoch} plus `expert_epochs` {cfg.expert_epochs} "
-                f"need experts of at least {last} epochs; {self.experts.path} has {self.experts.epochs}"
-            )
+        last = cfg.require_trajectories(self.experts.epochs, f"{self.experts.path} has")
         self.experts.verify(last)  # every file and epoch a step may read, checked before the first iteration
-        self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
-        self.generator = torch.Generator().manual_seed(seed)
         k, c, h, w = data.num_classes, *data.image_shape
         self.labels = torch.arange(k).repeat_interleave(cfg.ipc).to(device)
         side = (cfg.canvas * h, cfg.canvas * w) if cfg.texture else (h, w)
@@ -263,7 +242,6 @@ class MTT:
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.model = create_net(cfg.net, data.image_shape, k, seed=0, **cfg.net_kwargs).to(device)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
-        self.shards = current()
 
     def _init_images(self, k: int, c: int, side: tuple[int, int]) -> torch.Tensor:
         cfg, g = self.cfg, self.generator
@@ -321,10 +299,7 @@ class MTT:
             self.model, theta_start, step_fn, cfg.syn_steps, outer, [self.images, self.syn_lr], segment=segment
         )
 
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
-
-    def _step(self, iteration: int) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         plans = [self._plan() for _ in range(self.cfg.trajectories)]  # every rank draws every plan
         loss = torch.zeros((), dtype=torch.float64)
         g_img, g_lr = torch.zeros_like(self.images), torch.zeros_like(self.syn_lr)
@@ -334,8 +309,7 @@ class MTT:
                 loss, g_img, g_lr = loss + float(one), g_img + gi, g_lr + gl
         for total in (loss, g_img, g_lr):  # summed over the ranks, then averaged over the trajectories
             self.shards.sum_(total).div_(len(plans))
-        if not math.isfinite(float(loss)) or not torch.isfinite(g_img).all() or not torch.isfinite(g_lr):
-            raise NonFiniteError(f"trajectory-matching loss or gradient is not finite (loss {float(loss)})")
+        check_finite("the trajectory-matching loss or gradient", loss, g_img, g_lr)
         self.images.grad = g_img
         self.opt_img.step()
         self.opt_img.zero_grad(set_to_none=True)
@@ -410,10 +384,6 @@ def _prepare(data: Dataset, cfg: MTTConfig, ctx: Context) -> dict[str, ExpertBuf
     return {"experts": ExpertBuffer(path)}
 
 
-def _build(data: Dataset, cfg: MTTConfig, ctx: Context, experts: ExpertBuffer) -> MTT:
-    return MTT(data, experts, cfg, ctx)
-
-
 # The paper's CIFAR-10 rows (run `distilset experts` with 100 experts x 50 epochs and ZCA first), and our
 # settings for the grey-scale sets: the no-ZCA CIFAR-10 learning rates with shorter trajectories.
 _GREY_1 = {
@@ -437,7 +407,7 @@ _GREY_10 = {
 register_method(
     "mtt",
     MTTConfig,
-    _build,
+    MTT,
     presets={
         "mtt-cifar10-ipc1": Preset(
             "cifar10",

@@ -43,8 +43,8 @@ from distilset.config import auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.jobs import run_jobs
-from distilset.methods.base import Context, MethodConfig, TeacherOption, prepare_teacher
-from distilset.methods.registry import Preset, register_method, validation_accuracy
+from distilset.methods.base import Context, Distiller, MethodConfig, TeacherOption, prepare_teacher
+from distilset.methods.registry import Preset, register_method
 from distilset.recipes import teacher_recipe
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet
@@ -129,17 +129,16 @@ def cut_patch(image: torch.Tensor, box: list[int], size: tuple[int, int]) -> tor
     return F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-class RDED:
-    """Stepwise RDED, one class per iteration (``methods.base.run`` drives it)."""
+class RDED(Distiller):
+    """Stepwise RDED, one class per iteration (``distilset.methods.runner`` drives it); ``teacher``: the one the
+    ``prepare`` hook trained or read."""
 
-    def __init__(self, data: Dataset, teacher: TeacherNet, cfg: RDEDConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or RDEDConfig()).resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.teacher, self.device, self.ray = data, cfg, teacher, ctx.device, ctx.ray
+    def __init__(self, data: Dataset, cfg: RDEDConfig, ctx: Context | None = None, *, teacher: TeacherNet):
+        super().__init__(data, cfg, ctx)
+        self.teacher, self.ray = teacher, self.ctx.ray
         teacher.check_data(data)
-        self.net = teacher.module.to(ctx.device).eval().requires_grad_(False)
+        self.net = teacher.module.to(self.device).eval().requires_grad_(False)
         k, f = data.num_classes, cfg.factor
-        self.generator = torch.Generator().manual_seed(ctx.seed)
         self.images = torch.zeros(k * cfg.ipc, *data.image_shape)
         self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
         self.patches = torch.full((k * cfg.ipc, f * f, 5), -1, dtype=torch.int64)
@@ -147,7 +146,7 @@ class RDED:
         self.selection: dict[int, dict[str, torch.Tensor]] = {}
         """Per class scored this session: candidates (n,), boxes (n, crops, 4), scores (n, crops), kept (ipc f^2,)."""
 
-    def step(self, iteration: int) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         """Select and stitch the patches of class ``iteration``."""
         c, cfg, g = iteration, self.cfg, self.generator
         members = self.data.class_indices(c).cpu()
@@ -177,7 +176,7 @@ class RDED:
         """``--eval-every``: the validation accuracy once every class is selected (a partial set has none)."""
         if (self.patches[:, :, 0] < 0).any():
             return {}
-        return validation_accuracy(self, validation, self.device)
+        return super().quick_eval(validation)
 
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.clone(), "patches": self.patches.clone(), "generator": self.generator.get_state()}
@@ -209,14 +208,10 @@ class RDED:
         )
 
 
-def _build(data: Dataset, cfg: RDEDConfig, ctx: Context, teacher: TeacherNet) -> RDED:
-    return RDED(data, teacher, cfg, ctx)
-
-
 register_method(
     "rded",
     RDEDConfig,
-    _build,
+    RDED,
     presets={
         "rded-cifar10": Preset(
             "cifar10",

@@ -51,16 +51,15 @@ from torch import nn
 from distilset.augment import random_boxes, resized_crops
 from distilset.config import auto
 from distilset.data.dataset import Dataset
-from distilset.distributed import current
 from distilset.errors import ConfigError, DistilsetError
 from distilset.methods.base import (
     Context,
+    Distiller,
     MethodConfig,
-    NonFiniteError,
     TeacherOption,
+    check_finite,
     prepare_teacher,
     restore_optimizer,
-    rewind_on_nonfinite,
 )
 from distilset.methods.registry import Preset, register_method
 from distilset.recipes import teacher_recipe
@@ -125,13 +124,13 @@ class SRe2LConfig(MethodConfig, TeacherOption):
         )
 
 
-class SRe2L:
-    """Stepwise recovery (``methods.base.run`` drives it): ``step``, ``state_dict``, ``synthetic_set``."""
+class SRe2L(Distiller):
+    """Stepwise recovery (``distilset.methods.runner`` drives it); ``teacher``: the one the ``prepare`` hook trained
+    or read."""
 
-    def __init__(self, data: Dataset, teacher: TeacherNet, cfg: SRe2LConfig | None = None, ctx: Context | None = None):
-        cfg, _ = (cfg or SRe2LConfig()).resolve(data)
-        ctx = ctx or Context()
-        self.data, self.cfg, self.teacher, self.device = data, cfg, teacher, ctx.device
+    def __init__(self, data: Dataset, cfg: SRe2LConfig, ctx: Context | None = None, *, teacher: TeacherNet):
+        super().__init__(data, cfg, ctx)
+        ctx, self.teacher = self.ctx, teacher
         teacher.check_data(data)
         self.net = teacher.module.to(ctx.device).eval().requires_grad_(False)
         self.norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -143,7 +142,6 @@ class SRe2L:
             )
         self.iterations = ctx.iterations or cfg.ITERATIONS
         k, ipc = data.num_classes, cfg.ipc
-        self.generator = torch.Generator().manual_seed(ctx.seed)
         self.labels = torch.arange(k).repeat_interleave(ipc)
         if cfg.init == "real":
             start = data.train_x[data.sample_per_class(ipc, self.generator)].clone()
@@ -157,7 +155,6 @@ class SRe2L:
         self.batch_of = torch.tensor([j * groups + c // cfg.batch_classes for c in range(k) for j in range(ipc)])
         self.num_batches = ipc * groups
         self.batch_sizes = torch.bincount(self.batch_of, minlength=self.num_batches).double()
-        self.shards = current()
         self.mine = torch.tensor([self.shards.mine(int(c)) for c in self.labels])
         norm = data.info.norm
         shape = (1, -1, 1, 1)
@@ -218,10 +215,7 @@ class SRe2L:
         ce_all, bn_value = float(self.shards.sum_(ce.detach().clone())), float(bn.detach())
         return total, {"loss": ce_all + self.cfg.r_bn * bn_value, "ce": ce_all, "bn": bn_value}
 
-    def step(self, iteration: int) -> dict[str, float]:
-        return rewind_on_nonfinite(self.generator, lambda: self._step(iteration))
-
-    def _step(self, iteration: int) -> dict[str, float]:
+    def outer_step(self, iteration: int) -> dict[str, float]:
         lr = self.cfg.lr * cosine_factor(iteration, self.iterations, 0, floor=0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -229,8 +223,7 @@ class SRe2L:
         loss, metrics = self.loss()
         loss.backward()
         self.shards.sum_grads([self.images])
-        if not math.isfinite(metrics["loss"]) or not torch.isfinite(self.images.grad).all():
-            raise NonFiniteError(f"SRe2L's recovery loss or image gradient is not finite (loss {metrics['loss']:.4g})")
+        check_finite("SRe2L's recovery loss or image gradient", metrics["loss"], self.images.grad)
         self.optimizer.step()
         with torch.no_grad():
             self.images.copy_(torch.maximum(torch.minimum(self.images, self.high), self.low))
@@ -273,14 +266,10 @@ class SRe2L:
         )
 
 
-def _build(data: Dataset, cfg: SRe2LConfig, ctx: Context, teacher: TeacherNet) -> SRe2L:
-    return SRe2L(data, teacher, cfg, ctx)
-
-
 register_method(
     "sre2l",
     SRe2LConfig,
-    _build,
+    SRe2L,
     presets={
         "sre2l-cifar100": Preset(
             "cifar100",

@@ -41,10 +41,12 @@ def create_net(
 
     ``seed`` makes the initial weights deterministic without touching the global RNG; ``init`` is
     ``default`` (PyTorch's layer defaults, as in DC/MTT) or ``xavier`` (xavier-normal weights, zero biases,
-    as in Dataset Distillation).
+    as in Dataset Distillation). A ConvNet without a ``depth`` gets the one its input allows
+    (``fit_net_to_input``).
     """
     if name not in NETS:
         raise DistilsetError(f"unknown `net` {name!r}; known: {', '.join(sorted(NETS))}")
+    kw, _ = fit_net_to_input(name, kw, tuple(in_shape))
     for option, (low, high) in SIZE_BOUNDS.items():  # before any allocation: width 0 or 10^8 fails here, in words
         if option in kw:
             jsonread.whole(kw[option], f"net option {option} (`net_kwargs`)", low, high)

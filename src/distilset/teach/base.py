@@ -26,21 +26,21 @@ import json
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from distilset.config import CHOICES, Config, auto, check_seed
+from distilset.config import Config
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError, SynsetFormatError
 from distilset.files import TEACH_LABELS, TEACH_MODELS, TEACH_PICTURE, TEACH_REPORT
 from distilset.io import save_tensors, write_bytes, write_json
-from distilset.methods.base import Context
-from distilset.methods.registry import describe_config
-from distilset.nets import create_net, list_nets
+from distilset.methods.base import Context, SharedOptions, split_options
+from distilset.nets import create_net
+from distilset.nets.options import NetOption
 from distilset.nets.registry import classic_net_for
 from distilset.recipes import Standard
 from distilset.rundir import prepare_out, releases_locks
@@ -77,19 +77,16 @@ class TeachConfig(Config):
 
 
 @dataclass(frozen=True)
-class OneNet:
+class OneNet(NetOption):
     """Mixin of systems whose teacher and student share one architecture."""
 
-    net: str | None = auto("LeNet on inputs of at least 20x20, else an MLP", **{CHOICES: list_nets})
-    """Network of the teacher and of every student."""
-    net_kwargs: dict = field(default_factory=dict)
-    """Options of the network, e.g. width=32."""
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"net": "Network of the teacher and of every student."}
+    AUTO_DOCS: ClassVar[dict[str, str]] = {"net": "LeNet on inputs of at least 20x20, else an MLP"}
 
-    def fill_net(self, data: Dataset, **more: tuple[Any, str]) -> tuple[Config, dict[str, str]]:
-        """``fill`` with the net for the input (Dataset Distillation's choice), then the net built once, so a net
-        that cannot take these inputs fails before any work."""
-        name, why = classic_net_for(data.image_shape)
-        cfg, notes = self.fill(net=(name, why), **more)
+    def fill_one_net(self, data: Dataset, **more: tuple[Any, str]) -> tuple[Config, dict[str, str]]:
+        """``fill_net`` with the net for the input (Dataset Distillation's choice), then the net built once, so a
+        net that cannot take these inputs fails before any work."""
+        cfg, notes = self.fill_net(data.image_shape, classic_net_for(data.image_shape), **more)
         create_net(cfg.net, data.image_shape, data.num_classes, seed=0, **cfg.net_kwargs)
         return cfg, notes
 
@@ -199,18 +196,14 @@ def register_system(name: str, config: type[TeachConfig], run: Callable[..., Tau
 def teach(
     system: str,
     data: Dataset,
-    out: str | Path | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    overwrite: bool = False,
-    progress: bool = False,
+    *,
     log: Callable[[str], None] | None = None,
-    data_root: str | None = None,
-    download: bool = False,
     ray: bool | str | None = None,
     **options,
 ) -> Taught:
-    """Run teacher-student ``system`` on ``data``; ``options`` are fields of its config.
+    """Run teacher-student ``system`` on ``data``; ``options`` are the shared run options (``SharedOptions``:
+    ``out``, ``seed``, ``device``, ``overwrite``, ``progress``, ``data_root``, ``download``) and fields of its
+    config.
 
     With ``out`` the models, labels, ``report.json`` and ``teach.png`` are written there (a directory holding
     an earlier run is refused unless ``overwrite``). ``ray`` (FedMD): the parties run on Ray (``distilset.jobs``);
@@ -218,6 +211,7 @@ def teach(
     if system not in SYSTEMS:
         raise DistilsetError(f"unknown teach system {system!r}; available: {', '.join(sorted(SYSTEMS))}")
     s = SYSTEMS[system]
+    opts = split_options(SharedOptions, options)
     names = [f.name for f in dataclasses.fields(s.config)]
     unknown = sorted(set(options) - set(names))
     if unknown:
@@ -226,43 +220,32 @@ def teach(
         )
     if data.token_embedding is not None or len(data.image_shape) != 3:
         raise DistilsetError(f"teach {system} trains image classifiers; {data.info.name} is not an image dataset")
-    check_seed(seed)
     if ray and not s.ray:
         ray_systems = ", ".join(n for n in sorted(SYSTEMS) if SYSTEMS[n].ray)
         raise ConfigError(f"teach {system} does not run on Ray (systems that do: {ray_systems}); drop `ray`")
-    if ray and device.startswith("cuda"):
+    if ray and opts.device.startswith("cuda"):
         raise ConfigError("`ray` runs the parties as CPU actors; run on CUDA without `ray`, or on the CPU")
     cfg, notes = s.config(**options).resolve(data)
-    if out is not None:
-        out = prepare_out(out, overwrite=overwrite, offers=("overwrite",))
-    log = log or (lambda message: None)
-    log(f"teach {system} on {data.info.name}, seed {seed}:")
-    for line in describe_config(cfg, notes):
-        log(line)
-    ctx = Context(
-        seed=seed,
-        device=device,
-        out=Path(out) if out else None,
-        progress=progress,
-        log=log,
-        data_root=data_root,
-        download=download,
-        ray=ray,
-    )
+    if opts.out is not None:
+        opts = dataclasses.replace(opts, out=prepare_out(opts.out, overwrite=opts.overwrite, offers=("overwrite",)))
+    ctx = opts.context(log, ray)
+    ctx.log(f"teach {system} on {data.info.name}, seed {opts.seed}:")
+    for line in cfg.describe(notes):
+        ctx.log(line)
     start = time.perf_counter()
-    taught = s.run(data.to(device), cfg, ctx)
+    taught = s.run(data.to(opts.device), cfg, ctx)
     taught.report = {
         "system": system,
         "dataset": data.info.name,
-        "seed": seed,
+        "seed": opts.seed,
         "config": cfg.to_json(),
         "resolved": notes,
         **taught.report,
         "seconds": round(time.perf_counter() - start, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {opts.device}",
     }
-    if out is not None:
-        write_outputs(Path(out), taught)
+    if opts.out is not None:
+        write_outputs(Path(opts.out), taught)
     return taught
 
 
@@ -339,18 +322,10 @@ def check_share(cfg: Config, *names: str) -> None:
 
 
 def split_per_class(
-    data: Dataset,
-    share: float | int,
-    generator: torch.Generator,
-    what: str,
+    data: Dataset, share: float | int, generator: torch.Generator, what: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(picked, rest): training indices, ``share`` of every class (or that many per class) and the others."""
-    picked = data.sample_per_class(share, generator, what=what)
-    mask = torch.ones(len(data.train_y), dtype=torch.bool, device=data.train_y.device)
-    mask[picked] = False
-    if not bool(mask.any()):
-        raise ConfigError(f"{what} takes every training image; leave some out")
-    return picked, torch.nonzero(mask, as_tuple=True)[0]
+    """(picked, rest): ``Dataset.holdout``, the one class-balanced split of training indices."""
+    return data.holdout(share, generator, what)
 
 
 def claim(text: str, holds: bool, evidence: Mapping[str, float]) -> dict[str, Any]:

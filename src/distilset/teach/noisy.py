@@ -92,7 +92,7 @@ class NoisyConfig(OneNet, TeachConfig):
     def resolve(self, data: Dataset) -> tuple[NoisyConfig, dict[str, str]]:
         smallest = int(torch.bincount(data.train_y.cpu(), minlength=data.num_classes).min())
         share = min(0.5, max(0.02, 10 / max(smallest, 1)))
-        return self.fill_net(
+        return self.fill_one_net(
             data,
             clean=(share, f"{100 * share:.3g} % of each class: 2 %, at least 10 of the smallest class ({smallest})"),
         )

@@ -96,7 +96,7 @@ class OmniConfig(OneNet, TeachConfig):
     def resolve(self, data: Dataset) -> tuple[OmniConfig, dict[str, str]]:
         side = min(data.image_shape[1:])
         flips = data.flips
-        return self.fill_net(
+        return self.fill_one_net(
             data,
             shift=(max(1, round(side / 14)), f"{side}-pixel images"),
             flip=(flips, f"{data.info.name}'s augmentation {'allows' if flips else 'has no'} flips"),
