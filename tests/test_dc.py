@@ -15,7 +15,7 @@ from distilset.data.dataset import from_arrays
 from distilset.methods import Context, dc, get_method, matching
 from distilset.methods.dc import DCConfig, GradientMatching, layer_distance, loops_for, match_loss
 
-FAST = {"batch_real": 32, "net_kwargs": {"width": 16}}
+FAST = {"real_batch": 32, "net_kwargs": {"width": 16}}
 
 
 def direct_distance(g_syn: torch.Tensor, g_real: torch.Tensor) -> float:
@@ -79,7 +79,7 @@ def test_real_and_synthetic_batches_get_the_same_transform(method, monkeypatch):
     transform leaves nothing to match (loss ~ 0, rounding aside); drawing the synthetic batch's transform from
     another seed does not."""
     data = tiny_classes()
-    options = {"ipc": 3, "init": "real", "batch_real": 3, "net_kwargs": {"width": 8}}
+    options = {"ipc": 3, "init": "real", "real_batch": 3, "net_kwargs": {"width": 8}}
     spec = get_method(method)
     siamese = spec.build(data, spec.config(**options), Context())
     same = siamese.step(0)["loss"]
@@ -111,7 +111,7 @@ def test_batchnorm_statistics_come_from_real_images_and_are_frozen_for_the_match
             or real_loss(self, net, w)
         ),
     )
-    gm = GradientMatching(digits, DCConfig(ipc=1, batch_real=32, net_kwargs={"width": 8, "norm": "batch"}))
+    gm = GradientMatching(digits, DCConfig(ipc=1, real_batch=32, net_kwargs={"width": 8, "norm": "batch"}))
     losses = [gm.step(i)["loss"] for i in range(2)]
     assert modes and all(not any(m) for m in modes) and all(np.isfinite(losses))
 

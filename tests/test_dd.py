@@ -25,7 +25,7 @@ def _losses(dd: DatasetDistillation, n: int) -> list[float]:
 
 @pytest.mark.parametrize("init", ["fixed", "random", "fixed-pretrained", "random-pretrained"])
 def test_every_init_regime_lowers_the_loss(digits, init):
-    cfg = DDConfig(init=init, n_nets=2, pool_size=3, pretrain_epochs=3, lr=0.05, init_lr=0.05, **FAST)
+    cfg = DDConfig(net_init=init, n_nets=2, pool_size=3, pretrain_epochs=3, lr=0.05, init_lr=0.05, **FAST)
     if init.endswith("pretrained"):  # adaptation: the pool only saw classes 0-4
         cfg = DDConfig(**{**cfg.__dict__, "pretrain_classes": (0, 1, 2, 3, 4)})
     dd = DatasetDistillation(digits, cfg, Context(seed=0))
@@ -37,7 +37,7 @@ def test_every_init_regime_lowers_the_loss(digits, init):
 
 
 def test_poisoning_attack_makes_the_attacked_class_fail(digits):
-    cfg = DDConfig(init="fixed-pretrained", net="mlp", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=20)
+    cfg = DDConfig(net_init="fixed-pretrained", net="mlp", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=20)
     dd = DatasetDistillation(digits, cfg, Context(seed=0))
     losses = _losses(dd, 100)
     assert sum(losses[-5:]) < sum(losses[:5])
@@ -53,7 +53,7 @@ def test_poisoning_attack_makes_the_attacked_class_fail(digits):
 
 
 def test_soft_labels_with_fewer_items_than_classes(digits):
-    cfg = DDConfig(init="fixed", soft_labels=True, items=5, label_init="random", lr=0.02, **FAST)
+    cfg = DDConfig(net_init="fixed", soft_labels=True, items=5, label_init="random", lr=0.02, **FAST)
     dd = DatasetDistillation(digits, cfg, Context(seed=0))
     start = dd.labels.detach().clone()
     before = ds.evaluate(dd.synthetic_set(), digits, repeats=1).accuracy_mean  # noise images, random labels
@@ -70,7 +70,7 @@ def test_bad_settings_are_refused_by_the_config(digits):
     with pytest.raises(ConfigError, match="multiple of the 10 classes; add soft_labels"):
         DatasetDistillation(digits, DDConfig(items=5, **FAST))
     with pytest.raises(ConfigError, match="init must be one of fixed, random"):
-        DDConfig(init="pretrained", **FAST)
+        DDConfig(net_init="pretrained", **FAST)
     with pytest.raises(ConfigError, match="^lr must be > 0, got -1"):
         DDConfig(lr=-1, **FAST)
     with pytest.raises(ConfigError, match="init_lr must be > 0"):
@@ -80,8 +80,8 @@ def test_bad_settings_are_refused_by_the_config(digits):
 
 
 def test_checkpoint_memory_path_matches_plain(digits):
-    a = DatasetDistillation(digits, DDConfig(init="fixed", **FAST), Context(seed=1))
-    b = DatasetDistillation(digits, DDConfig(init="fixed", memory="checkpoint", segment=2, **FAST), Context(seed=1))
+    a = DatasetDistillation(digits, DDConfig(net_init="fixed", **FAST), Context(seed=1))
+    b = DatasetDistillation(digits, DDConfig(net_init="fixed", memory="checkpoint", segment=2, **FAST), Context(seed=1))
     for i in range(3):
         la, lb = a.step(i)["loss"], b.step(i)["loss"]
         assert la == pytest.approx(lb, abs=1e-5)
@@ -89,7 +89,7 @@ def test_checkpoint_memory_path_matches_plain(digits):
 
 
 def test_resume_continues_bit_for_bit(digits, tmp_path):
-    opts = {"init": "random", "n_nets": 1, **FAST}
+    opts = {"net_init": "random", "n_nets": 1, **FAST}
     full = ds.distill("dd", digits, iterations=6, out=tmp_path / "full", checkpoint_every=3, **opts)
     ds.distill("dd", digits, iterations=3, out=tmp_path / "part", **opts)
     resumed = ds.distill("dd", digits, iterations=6, out=tmp_path / "part", resume=True, **opts)
@@ -125,18 +125,18 @@ def test_nan_stops_after_saving_the_last_good_state(digits, tmp_path, monkeypatc
 
     monkeypatch.setattr(DatasetDistillation, "_real_batch", poisoned)
     with pytest.raises(
-        DistilsetError, match=r"outer loss is nan at outer iteration 3.*saved in .*continue with resume.*lower"
+        DistilsetError, match=r"outer loss .* not finite \(loss nan\) at outer iteration 3.*saved in .*continue with resume.*lower"
     ):
-        ds.distill("dd", digits, iterations=10, out=tmp_path, init="fixed", **FAST)
+        ds.distill("dd", digits, iterations=10, out=tmp_path, net_init="fixed", **FAST)
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["iteration"] == 3 and torch.isfinite(state["distiller"]["images"]).all()
     monkeypatch.setattr(DatasetDistillation, "_real_batch", original)
-    syn = ds.distill("dd", digits, iterations=5, out=tmp_path, resume=True, init="fixed", lr=0.005, **FAST)
+    syn = ds.distill("dd", digits, iterations=5, out=tmp_path, resume=True, net_init="fixed", lr=0.005, **FAST)
     assert torch.isfinite(syn.images).all()
 
 
 def test_recipe_evaluation_reproduces_distillation_time_accuracy(digits, tmp_path):
-    syn = ds.distill("dd", digits, iterations=20, out=tmp_path, eval_every=20, init="fixed", **FAST)
+    syn = ds.distill("dd", digits, iterations=20, out=tmp_path, eval_every=20, net_init="fixed", **FAST)
     history = json.loads((tmp_path / "history.json").read_text())
     loaded = ds.SyntheticSet.load(tmp_path)
     _, validation = digits.validation_split()
@@ -183,13 +183,13 @@ def test_default_flags_fixed_init_digits(digits, random_real_100):
 
 @pytest.mark.heavy
 def test_default_flags_random_init_digits(digits, random_real_100):
-    syn = ds.distill("dd", digits, init="random")
+    syn = ds.distill("dd", digits, net_init="random")
     res = ds.evaluate(syn, digits, repeats=10, seed=1000)  # ten held-out inits
     assert res.accuracy_mean >= 0.88 and res.accuracy_mean > random_real_100, (res, random_real_100)
 
 
 def test_pretrained_sets_evaluate_from_their_inits(digits):
-    cfg = DDConfig(init="random-pretrained", pool_size=2, pretrain_epochs=2, **FAST)
+    cfg = DDConfig(net_init="random-pretrained", pool_size=2, pretrain_epochs=2, **FAST)
     dd = DatasetDistillation(digits, cfg, Context(seed=0))
     dd.step(0)
     syn = dd.synthetic_set()
@@ -203,7 +203,7 @@ def test_pretrained_sets_evaluate_from_their_inits(digits):
         replay(net, syn.images, syn.labels, syn.lrs, syn.step_order)
         manual.append(accuracy(net, digits.test_x, digits.test_y))
     assert res.runs == manual
-    fixed = DatasetDistillation(digits, DDConfig(init="fixed-pretrained", pretrain_epochs=2, **FAST), Context(seed=0))
+    fixed = DatasetDistillation(digits, DDConfig(net_init="fixed-pretrained", pretrain_epochs=2, **FAST), Context(seed=0))
     fixed_set = fixed.synthetic_set()
     assert torch.equal(fixed_set.init_params["classifier.weight"], fixed.pool[0]["classifier.weight"])
     net = create_net("mlp", (1, 8, 8), 10)

@@ -45,10 +45,10 @@ def test_a_run_on_two_processes_resumes_in_one_and_gives_the_set_of_one(tmp_path
 
 
 def test_a_method_without_data_parallel_support_is_refused_before_touching_out(tmp_path, monkeypatch, digits):
-    from distilset.methods import registry
+    from distilset.methods import runner
 
     (tmp_path / "synset.json").write_text("{}")  # an earlier run that --overwrite would delete
-    monkeypatch.setattr(registry, "current", lambda: Shards(0, 2))
+    monkeypatch.setattr(runner, "current", lambda: Shards(0, 2))
     with pytest.raises(ds.DistilsetError, match=r"`distill ls` does not run data-parallel \(2 processes\).*kip, mtt"):
         ds.distill("ls", digits, iterations=1, out=tmp_path, overwrite=True)
     assert (tmp_path / "synset.json").exists()
@@ -101,10 +101,10 @@ def test_every_data_parallel_method_on_two_processes_gives_the_set_of_one(tmp_pa
 
 
 def test_settings_that_leave_a_rank_idle_are_refused_before_touching_out(tmp_path, monkeypatch, digits):
-    from distilset.methods import registry
+    from distilset.methods import runner
 
     (tmp_path / "synset.json").write_text("{}")
-    monkeypatch.setattr(registry, "current", lambda: Shards(0, 2))
+    monkeypatch.setattr(runner, "current", lambda: Shards(0, 2))
     with pytest.raises(ds.ConfigError, match=r"over the 2 processes, but .?trajectories.? is 1; give --trajectories 2"):
         ds.distill("mtt", digits, iterations=1, out=tmp_path, overwrite=True)
     with pytest.raises(ds.ConfigError, match=r"under torchrun MTT reads trained experts"):

@@ -9,7 +9,7 @@ import torch
 import distilset as ds
 from distilset.methods.dm import DistributionMatching, DMConfig
 
-FAST = {"batch_real": 32, "net_kwargs": {"width": 16}}
+FAST = {"real_batch": 32, "net_kwargs": {"width": 16}}
 
 
 def test_the_embedder_is_redrawn_each_iteration_and_never_learns(digits, monkeypatch):

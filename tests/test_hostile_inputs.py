@@ -821,6 +821,6 @@ def test_both_torchrun_refusals_name_the_same_data_parallel_methods(tmp_path, ca
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["baseline", "random", "--dataset", "digits", "--out", str(tmp_path / "b")]) == 2
     assert f"only distill runs, with one of {names}" in capsys.readouterr().err
-    monkeypatch.setattr("distilset.methods.registry.current", lambda: type("S", (), {"world": 2, "rank": 0})())
+    monkeypatch.setattr("distilset.methods.runner.current", lambda: type("S", (), {"world": 2, "rank": 0})())
     with pytest.raises(ds.DistilsetError, match=f"use one of {names}$"):
         run_distill("dd", digits, iterations=1)

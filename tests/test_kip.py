@@ -27,9 +27,9 @@ def test_kip_loss_falls_resume_is_exact_and_labels_learn(digits, tmp_path):
 
 
 def test_label_solve_labels_are_the_least_squares_solution(digits):
-    ls = KernelSupport(digits, LSConfig(ipc=2, targets=300), Context(seed=1), method="ls")
+    ls = KernelSupport(digits, LSConfig(ipc=2, targets=300), Context(seed=1))
     ls.step(0)
-    again = KernelSupport(digits, LSConfig(ipc=2, targets=300), Context(seed=1), method="ls")
+    again = KernelSupport(digits, LSConfig(ipc=2, targets=300), Context(seed=1))
     x_t, y_t = again._targets(300)  # the same seed draws the same support, then the same targets
     net = architecture("fc", 1)
     k_ss, k_ts = net.kernel(again.images, again.images), net.kernel(x_t, again.images)

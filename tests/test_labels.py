@@ -150,5 +150,7 @@ def test_label_init_options(digits):
     paper = ds.get_method("labels").presets["labels-paper"].options
     ld = LabelDistillation(digits, LabelConfig(**{**FAST, **paper, "base": 20}))
     assert torch.allclose(ld.labels, torch.full((20, 10), 0.1))  # the preset gives the paper's uniform start
-    with pytest.raises(ConfigError, match="label_init must be one of uniform, onehot"):
-        LabelConfig(label_init="random", **FAST)
+    random = LabelDistillation(digits, LabelConfig(label_init="random", **FAST))  # DD's soft-label start
+    assert torch.allclose(random.labels.sum(1), torch.ones(20)) and random.labels.std() > 0.01
+    with pytest.raises(ConfigError, match="label_init must be one of onehot, uniform, random"):
+        LabelConfig(label_init="smooth", **FAST)

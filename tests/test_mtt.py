@@ -59,7 +59,7 @@ def test_distillation_reads_only_the_epochs_it_can_sample(digits, experts_dir, m
     read = []
     original = ExpertBuffer.flat
     monkeypatch.setattr(ExpertBuffer, "flat", lambda self, e, ep: read.append(ep) or original(self, e, ep))
-    mtt = MTT(digits, experts_dir, MTTConfig(**SMALL))
+    mtt = MTT(digits, experts=experts_dir, cfg=MTTConfig(**SMALL))
     for i in range(6):
         mtt.step(i)
     assert read and max(read) <= SMALL["max_start_epoch"] - 1 + SMALL["expert_epochs"]
@@ -77,10 +77,10 @@ def test_every_expert_file_is_checked_before_the_first_iteration(digits, experts
     tensors[f"epoch_{last:03d}"] = torch.full_like(tensors[f"epoch_{last:03d}"], float("nan"))
     save_file(tensors, str(expert_path(out, 1)))
     with pytest.raises(DistilsetError, match=f"epoch {last} of expert 1 .* is NaN or inf"):
-        MTT(digits, out, MTTConfig(**SMALL))
+        MTT(digits, experts=out, cfg=MTTConfig(**SMALL))
     expert_path(out, 1).unlink()
     with pytest.raises(DistilsetError, match="cannot read epoch 0 of expert 1"):
-        MTT(digits, out, MTTConfig(**SMALL))
+        MTT(digits, experts=out, cfg=MTTConfig(**SMALL))
 
 
 def test_loss_is_zero_when_the_student_reproduces_the_expert(digits, experts_dir, tmp_path):
@@ -88,7 +88,7 @@ def test_loss_is_zero_when_the_student_reproduces_the_expert(digits, experts_dir
     out.mkdir()
     for f in experts_dir.iterdir():
         (out / f.name).write_bytes(f.read_bytes())
-    mtt = MTT(digits, out, MTTConfig(**SMALL))
+    mtt = MTT(digits, experts=out, cfg=MTTConfig(**SMALL))
     expert, start, order, seeds = mtt._plan()
     steps = [(mtt.student_batch(order[t], seeds[t]).detach(), mtt.labels[order[t]], mtt.syn_lr.detach())
              for t in range(SMALL["syn_steps"])]  # fmt: skip
@@ -106,7 +106,7 @@ def test_loss_is_zero_when_the_student_reproduces_the_expert(digits, experts_dir
 def test_checkpointed_path_gives_the_same_gradient(digits, tmp_path):
     cfg = ExpertConfig(net="convnet", net_kwargs={"width": 8, "depth": 2}, epochs=2, batch_size=256)
     buf = train_experts(digits, tmp_path / "conv", 1, cfg)
-    mtt = MTT(digits, buf, MTTConfig(**{**SMALL, "net": "convnet", "net_kwargs": cfg.net_kwargs, "syn_steps": 9}))
+    mtt = MTT(digits, experts=buf, cfg=MTTConfig(**{**SMALL, "net": "convnet", "net_kwargs": cfg.net_kwargs, "syn_steps": 9}))
     plan = mtt._plan()
     loss_a, (img_a, lr_a) = mtt.matching_loss(*plan, memory="plain")
     loss_b, (img_b, lr_b) = mtt.matching_loss(*plan, memory="checkpoint")
@@ -116,7 +116,7 @@ def test_checkpointed_path_gives_the_same_gradient(digits, tmp_path):
 
 
 def test_matching_lowers_the_loss_and_learns_the_lr(digits, experts_dir):
-    mtt = MTT(digits, experts_dir, MTTConfig(**{**SMALL, "lr_lr": 1e-4}))
+    mtt = MTT(digits, experts=experts_dir, cfg=MTTConfig(**{**SMALL, "lr_lr": 1e-4}))
     plan = mtt._plan()
     before, _ = mtt.matching_loss(*plan)
     lrs = [0.01] + [mtt.step(i)["syn_lr"] for i in range(30)]
@@ -129,7 +129,7 @@ def test_matching_lowers_the_loss_and_learns_the_lr(digits, experts_dir):
 @pytest.mark.parametrize("push", [1e4, -1e4])
 def test_learned_lr_stays_positive_and_moves_at_most_ten_percent(digits, experts_dir, monkeypatch, push):
     """The paper's additive step would take the lr to -0.09 or +0.11 here; ours moves it by exp(-+0.1)."""
-    mtt = MTT(digits, experts_dir, MTTConfig(**SMALL))
+    mtt = MTT(digits, experts=experts_dir, cfg=MTTConfig(**SMALL))
     original = mtt.matching_loss
 
     def huge_lr_gradient(*args, **kw):
@@ -143,7 +143,7 @@ def test_learned_lr_stays_positive_and_moves_at_most_ten_percent(digits, experts
 
 
 def test_nan_stops_with_the_last_good_state_saved(digits, experts_dir, tmp_path):
-    mtt = MTT(digits, experts_dir, MTTConfig(**SMALL))
+    mtt = MTT(digits, experts=experts_dir, cfg=MTTConfig(**SMALL))
     mtt.step(0)
     with torch.no_grad():
         mtt.images[0, 0, 0, 0] = float("nan")
@@ -182,7 +182,7 @@ def test_texture_mode_makes_seamless_canvases(digits, experts_dir, tmp_path):
     res = ds.evaluate(ds.SyntheticSet.load(tmp_path), digits, repeats=1, epochs=5)
     assert res.recipe["crop"] == [8, 8]
     with pytest.raises(ConfigError, match="texture mode cannot use ZCA"):
-        MTT(digits.with_zca(), experts_dir, MTTConfig(**SMALL, texture=True))
+        MTT(digits.with_zca(), experts=experts_dir, cfg=MTTConfig(**SMALL, texture=True))
 
 
 def test_evaluation_uses_the_carried_lr_and_augmentation(digits, experts_dir, tmp_path):
@@ -197,9 +197,9 @@ def test_evaluation_uses_the_carried_lr_and_augmentation(digits, experts_dir, tm
 
 def test_bad_settings(digits, experts_dir):
     with pytest.raises(DistilsetError, match="need experts of at least 11 epochs"):
-        MTT(digits, experts_dir, MTTConfig(**{**SMALL, "max_start_epoch": 10, "expert_epochs": 2}))
+        MTT(digits, experts=experts_dir, cfg=MTTConfig(**{**SMALL, "max_start_epoch": 10, "expert_epochs": 2}))
     with pytest.raises(DistilsetError, match="trained with net mlp"):
-        MTT(digits, experts_dir, MTTConfig(**{**SMALL, "net": "convnet"}))
+        MTT(digits, experts=experts_dir, cfg=MTTConfig(**{**SMALL, "net": "convnet"}))
     with pytest.raises(DistilsetError, match="no expert trajectories"):
         ExpertBuffer(experts_dir / "nowhere")
     with pytest.raises(ConfigError, match="lr_img must be > 0"):
@@ -322,12 +322,12 @@ def test_net_options_given_again_match_experts_fitted_to_the_input(digits, tmp_p
     ).resolve(digits)
     assert cfg.net_kwargs == json.loads((out / "manifest.json").read_text())["config"]["net_kwargs"]
     assert cfg.net_kwargs["depth"] == 2 and "net_kwargs" in notes
-    MTT(digits, out, cfg)  # the experts are accepted
+    MTT(digits, experts=out, cfg=cfg)  # the experts are accepted
     with pytest.raises(DistilsetError, match="were trained with"):  # another width is still refused
         MTT(
             digits,
-            out,
             MTTConfig(ipc=1, net_kwargs={"width": 16}, experts_dir=str(out), max_start_epoch=1, expert_epochs=1),
+            experts=out,
         )
 
 

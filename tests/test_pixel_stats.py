@@ -42,7 +42,7 @@ def test_the_default_follows_the_distillation_net(digits):
 
 
 def test_dm_saves_rescaled_images_and_keeps_the_learned_ones_on_request(digits, tmp_path):
-    fast = {"ipc": 2, "batch_real": 32, "lr_img": 20.0, "net_kwargs": {"width": 16}}
+    fast = {"ipc": 2, "real_batch": 32, "lr_img": 20.0, "net_kwargs": {"width": 16}}
     scaled = ds.distill("dm", digits, iterations=5, out=tmp_path / "a", **fast)
     kept = ds.distill("dm", digits, iterations=5, out=tmp_path / "b", pixel_stats="learned", **fast)
     dims = (0, 2, 3)

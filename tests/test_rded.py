@@ -31,7 +31,7 @@ def _independent_score(teacher, patch: torch.Tensor, label: int, size: tuple[int
 def test_every_patch_is_a_real_crop_of_its_class_and_the_best_scored_of_its_candidates(digits_teacher, digits, factor):
     teacher = load_teacher(digits_teacher)
     cfg = RDEDConfig(ipc=3, candidates=20, crops=3, factor=factor)
-    run = RDED(digits, teacher, cfg, Context(seed=4))
+    run = RDED(digits, cfg, Context(seed=4), teacher=teacher)
     for c in range(10):
         run.step(c)
     syn = run.synthetic_set()

@@ -18,7 +18,7 @@ from distilset.evaluate import EVALUATIONS, load_evaluations, record_evaluation
 from distilset.report import load_entry, render, report, results_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FAST_DD = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256, "init": "random"}
+FAST_DD = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256, "net_init": "random"}
 
 
 class _Tags(HTMLParser):

@@ -32,7 +32,7 @@ def _interruptible():
     signal.signal(signal.SIGINT, previous)
 
 
-FAST = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256, "init": "random"}
+FAST = {"net": "mlp", "steps": 2, "epochs": 2, "real_batch": 256, "net_init": "random"}
 FAST_FLAGS = ["--net", "mlp", "--steps", "2", "--epochs", "2", "--real-batch", "256", "--init", "random"]
 
 
@@ -266,7 +266,7 @@ def test_corrupt_checkpoints_are_refused(tmp_path, capsys, digits, how, needle):
 
 
 def test_a_fixed_init_of_another_shape_in_the_checkpoint_is_refused_before_a_step(tmp_path, capsys, digits):
-    fixed = {**FAST, "init": "fixed"}
+    fixed = {**FAST, "net_init": "fixed"}
     ds.distill("dd", digits, iterations=2, out=tmp_path, checkpoint_every=1, **fixed)
     path = tmp_path / CHECKPOINT
     state = torch.load(path, weights_only=True)
@@ -413,7 +413,7 @@ def test_a_set_cannot_make_evaluate_open_a_path(tmp_path, capsys, digits):
 
 
 def test_a_fixed_init_replay_on_a_resized_net_is_one_line(tmp_path, capsys, digits):
-    ds.distill("dd", digits, iterations=1, out=tmp_path, **{**FAST, "init": "fixed"})
+    ds.distill("dd", digits, iterations=1, out=tmp_path, **{**FAST, "net_init": "fixed"})
     code, err = _cli(capsys, "evaluate", tmp_path, "--net-arg", "width=64", "--repeats", "1")
     assert code == 2
     _one_error_line(err, "stored initial weights do not fit this net", "--protocol standard")

@@ -37,7 +37,7 @@ def _batch_stats(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, to
 def test_recovery_lowers_the_statistics_loss_and_matches_the_running_statistics(digits_teacher, digits, init):
     teacher = load_teacher(digits_teacher)
     cfg = SRe2LConfig(ipc=10, batch_classes=10, init=init)
-    run = SRe2L(digits, teacher, cfg, Context(seed=0, iterations=300))
+    run = SRe2L(digits, cfg, Context(seed=0, iterations=300), teacher=teacher)
     start = run.images.detach().clone()
     history = [run.step(i) for i in range(300)]
     first, last = history[0], history[-1]

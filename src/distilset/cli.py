@@ -69,7 +69,8 @@ class _Parser(argparse.ArgumentParser):
 # ---- options generated from config dataclasses ------------------------------------------------------------
 def _value_type(spec: FieldSpec) -> Callable[[str], object]:
     base = spec.elem if spec.base is tuple else spec.base
-    none_allowed = spec.optional and spec.auto is None and spec.base is not tuple  # e.g. --dsa none
+    base = str if base is Path else base  # the config checks and converts it (an empty path is refused there)
+    none_allowed = spec.optional and spec.auto is None and spec.base is not tuple and not spec.required_flag
 
     def convert(text: str):
         if none_allowed and text.lower() == "none":
@@ -150,10 +151,13 @@ def add_config_options(
 _OLD = "old_name:"
 
 
-def config_options(args: argparse.Namespace, cls: type) -> dict:
-    """The fields of ``cls`` given on the command line, as API values (KEY=VALUE lists become dicts)."""
+def config_options(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict:
+    """The fields of ``cls`` given on the command line, as API values (KEY=VALUE lists become dicts); ``skip``:
+    fields the command passes itself."""
     out = {}
     for spec in field_specs(cls):
+        if spec.name in skip:
+            continue
         for old in spec.old_names:
             if hasattr(args, _OLD + old):
                 if hasattr(args, spec.name):
@@ -488,7 +492,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
     if args.evaluate < 0:
         raise DistilsetError(f"`evaluate` must be >= 0 (fresh nets to train after distilling), got {args.evaluate}")
-    run = config_options(args, RunOptions)
+    run = config_options(args, RunOptions, skip=_NOT_FLAGS)
     if run.get("preset"):
         args.dataset = args.dataset or preset_of(method.name, run["preset"]).dataset
     if args.dataset is None:
@@ -526,7 +530,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         download=args.download,
         ray=_ray_of(args) if system.ray else None,
-        **config_options(args, SharedOptions),
+        **config_options(args, SharedOptions, skip=_NOT_FLAGS),
         **config_options(args, system.config),
     )
     for c in taught.report.get("claims", []):

@@ -319,6 +319,8 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
     if spec.base is Path:
         if not isinstance(value, (str, os.PathLike)):
             raise ConfigError(f"`{name}` must be a path, got {value!r}")
+        if not str(value):  # Path("") would be the current directory
+            raise ConfigError(f"`{name}` is empty; give the directory's name (use . for the current directory)")
         return Path(value)
     if spec.base is str:
         if not isinstance(value, str):

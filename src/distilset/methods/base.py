@@ -229,17 +229,14 @@ def split_options(cls: type[Config], options: dict[str, Any]) -> Any:
 
 
 class Distiller:
-    """Base of the stepwise distillers. The constructor takes the dataset, the *resolved* config (the runner
-    resolves it once; ``cfg.resolve(data)[0]`` by hand) and the context, and keeps them with a random generator
-    seeded by the run's seed and the data-parallel shards. A subclass writes ``outer_step``, ``state_dict``,
+    """Base of the stepwise distillers. The constructor takes the dataset, the config (the runner hands over the one
+    it resolved; one made by hand is resolved here) and the context, and keeps them with a random generator seeded
+    by the run's seed and the data-parallel shards. A subclass writes ``outer_step``, ``state_dict``,
     ``load_state_dict`` and ``synthetic_set``."""
 
     def __init__(self, data: Any, cfg: MethodConfig, ctx: Context | None = None) -> None:
-        if not cfg.resolved:
-            raise ConfigError(
-                f"{type(self).__name__} takes a resolved config: pass `cfg.resolve(data)[0]` (or run the method "
-                "with `distilset.distill`)"
-            )
+        if not cfg.resolved:  # built by hand (the runner hands over the config it resolved)
+            cfg, _ = cfg.resolve(data)
         self.data, self.cfg, self.ctx = data, cfg, ctx or Context()
         self.seed, self.device = self.ctx.seed, self.ctx.device
         self.generator = torch.Generator().manual_seed(self.seed)

@@ -158,6 +158,7 @@ class GradientMatching(PerClassImages):
 
     def __init__(self, data: Dataset, cfg: DCConfig, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         self.method = "dsa" if cfg.dsa else "dc"
         self.inner = Standard(
             lr=cfg.lr_net,

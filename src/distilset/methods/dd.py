@@ -228,6 +228,7 @@ class DatasetDistillation(Distiller):
         pool: list[dict[str, torch.Tensor]] | None = None,
     ):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         seed, device, k = self.seed, self.device, data.num_classes
         self.per_step = cfg.items if cfg.items is not None else k * cfg.ipc
         self.model = create_net(cfg.net, data.image_shape, k, seed=seed, init=cfg.weight_init, **cfg.net_kwargs)

@@ -116,6 +116,7 @@ class FRePo(Distiller):
 
     def __init__(self, data: Dataset, cfg: FRePoConfig, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         k = data.num_classes
         picks = data.sample_per_class(cfg.ipc, self.generator)
         self.images = data.train_x[picks].to(self.device).clone().requires_grad_(True)

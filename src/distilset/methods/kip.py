@@ -132,6 +132,7 @@ class KernelSupport(Distiller):
 
     def __init__(self, data: Dataset, cfg: KernelConfig, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         self.method = "kip" if isinstance(cfg, KIPConfig) else "ls"
         self.net = architecture(cfg.arch, cfg.depth)
         k = data.num_classes

@@ -194,6 +194,7 @@ class LabelDistillation(Distiller):
 
     def __init__(self, data: Dataset, cfg: LabelConfig, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         seed, device = self.seed, self.device
         source = None
         if cfg.base_dataset is not None:

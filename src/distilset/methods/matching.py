@@ -27,6 +27,7 @@ class PerClassImages(Distiller):
 
     def __init__(self, data: Dataset, cfg: Any, ctx: Context | None = None):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         k = data.num_classes
         self.labels = torch.arange(k).repeat_interleave(cfg.ipc)
         if cfg.init == "noise":

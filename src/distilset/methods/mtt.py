@@ -227,6 +227,7 @@ class MTT(Distiller):
         self, data: Dataset, cfg: MTTConfig, ctx: Context | None = None, *, experts: ExpertBuffer | str | Path
     ):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         device = self.device
         self.experts = experts if isinstance(experts, ExpertBuffer) else ExpertBuffer(experts)
         self.experts.check_compatible(data, cfg.net, cfg.net_kwargs)

@@ -135,6 +135,7 @@ class RDED(Distiller):
 
     def __init__(self, data: Dataset, cfg: RDEDConfig, ctx: Context | None = None, *, teacher: TeacherNet):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         self.teacher, self.ray = teacher, self.ctx.ray
         teacher.check_data(data)
         self.net = teacher.module.to(self.device).eval().requires_grad_(False)

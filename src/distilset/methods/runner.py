@@ -246,7 +246,7 @@ def run(
     the iterations and ``extra``."""
     start, history = 0, []
     if not current().writer:  # data-parallel: rank 0 writes; every rank reads a checkpoint to resume
-        cfg = dataclasses.replace(cfg, progress=False, checkpoint_every=0)
+        cfg = dataclasses.replace(cfg, progress=False)  # and no checkpoints: only the writer saves
         quick_eval = None
     writes = current().writer
     if cfg.resume:

@@ -130,6 +130,7 @@ class SRe2L(Distiller):
 
     def __init__(self, data: Dataset, cfg: SRe2LConfig, ctx: Context | None = None, *, teacher: TeacherNet):
         super().__init__(data, cfg, ctx)
+        cfg = self.cfg  # resolved
         ctx, self.teacher = self.ctx, teacher
         teacher.check_data(data)
         self.net = teacher.module.to(ctx.device).eval().requires_grad_(False)
