@@ -133,7 +133,7 @@ def attack(data, iterations: int = 400) -> dict:
     """Poisoning: one step on 10 distilled images should make pretrained nets misread class 0 as class 1."""
     t0 = time.perf_counter()
     iterations = 2 if SMOKE else iterations
-    cfg = DDConfig(net="lenet", init="fixed-pretrained", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=2)
+    cfg = DDConfig(net="lenet", net_init="fixed-pretrained", steps=1, epochs=1, attack=(0, 1), pretrain_epochs=2)
     dd = DatasetDistillation(data, cfg, Context(seed=0))
     for it in range(iterations):
         dd.step(it)
@@ -175,7 +175,7 @@ def adapt(results: ResultFile, iterations: int = 1000) -> None:
     data = ds.load_dataset(name)
     opts = {
         "net": "lenet",
-        "init": "random-pretrained",
+        "net_init": "random-pretrained",
         "steps": 10,
         "epochs": 3,
         "pool_size": 4,
@@ -251,7 +251,7 @@ def one_speed_config(steps: int, mode: str, iterations: int = 3) -> dict:
     torch.set_num_threads(1)
     data = ds.load_dataset("mnist5k")
     memory = "checkpoint" if mode == "checkpoint" else "plain"
-    cfg = DDConfig(net="lenet", init="fixed", steps=steps, epochs=1, memory=memory)
+    cfg = DDConfig(net="lenet", net_init="fixed", steps=steps, epochs=1, memory=memory)
     dd = DatasetDistillation(data, cfg, Context(seed=0))
     run_one = (lambda it: _plain_iteration(dd)) if mode == "hand-written" else dd.step
     run_one(0)

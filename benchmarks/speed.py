@@ -67,11 +67,11 @@ REFERENCE_SOURCE = (
 )
 # name -> (method, options, reference {s_per_iter, peak_rss_mb} of the released code, or None)
 ROWS: dict[str, tuple[str, dict, dict | None]] = {
-    "dd-T30": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 3}, {"s": 0.35, "rss": 958}),
-    "dd-T100-plain": ("dd", {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10}, None),
+    "dd-T30": ("dd", {"net": "lenet", "net_init": "fixed", "steps": 10, "epochs": 3}, {"s": 0.35, "rss": 958}),
+    "dd-T100-plain": ("dd", {"net": "lenet", "net_init": "fixed", "steps": 10, "epochs": 10}, None),
     "dd-T100-checkpoint": (
         "dd",
-        {"net": "lenet", "init": "fixed", "steps": 10, "epochs": 10, "memory": "checkpoint"},
+        {"net": "lenet", "net_init": "fixed", "steps": 10, "epochs": 10, "memory": "checkpoint"},
         None,
     ),  # fmt: skip
     **{

@@ -133,7 +133,7 @@ def run_part(results: ResultFile, name: str) -> None:
             if all(r.get(k) == v for k, v in key.items())
         ):
             continue
-        options = {"net": part["nets"][own]["net"], "steps": steps, "ipc": ipc, "epochs": epochs, "init": init,
+        options = {"net": part["nets"][own]["net"], "steps": steps, "ipc": ipc, "epochs": epochs, "net_init": init,
                    "soft_labels": soft, **part["options"]}  # fmt: skip
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if not isinstance(v, bool))
         command = (

@@ -106,7 +106,8 @@ def test_loss_is_zero_when_the_student_reproduces_the_expert(digits, experts_dir
 def test_checkpointed_path_gives_the_same_gradient(digits, tmp_path):
     cfg = ExpertConfig(net="convnet", net_kwargs={"width": 8, "depth": 2}, epochs=2, batch_size=256)
     buf = train_experts(digits, tmp_path / "conv", 1, cfg)
-    mtt = MTT(digits, experts=buf, cfg=MTTConfig(**{**SMALL, "net": "convnet", "net_kwargs": cfg.net_kwargs, "syn_steps": 9}))
+    options = {**SMALL, "net": "convnet", "net_kwargs": cfg.net_kwargs, "syn_steps": 9}
+    mtt = MTT(digits, experts=buf, cfg=MTTConfig(**options))
     plan = mtt._plan()
     loss_a, (img_a, lr_a) = mtt.matching_loss(*plan, memory="plain")
     loss_b, (img_b, lr_b) = mtt.matching_loss(*plan, memory="checkpoint")

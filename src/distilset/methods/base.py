@@ -76,7 +76,6 @@ class MethodConfig(Config):
         with ``data_parallel=True`` whose share depends on an option overrides this)."""
 
 
-
 def per_channel_norm(module: torch.nn.Module) -> bool:
     """Batch or instance norm (PyTorch's, or DC's GroupNorm with one group per channel): per-channel statistics."""
     if isinstance(module, torch.nn.GroupNorm):
