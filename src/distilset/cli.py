@@ -306,11 +306,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.dir}: {result}")
         print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs), flush=True)
-    if args.save:
-        record_evaluation(args.dir, result)
-        if not args.json:
-            print(f"recorded in {Path(args.dir) / EVALUATIONS}")
+    _save_record(args, record_evaluation, result, EVALUATIONS)
     return 0
+
+
+def _save_record(args: argparse.Namespace, record: Callable, result, name: str) -> None:
+    """With ``--save``: ``record`` the (already printed) result in the set's directory, and say where."""
+    if args.save:
+        record(args.dir, result)
+        if not args.json:
+            print(f"recorded in {Path(args.dir) / name}")
 
 
 def _evaluate_scores(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
@@ -348,10 +353,7 @@ def _evaluate_scores(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
             cached = " (cached)" if acc.get("cached") else ""
             print(f"  {name:<9} {100 * acc['mean']:6.2f} ± {100 * acc['std']:.2f} %  {acc['recipe']}{cached}")
         print(f"{args.dir}: {result}", flush=True)
-    if args.save:
-        record_scores(args.dir, result)
-        if not args.json:
-            print(f"recorded in {Path(args.dir) / SCORES}")
+    _save_record(args, record_scores, result, SCORES)
     return 0
 
 

@@ -30,23 +30,17 @@ from distilset.recipes import Teacher
 NAMES = ("order", "cols", "rows", "boxes", "flips", "mix_box", "mix_from", "probs", "classes")
 
 
-@dataclass
-class StoredViews:
-    """E epochs of views of a set of N items in batches of B (nb batches per epoch, the last one possibly smaller):
-    ``order`` (E, N) the items in the order of the epoch's minibatches; by position in that order, ``cols``/``rows``
-    (E, N, f) each image's patch-strip permutations, ``boxes`` (E, N, 4) crop boxes (whole pixels) and ``flips``
-    (E, N) flips;
-    ``mix_box`` (E, nb, 4) CutMix boxes (empty: no mix) and ``mix_from`` (E, N) the position in its batch pasted into
-    each image; ``probs`` and ``classes`` (E, N, k) the teacher's top-k softened probabilities on each view."""
+@dataclass(frozen=True)
+class StoredViews(View):
+    """E epochs of views (the fields of ``augment.View``, stacked) of a set of N items in batches of B (nb batches per
+    epoch, the last one possibly smaller): ``order`` (E, N) the items in the order of the epoch's minibatches; by
+    position in that order, ``cols``/``rows`` (E, N, f) each image's patch-strip permutations, ``boxes`` (E, N, 4)
+    crop boxes (whole pixels) and ``flips`` (E, N) flips; ``mix_box`` (E, nb, 4) CutMix boxes (empty: no mix) and
+    ``mix_from`` (E, N) the position in its batch pasted into each image; ``probs`` and ``classes`` (E, N, k) the
+    teacher's top-k softened probabilities on each view."""
 
     batch_size: int
     order: torch.Tensor
-    cols: torch.Tensor
-    rows: torch.Tensor
-    boxes: torch.Tensor
-    flips: torch.Tensor
-    mix_box: torch.Tensor
-    mix_from: torch.Tensor
     probs: torch.Tensor
     classes: torch.Tensor
 

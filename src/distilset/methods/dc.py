@@ -194,11 +194,7 @@ class GradientMatching(PerClassImages):
     def matching_loss(self, net: nn.Module, weights: list[torch.Tensor]) -> torch.Tensor:
         """Sum over classes of the layer-wise distance between real and synthetic gradients (images in graph)."""
         loss = torch.zeros((), device=self.device)
-        for c in range(self.data.num_classes):
-            batches = self.class_batches(c)
-            if batches is None:  # another rank's class
-                continue
-            real, syn = batches
+        for c, real, syn in self.my_class_batches():
             target_real = torch.full((len(real),), c, device=self.device)
             g_real = torch.autograd.grad(nn.functional.cross_entropy(net(real), target_real), weights)
             target_syn = torch.full((len(syn),), c, device=self.device)

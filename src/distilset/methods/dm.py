@@ -85,11 +85,7 @@ class DistributionMatching(PerClassImages):
     def outer_step(self, iteration: int) -> dict[str, float]:
         net = self.embedder()
         loss = torch.zeros((), device=self.device)
-        for c in range(self.data.num_classes):
-            batches = self.class_batches(c)
-            if batches is None:  # another rank's class
-                continue
-            real, syn = batches
+        for _, real, syn in self.my_class_batches():
             with torch.no_grad():
                 mean_real = net.embed(real).mean(0)
             loss = loss + (mean_real - net.embed(syn).mean(0)).pow(2).sum()

@@ -58,6 +58,14 @@ class PerClassImages(Distiller):
             real, syn = dsa(real, self.strategy, seed=seed), dsa(syn, self.strategy, seed=seed)
         return real, syn
 
+    def my_class_batches(self):
+        """(c, real, syn) for each class this rank computes (``class_batches``), in class order; every class's
+        random numbers are drawn all the same."""
+        for c in range(self.data.num_classes):
+            batches = self.class_batches(c)
+            if batches is not None:
+                yield c, *batches
+
     def update_images(self, loss: torch.Tensor, name: str) -> float:
         """One SGD step on the images from ``loss`` (summed over the ranks), refused before any change if it is not
         finite; returns the loss summed over the ranks."""
