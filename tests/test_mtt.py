@@ -16,9 +16,9 @@ import distilset as ds
 from distilset.augment import toroidal_crop
 from distilset.cli import main
 from distilset.errors import ConfigError, DistilsetError
-from distilset.methods.base import Identity, RunConfig, run
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, expert_path, train_experts
 from distilset.methods.mtt import MTT, MTTConfig
+from distilset.methods.runner import Identity, RunConfig, run
 from distilset.unroll import sgd_unroll
 
 EXPERT = ExpertConfig(net="mlp", epochs=3, batch_size=64, lr=0.05)

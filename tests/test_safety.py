@@ -18,8 +18,8 @@ import torch
 import distilset as ds
 from distilset.cli import main
 from distilset.errors import DistilsetError, Interrupted
+from distilset.files import CHECKPOINT
 from distilset.io import write_json
-from distilset.methods.base import CHECKPOINT
 from distilset.methods.dd import DatasetDistillation
 
 
