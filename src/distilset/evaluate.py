@@ -204,8 +204,8 @@ def training_recipe(syn: SyntheticSet, protocol: str = "recipe", flip: bool = Tr
 
 def align_test_data(syn: SyntheticSet, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the test split into the set's preprocessing (normalisation, ZCA) so accuracy is honest."""
-    crop = syn.recipe.crop if isinstance(syn.recipe, Standard) else None
-    shape = (syn.image_shape[0], *crop) if crop else syn.image_shape
+    crop = syn.recipe.crop if syn.is_texture else None
+    shape = syn.input_shape
     if (syn.images.ndim != 4 or len(data.image_shape) != 3) and tuple(syn.image_shape) != tuple(data.image_shape):
         raise DistilsetError(
             f"set images have shape {tuple(syn.image_shape)} per item but {data.info.name} has inputs of "

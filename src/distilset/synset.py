@@ -277,8 +277,7 @@ class SyntheticSet:
                 raise SynsetFormatError("the stored init weights (init.*) need the `net` they belong to")
             return
         name, kwargs, scheme = read_net_spec(self.net)
-        crop = self.recipe.crop if isinstance(self.recipe, Standard) else None
-        shape = (self.image_shape[0], *crop) if crop else self.image_shape
+        shape = self.input_shape
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
                 state = create_net(name, shape, self.num_classes, init=scheme, **kwargs).state_dict()
@@ -361,6 +360,11 @@ class SyntheticSet:
     @property
     def is_texture(self) -> bool:
         return isinstance(self.recipe, Standard) and bool(self.recipe.crop)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one training input: a crop of a texture's canvas (its recipe's ``crop``), else an item's."""
+        return (self.image_shape[0], *self.recipe.crop) if self.is_texture else tuple(self.image_shape)
 
     def save_grid(self, path: str | os.PathLike, max_per_class: int = 20) -> Path:
         """Write the set's ``picture`` as a PNG."""
