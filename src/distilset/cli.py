@@ -490,6 +490,12 @@ def cmd_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(args: argparse.Namespace, offers_ray: bool) -> dict:
+    """What ``distill`` and ``teach`` take from the command line besides their declared options."""
+    ray = _ray_of(args) if offers_ray else None
+    return {"progress": True, "log": print, "data_root": args.data_root, "download": args.download, "ray": ray}
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     method = METHODS[args.method]
     if args.evaluate < 0:
@@ -500,17 +506,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.dataset is None:
         raise DistilsetError("--dataset is required (or a --preset of this method that names one)")
     data = _load(args, zca=args.zca)
-    syn = distill(
-        method.name,
-        data,
-        progress=True,
-        log=print,
-        data_root=args.data_root,
-        download=args.download,
-        ray=_ray_of(args) if method.ray else None,
-        **run,
-        **config_options(args, method.config),
-    )
+    syn = distill(method.name, data, **_run_options(args, method.ray), **run, **config_options(args, method.config))
     if not current().writer:  # data-parallel: rank 0 reports
         return 0
     print(f"wrote {len(syn)} distilled items ({method.name}, {data.info.name}) to {args.out}")
@@ -524,17 +520,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_teach(args: argparse.Namespace) -> int:
     system = SYSTEMS[args.system]
     data = _load(args)
-    taught = teach(
-        system.name,
-        data,
-        progress=True,
-        log=print,
-        data_root=args.data_root,
-        download=args.download,
-        ray=_ray_of(args) if system.ray else None,
-        **config_options(args, SharedOptions, skip=_NOT_FLAGS),
-        **config_options(args, system.config),
-    )
+    run = config_options(args, SharedOptions, skip=_NOT_FLAGS)
+    taught = teach(system.name, data, **_run_options(args, system.ray), **run, **config_options(args, system.config))
     for c in taught.report.get("claims", []):
         numbers = ", ".join(f"{k} {v:g}" for k, v in c.items() if k not in ("claim", "holds"))
         print(f"{'holds' if c['holds'] else 'does not hold'}: {c['claim']} ({numbers})")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from distilset.nets.layers import ConvThenDense
 from distilset.nets.registry import register_net
 
 
-class AlexCifarNet(nn.Module):
+class AlexCifarNet(ConvThenDense):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         channels, h, w = in_shape
@@ -22,17 +22,7 @@ class AlexCifarNet(nn.Module):
             nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0),
             nn.MaxPool2d(3, 2, padding=1),
         )
-        with torch.no_grad():
-            dim = self.features(torch.zeros(1, channels, h, w)).numel()
-        self.fc = nn.Sequential(nn.Linear(dim, 384), nn.ReLU(inplace=True), nn.Linear(384, 192), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(192, num_classes)
-        self.feature_dim = 192
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self.finish(in_shape, (384, 192), num_classes)
 
 
 @register_net("alexcifarnet")

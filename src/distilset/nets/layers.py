@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from distilset.errors import DistilsetError
@@ -31,3 +32,23 @@ def pool_layer(kind: str) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise DistilsetError(f"unknown pooling {kind!r}; choose from {', '.join(POOLS)}")
+
+
+class ConvThenDense(nn.Module):
+    """Conv ``features``, then two dense ReLU layers of ``widths`` (the embedding), then the classifier: the plan of
+    Dataset Distillation's LeNet and AlexCifarNet. A subclass builds its ``features`` and calls ``finish``."""
+
+    def finish(self, in_shape: tuple[int, ...], widths: tuple[int, int], num_classes: int) -> None:
+        with torch.no_grad():
+            dim = self.features(torch.zeros(1, *in_shape)).numel()
+        self.fc = nn.Sequential(
+            nn.Linear(dim, widths[0]), nn.ReLU(inplace=True), nn.Linear(widths[0], widths[1]), nn.ReLU(inplace=True)
+        )
+        self.classifier = nn.Linear(widths[1], num_classes)
+        self.feature_dim = widths[1]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))

@@ -5,13 +5,13 @@ For inputs smaller than 28x28 (e.g. 8x8 digits) the second conv also pads by 2 s
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from distilset.nets.layers import ConvThenDense
 from distilset.nets.registry import register_net
 
 
-class LeNet(nn.Module):
+class LeNet(ConvThenDense):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         channels, h, w = in_shape
@@ -26,17 +26,7 @@ class LeNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        with torch.no_grad():
-            dim = self.features(torch.zeros(1, channels, h, w)).numel()
-        self.fc = nn.Sequential(nn.Linear(dim, 120), nn.ReLU(inplace=True), nn.Linear(120, 84), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(84, num_classes)
-        self.feature_dim = 84
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self.finish(in_shape, (120, 84), num_classes)
 
 
 @register_net("lenet")
