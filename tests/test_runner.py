@@ -163,3 +163,12 @@ def test_nonfinite_error_is_what_check_finite_raises():
     check_finite("x", 1.0, torch.ones(2))
     with pytest.raises(NonFiniteError, match="x is not finite"):
         check_finite("x", 1.0, torch.tensor([1.0, float("inf")]))
+
+
+def test_a_flag_renamed_for_consistency_still_works_with_a_line(capsys):
+    from distilset.cli import build_parser, config_options
+    from distilset.teach import SYSTEMS
+
+    args = build_parser().parse_args(["teach", "omni", "--dataset", "digits", "--out", "x", "--net-kwargs", "width=8"])
+    assert config_options(args, SYSTEMS["omni"].config)["net_kwargs"] == {"width": 8}
+    assert "--net-kwargs is now --net-arg" in capsys.readouterr().err

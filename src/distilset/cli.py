@@ -144,11 +144,17 @@ def add_config_options(
                 kw["choices"] = choices
                 kw["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         group.add_argument(spec.flag, **kw)
-        for old in spec.old_names:
+        for old in _old_flags(spec):
             group.add_argument(flag_of(old), **{**kw, "dest": _OLD + old, "help": argparse.SUPPRESS})
 
 
 _OLD = "old_name:"
+
+
+def _old_flags(spec: FieldSpec) -> list[str]:
+    """The earlier names of a field, and its own name where its flag is another (``--net-kwargs`` of ``--net-arg``,
+    the teach systems' flag before 0.3)."""
+    return [*spec.old_names, *([spec.name] if spec.flag != flag_of(spec.name) else [])]
 
 
 def config_options(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict:
@@ -158,7 +164,7 @@ def config_options(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = 
     for spec in field_specs(cls):
         if spec.name in skip:
             continue
-        for old in spec.old_names:
+        for old in _old_flags(spec):
             if hasattr(args, _OLD + old):
                 if hasattr(args, spec.name):
                     raise UsageError(f"{flag_of(old)} is the old name of {spec.flag}; give only {spec.flag}")
