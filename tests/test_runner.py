@@ -132,17 +132,17 @@ def test_the_run_options_are_declared_once_for_the_signature_the_cli_and_the_che
 
 
 def test_old_option_names_work_for_a_release_with_a_warning(digits, tmp_path, capsys):
-    with pytest.warns(DeprecationWarning, match="`batch_real` is now `real_batch`"):
+    with pytest.warns(FutureWarning, match="`batch_real` is now `real_batch`"):
         syn = ds.distill("dm", digits, iterations=1, batch_real=16, ipc=1, net_kwargs={"width": 8})
     assert syn.config["real_batch"] == 16
-    with pytest.warns(DeprecationWarning, match="`init` is now `net_init`"):
+    with pytest.warns(FutureWarning, match="`init` is now `net_init`"):
         syn = ds.distill("dd", digits, iterations=1, init="random", net="mlp", steps=1, epochs=1)
     assert syn.config["net_init"] == "random" and syn.recipe.init == "random"
     with pytest.raises(ConfigError, match="batch_real is the old name of real_batch"):
         ds.distill("dm", digits, iterations=1, batch_real=16, real_batch=16)
     argv = ["distill", "dm", "--dataset", "digits", "--iterations", "1", "--ipc", "1", "--net-arg", "width=8"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         assert main([*argv, "--out", str(tmp_path / "a"), "--batch-real", "16"]) == 0
     assert "distilset: --batch-real is now --real-batch" in capsys.readouterr().err
     assert ds.SyntheticSet.load(tmp_path / "a").config["real_batch"] == 16
@@ -172,3 +172,10 @@ def test_a_flag_renamed_for_consistency_still_works_with_a_line(capsys):
     args = build_parser().parse_args(["teach", "omni", "--dataset", "digits", "--out", "x", "--net-kwargs", "width=8"])
     assert config_options(args, SYSTEMS["omni"].config)["net_kwargs"] == {"width": 8}
     assert "--net-kwargs is now --net-arg" in capsys.readouterr().err
+
+
+def test_run_options_take_paths_and_torch_devices_as_pytorch_users_write_them(digits, tmp_path):
+    opts = RunOptions(out=tmp_path, data_root=tmp_path / "data", device=torch.device("cpu"), iterations=2)
+    assert opts.device == "cpu" and opts.context(None, None).data_root == str(tmp_path / "data")
+    with pytest.raises(ConfigError, match="device cuda:x is not a device"):
+        RunOptions(device="cuda:x")

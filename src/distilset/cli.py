@@ -168,8 +168,9 @@ def config_options(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = 
             if hasattr(args, _OLD + old):
                 if hasattr(args, spec.name):
                     raise UsageError(f"{flag_of(old)} is the old name of {spec.flag}; give only {spec.flag}")
-                print(f"distilset: {flag_of(old)} is now {spec.flag}; the old name goes in the next release",
-                      file=sys.stderr)  # fmt: skip
+                if os.environ.get("RANK", "0") == "0":  # under torchrun: once
+                    message = f"{flag_of(old)} is now {spec.flag}; the old name goes in the next release"
+                    print(f"distilset: {message}", file=sys.stderr)
                 setattr(args, spec.name, getattr(args, _OLD + old))
         if hasattr(args, spec.name):
             value = getattr(args, spec.name)

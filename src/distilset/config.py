@@ -256,7 +256,7 @@ class Config:
         its ``auto`` fields may still be ``None``)."""
         return getattr(self, "_resolved", False) or not any(s.auto is not None for s in field_specs(type(self)))
 
-    def describe(self, notes: Mapping[str, str]) -> list[str]:
+    def settings_lines(self, notes: Mapping[str, str]) -> list[str]:
         """Lines for the start of a run: every setting, then why each resolved one has its value."""
         items = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.to_json().items()]
         lines, line = [], " "
@@ -287,7 +287,7 @@ def renamed(cls: type, options: Mapping[str, Any], warn: bool = True) -> dict[st
             raise ConfigError(f"`{name}` is the old name of `{new}`; give only `{new}`")
         if warn:
             warnings.warn(
-                f"`{name}` is now `{new}`; the old name goes in the next release", DeprecationWarning, stacklevel=3
+                f"`{name}` is now `{new}`; the old name goes in the next release", FutureWarning, stacklevel=3
             )
         out[new] = out.pop(name)
     return out

@@ -45,7 +45,7 @@ from distilset.io import write_json
 from distilset.jobs import run_jobs
 from distilset.kernels import architecture, centred_one_hot, krr
 from distilset.nets import create_net, list_nets
-from distilset.nets.registry import classic_net_for
+from distilset.nets.registry import classic_net_for, fit_net_to_input
 from distilset.progress import Progress
 from distilset.recipes import (
     KIP_TRANSFER,
@@ -105,9 +105,6 @@ def at_chance(accuracy: float, num_classes: int) -> str:
             "learn; try a lower learning rate or another recipe"
         )
     return ""
-
-
-"""Beside a set: every evaluation recorded with ``record_evaluation`` (``evaluate --save``), oldest first."""
 
 
 def append_dated(path: Path, rows: list[dict], row: dict) -> Path:
@@ -307,7 +304,8 @@ def evaluate(
     if net is None:  # the set's own net; a set without one: DC's ConvNet for images, else the classic choice
         net = spec.get("name", "convnet" if syn.images.ndim == 4 else classic_net_for(syn.image_shape)[0])
         net_kwargs = {**spec.get("kwargs", {}), **(net_kwargs or {})}
-    net_kwargs = dict(net_kwargs or {})
+    shape = tuple(syn.image_shape[:1]) + tuple(data.image_shape[1:])
+    net_kwargs, _ = fit_net_to_input(net, dict(net_kwargs or {}), shape)  # as create_net will: recorded as trained
     init = spec.get("init", "default") if net == spec.get("name") else "default"
     if isinstance(recipe, Replay):
         if spec and net != spec.get("name"):

@@ -51,7 +51,6 @@ from distilset.synset import SyntheticSet
 
 FULL_STEPS = 5000
 """Most minibatch steps the full-data run trains (DD-Ranking: 300 epochs, whatever the dataset's size)."""
-"""Beside a set: every score computed with ``record_scores`` (``evaluate --scores --save``), oldest first."""
 
 
 def normalised(x: float) -> float:

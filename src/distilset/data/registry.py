@@ -32,10 +32,10 @@ class Source:
     present: Callable[[Path, str | None], bool]
     downloadable: bool = False
     takes_path: bool = True
+    """Whether ``path`` (``--data-path``) locates its files; bundled sources have none to locate."""
     describe: Callable[[Any, Path, Path], Path] | None = None
     """``describe(set, out, root)`` writes a readable view of a set of this dataset into ``out`` after a run (text:
     its items decoded to their nearest words or snippets); ``root``: the raw data files' directory."""
-    """Whether ``path`` (``--data-path``) locates its files; bundled sources have none to locate."""
 
 
 SOURCES: dict[str, Source] = {}

@@ -11,8 +11,10 @@ back where the iteration found it, so the state saved at the stop replays the sa
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,8 +27,6 @@ from distilset.errors import ConfigError, DistilsetError
 from distilset.nets import create_net
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, teacher_for, teacher_path
-
-CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteError(DistilsetError):
@@ -166,10 +166,15 @@ class SharedOptions(Config):
     """Replace the run already in `out` (a directory holding another run is refused without this)."""
     progress: bool = False
     """Print progress (a bar on a terminal, log lines elsewhere)."""
-    data_root: str | None = None
+    data_root: Path | None = None
     """Directory of raw dataset files, for outputs that read them (a text set's nearest snippets)."""
     download: bool = False
     """Download missing files those outputs need (checksum-verified)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.device, torch.device):  # as PyTorch names it
+            object.__setattr__(self, "device", str(self.device))
+        super().__post_init__()
 
     def check(self) -> None:
         check_seed(self.seed)
@@ -185,7 +190,7 @@ class SharedOptions(Config):
             out=self.out,
             progress=self.progress,
             log=log or (lambda message: None),
-            data_root=self.data_root,
+            data_root=str(self.data_root) if self.data_root is not None else None,
             download=self.download,
             ray=ray,
             **more,
@@ -248,6 +253,22 @@ class Distiller:
     def draw(self, n: int) -> int:
         """A random integer in [0, n) from the run's generator (a net's seed, a pool member, ...)."""
         return int(torch.randint(n, (1,), generator=self.generator))
+
+    @contextmanager
+    def kept_finite(
+        self, optimizer: torch.optim.Optimizer, learned: list[torch.Tensor], what: str, derived=None
+    ) -> Iterator[None]:
+        """Around an update of ``learned`` by ``optimizer``: if a learned tensor (or ``derived()``, e.g. the lrs a
+        raw parameter gives) turns NaN/inf, put them and the optimizer's state back and raise ``NonFiniteError``."""
+        kept = [t.detach().clone() for t in learned], copy.deepcopy(optimizer.state_dict())
+        yield
+        tensors = [*learned, *([derived()] if derived is not None else [])]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            with torch.no_grad():
+                for t, old in zip(learned, kept[0], strict=True):
+                    t.copy_(old)
+            optimizer.load_state_dict(kept[1])
+            raise NonFiniteError(f"{what} became NaN/inf")
 
     def descend(
         self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, reported: torch.Tensor | None = None

@@ -24,7 +24,6 @@ an initial inner lr of 0.005, a real batch of 256, and a TextCNN (when asked for
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
@@ -36,7 +35,7 @@ from distilset.config import OLD_NAMES, auto
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError
 from distilset.evaluate import evaluate
-from distilset.methods.base import Context, Distiller, MethodConfig, NonFiniteError, check_finite, start_labels
+from distilset.methods.base import Context, Distiller, MethodConfig, check_finite, start_labels
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net
 from distilset.nets.options import NetOption
@@ -340,19 +339,13 @@ class DatasetDistillation(Distiller):
             g = [v / len(inits) for v in g] if len(inits) > 1 else g
             grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
         check_finite("DD's outer loss or the gradient of the distilled data", total_loss, *grads)
-        snapshot = ([v.detach().clone() for v in self.learnables()], copy.deepcopy(self.optimizer.state_dict()))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._outer_lr(iteration)
-        for v, g in zip(self.learnables(), grads, strict=True):
-            v.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if not all(torch.isfinite(v).all() for v in self.learnables()) or not torch.isfinite(self.lrs()).all():
-            with torch.no_grad():
-                for v, old in zip(self.learnables(), snapshot[0], strict=True):
-                    v.copy_(old)
-            self.optimizer.load_state_dict(snapshot[1])
-            raise NonFiniteError("a distilled image, label or learned lr became NaN/inf")
+        with self.kept_finite(self.optimizer, self.learnables(), "a distilled image, label or learned lr", self.lrs):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._outer_lr(iteration)
+            for v, g in zip(self.learnables(), grads, strict=True):
+                v.grad = g
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         lrs = self.lrs().detach()
         return {"loss": total_loss, "lr_mean": float(lrs.mean()), "lr_min": float(lrs.min())}
 

@@ -111,7 +111,8 @@ def train_expert(
 ) -> tuple[list[torch.Tensor], float]:
     """Train one expert; returns the flat parameters at epochs 0..E and its final test accuracy. ``desc`` names
     its progress."""
-    cfg, _ = cfg.resolve(data)
+    if not cfg.resolved:  # `train_experts` hands over the config it resolved
+        cfg, _ = cfg.resolve(data)
     net = create_net(cfg.net, data.image_shape, data.num_classes, seed=seed, **cfg.net_kwargs).to(device)
     snapshots = [_flat(net)]
     fit(

@@ -82,7 +82,6 @@ class FRePoConfig(MethodConfig, NetOption):
     """Adam learning rate of the pool networks."""
     reg: float = 1e-6
     """Ridge of the feature regression, relative to the mean diagonal of the support kernel."""
-    """The pool's network (its features are the classifier's input)."""
     net_kwargs: dict = field(default_factory=lambda: {"norm": "none"}, metadata={FLAG: "--net-arg"})
     """Network options as KEY=VALUE (FRePo's ConvNet has no normalisation; depth fitted to the input)."""
 

@@ -146,15 +146,18 @@ def make_config(method: Method, options: Mapping[str, Any], preset: Preset | Non
 
 
 def describe_config(cfg: MethodConfig, notes: Mapping[str, str]) -> list[str]:
-    """Lines for the start of a run (``Config.describe``)."""
-    return cfg.describe(notes)
+    """Lines for the start of a run (``Config.settings_lines``)."""
+    return cfg.settings_lines(notes)
 
 
 def __getattr__(name: str) -> Any:
     """``distill`` and ``validation_accuracy`` moved to ``distilset.methods.runner`` (0.3); importable here for one
     release."""
     if name in ("distill", "validation_accuracy"):
+        import warnings
+
         from distilset.methods import runner
 
+        warnings.warn(f"import {name} from distilset.methods.runner", DeprecationWarning, stacklevel=2)
         return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -244,6 +244,8 @@ def run(
     SIGINT or SIGTERM stops the run at the end of the current iteration, saves a checkpoint (with ``out``) and
     raises ``Interrupted`` saying how to continue. The set records the method, its resolved config, the seed,
     the iterations and ``extra``."""
+    if cfg.iterations is None:
+        raise DistilsetError("`run` needs `iterations`, the outer iterations to run")
     start, history = 0, []
     if not current().writer:  # data-parallel: rank 0 writes; every rank reads a checkpoint to resume
         cfg = dataclasses.replace(cfg, progress=False)  # and no checkpoints: only the writer saves
@@ -251,8 +253,9 @@ def run(
     writes = current().writer
     if cfg.resume:
         state = load_checkpoint(cfg.out)
-        if state is None and writes:
-            print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
+        if state is None:
+            if writes:
+                print(f"distilset: no checkpoint in {cfg.out / CHECKPOINT}; starting from iteration 0")
         else:
             identity.check(state.get("identity"), cfg.out)
             start, history = state["iteration"], json.loads(state["history"])
@@ -361,7 +364,7 @@ def distill(
             f"  validation accuracy every {opts.eval_every} iterations on {len(validation.test_x)} held-out "
             f"training images; the method distils the other {len(data.train_x)}"
         )
-    for line in cfg.describe(notes):
+    for line in cfg.settings_lines(notes):
         log(line)
     ctx = opts.context(log, ray, iterations=iterations)
     if m.prepare is not None:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from distilset.config import Config
+from distilset.config import Config, renamed
 from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError, SynsetFormatError
 from distilset.files import TEACH_LABELS, TEACH_MODELS, TEACH_PICTURE, TEACH_REPORT
@@ -212,6 +212,7 @@ def teach(
         raise DistilsetError(f"unknown teach system {system!r}; available: {', '.join(sorted(SYSTEMS))}")
     s = SYSTEMS[system]
     opts = split_options(SharedOptions, options)
+    options = renamed(s.config, options)  # earlier names of a field, with a warning
     names = [f.name for f in dataclasses.fields(s.config)]
     unknown = sorted(set(options) - set(names))
     if unknown:
@@ -230,7 +231,7 @@ def teach(
         opts = dataclasses.replace(opts, out=prepare_out(opts.out, overwrite=opts.overwrite, offers=("overwrite",)))
     ctx = opts.context(log, ray)
     ctx.log(f"teach {system} on {data.info.name}, seed {opts.seed}:")
-    for line in cfg.describe(notes):
+    for line in cfg.settings_lines(notes):
         ctx.log(line)
     start = time.perf_counter()
     taught = s.run(data.to(opts.device), cfg, ctx)
