@@ -294,20 +294,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_scores(args, syn, data)
     if args.nets is not None:
         return _evaluate_nets(args, syn, data)
-    result = evaluate(
-        syn,
-        data,
-        net=args.net,
-        net_kwargs=dict(args.net_arg or []) or None,
-        protocol=args.protocol,
-        repeats=args.repeats,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.json,
-        ray=_ray_of(args),
-        teacher=_teacher_of(args),
-        **_recipe_options(args),
-    )
+    net_kwargs = dict(args.net_arg or []) or None
+    result = evaluate(syn, data, net=args.net, net_kwargs=net_kwargs, **_training_options(args))
     if args.json:  # the result first: a save that fails below does not lose it
         print(json.dumps(result.to_json(), indent=2), flush=True)
     else:
@@ -315,6 +303,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("runs: " + " ".join(f"{100 * r:.2f}" for r in result.runs), flush=True)
     _save_record(args, record_evaluation, result, EVALUATIONS)
     return 0
+
+
+def _training_options(args: argparse.Namespace) -> dict:
+    """How ``evaluate`` trains, from its command line: protocol, repeats, seed, device, Ray, teacher, recipe."""
+    return {
+        "protocol": args.protocol,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "device": args.device,
+        "progress": not args.json,
+        "ray": _ray_of(args),
+        "teacher": _teacher_of(args),
+        **_recipe_options(args),
+    }
 
 
 def _save_record(args: argparse.Namespace, record: Callable, result, name: str) -> None:
@@ -369,19 +371,7 @@ def _evaluate_nets(args: argparse.Namespace, syn: SyntheticSet, data) -> int:
     if args.net is not None or args.net_arg:
         raise UsageError("--nets takes each network with its default options; drop --net / --net-arg")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
-    results = evaluate_nets(
-        syn,
-        data,
-        nets,
-        protocol=args.protocol,
-        repeats=args.repeats,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.json,
-        ray=_ray_of(args),
-        teacher=_teacher_of(args),
-        **_recipe_options(args),
-    )
+    results = evaluate_nets(syn, data, nets, **_training_options(args))
     own = (syn.net or {}).get("name", "convnet")
     transfer = transfer_accuracy(results, own)
     if args.save:
