@@ -75,6 +75,10 @@ class MethodConfig(Config):
         """Refuse settings that leave nothing to shard over ``world`` data-parallel processes (a method registered
         with ``data_parallel=True`` whose share depends on an option overrides this)."""
 
+    def fill_convnet(self, data: Any, why: str, **more: tuple[Any, str]) -> tuple[MethodConfig, dict[str, str]]:
+        """Before 0.3: ``NetOption.fill_net(data.image_shape, ("convnet", why), **more)``, which it calls."""
+        return self.fill_net(data.image_shape, ("convnet", why), **more)
+
 
 def per_channel_norm(module: torch.nn.Module) -> bool:
     """Batch or instance norm (PyTorch's, or DC's GroupNorm with one group per channel): per-channel statistics."""

@@ -130,7 +130,8 @@ class LSConfig(KernelConfig):
 class KernelSupport(Distiller):
     """KIP / LS as a stepwise distiller (``distilset.methods.runner`` drives it)."""
 
-    def __init__(self, data: Dataset, cfg: KernelConfig, ctx: Context | None = None):
+    def __init__(self, data: Dataset, cfg: KernelConfig, ctx: Context | None = None, method: str | None = None):
+        """``method`` (before 0.3: "kip" or "ls") now follows from the config's class; it is ignored."""
         super().__init__(data, cfg, ctx)
         cfg = self.cfg  # resolved
         self.method = "kip" if isinstance(cfg, KIPConfig) else "ls"
