@@ -815,7 +815,7 @@ def test_a_stored_crop_that_is_not_the_test_size_is_named(tmp_path):
 
 def test_both_torchrun_refusals_name_the_same_data_parallel_methods(tmp_path, capsys, monkeypatch, digits):
     from distilset.methods.registry import data_parallel_methods
-    from distilset.methods.registry import distill as run_distill
+    from distilset.methods.runner import distill as run_distill
 
     names = ", ".join(data_parallel_methods())
     monkeypatch.setenv("WORLD_SIZE", "2")
