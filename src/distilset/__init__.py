@@ -24,7 +24,7 @@ from distilset.teach import load_model, teach
 from distilset.teachers import TeacherConfig, TeacherNet, load_teacher, train_teacher
 from distilset.train import fit
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "ConfigError",
     "Dataset",
