@@ -58,6 +58,7 @@ from distilset.recipes import (
     teacher_recipe,
 )
 from distilset.relabel import StoredViews
+from distilset.runtime import resolve_precision
 from distilset.synset import SyntheticSet
 from distilset.teachers import TeacherNet, load_teacher
 from distilset.train import accuracy, fit, replay
@@ -273,6 +274,7 @@ def evaluate(
     init_pool: list[dict[str, torch.Tensor]] | None = None,
     ray: bool | str | None = None,
     teacher: TeacherNet | str | os.PathLike | None = None,
+    precision: str = "auto",
     **overrides,
 ) -> EvalResult:
     """Train ``repeats`` fresh nets on ``syn`` and test them on ``data``'s test split.
@@ -285,7 +287,11 @@ def evaluate(
     ``dsa``, ...) or, under the teacher recipe, of ``recipes.Teacher`` (``temperature``, ``cutmix``, ...).
     ``init_pool``: held-out pretrained weights for replaying a random-pretrained set. ``ray``: each repeat is a
     Ray task (``distilset.jobs``; CPU only), with the seed it has here, so the accuracies are the sequential ones.
+    ``precision``: how the nets train and test (``distilset.runtime``): auto (bfloat16 autocast on a CPU with
+    native bfloat16, else float32; measured at parity), float32 or bfloat16. A replay of learned steps always
+    runs in float32. The precision used is recorded in ``settings``.
     """
+    precision = resolve_precision(precision, device)
     protocol = protocol or ("teacher" if teacher is not None else "recipe")
     recipe = training_recipe(syn, protocol, flip=data.flips, **overrides)
     views = syn.views if syn.views is not None and teacher is None and recipe == syn.recipe else None
@@ -335,7 +341,7 @@ def evaluate(
             if recipe.init == "random-pretrained":
                 theta0 = init_pool[r % len(init_pool)]
         net_spec = (net, in_shape, init, net_kwargs)
-        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, inner, teacher, views))
+        jobs.append((syn, recipe, net_spec, theta0, test_x, test_y, s, device, inner, teacher, views, precision))
     runs = run_jobs(_train_and_test, jobs, ray=ray, on_done=lambda i, acc: bar.update({"acc": acc}))
     bar.close()
     wall = time.perf_counter() - start
@@ -359,6 +365,7 @@ def evaluate(
             "set_size": len(syn),
             "init": init,
             "recipe_text": recipe.describe(),
+            "precision": "float32" if isinstance(recipe, Replay) else precision,
             **({"teacher": teacher.spec()} if teacher is not None else {}),
             **({"views": f"stored: {views.epochs} epochs, top-{views.top_k}"} if views is not None else {}),
         },
@@ -401,10 +408,12 @@ def _train_and_test(
     bar: bool | Progress,
     teacher: TeacherNet | None = None,
     views: StoredViews | None = None,
+    precision: str = "float32",
 ) -> float:
     """One repeat of ``evaluate``: a fresh net of ``net_spec`` (name, input shape, init, options) with seed ``seed``
     (started from ``theta0`` when given), trained on the set by its recipe (against ``teacher``'s outputs under a
-    teacher recipe, or the set's stored ``views``), its test accuracy."""
+    teacher recipe, or the set's stored ``views``), its test accuracy; ``precision`` of the training and the test
+    (float32 for a replay)."""
     net, in_shape, init, net_kwargs = net_spec
     model = create_net(net, in_shape, syn.num_classes, seed=seed, init=init, **net_kwargs).to(device)
     x, y = syn.images.to(device), syn.labels.to(device)
@@ -412,10 +421,11 @@ def _train_and_test(
         if theta0 is not None:
             _load_init(model, theta0)
         replay(model, x, y, syn.lrs, syn.step_order)
+        precision = "float32"
     else:
         module = teacher.module.to(device) if teacher is not None and views is None else None
-        fit(model, x, y, recipe, seed=seed, progress=bar, teacher=module, views=views)  # a bar per net on a terminal
-    return accuracy(model, test_x.to(device), test_y.to(device))
+        fit(model, x, y, recipe, seed=seed, progress=bar, teacher=module, views=views, precision=precision)
+    return accuracy(model, test_x.to(device), test_y.to(device), precision=precision)
 
 
 def _kernel_regression(syn: SyntheticSet, data: Dataset, recipe: KernelRidge, device: str) -> EvalResult:

@@ -47,6 +47,7 @@ from distilset.files import SCORES
 from distilset.io import write_json
 from distilset.jsonread import load_json
 from distilset.recipes import KernelRidge, Replay, Standard, Teacher, recipe_to_json
+from distilset.runtime import resolve_precision
 from distilset.synset import SyntheticSet
 
 FULL_STEPS = 5000
@@ -110,10 +111,12 @@ def full_accuracy(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """acc(full training data, hard labels) by ``recipe`` on ``net``, from the cache when this exact run was made
-    before (the key names the dataset and its size, the net, the recipe, repeats and seed), else trained now and
-    cached with the call that made it."""
+    before (the key names the dataset and its size, the net, the recipe, repeats, seed and the precision of the
+    training when not float32), else trained now and cached with the call that made it."""
+    precision = resolve_precision(precision, device)
     key = json.dumps(
         {
             "dataset": data.info.name,
@@ -124,6 +127,7 @@ def full_accuracy(
             "recipe": recipe_to_json(recipe),
             "repeats": repeats,
             "seed": seed,
+            **({"precision": precision} if precision != "float32" else {}),  # float32 entries predate the field
         },
         sort_keys=True,
     )
@@ -137,12 +141,20 @@ def full_accuracy(
     full = baseline("full", data)
     full.recipe = recipe
     result = evaluate(
-        full, data, net=net, net_kwargs=net_kwargs, repeats=repeats, seed=seed, device=device, progress=progress
+        full,
+        data,
+        net=net,
+        net_kwargs=net_kwargs,
+        repeats=repeats,
+        seed=seed,
+        device=device,
+        progress=progress,
+        precision=precision,
     )
     row = {
         **_acc(result),
         "made_by": f"distilset.scores.full_accuracy({data.info.name!r}, {net!r}, {net_kwargs}, "
-        f"{recipe.describe()!r}, repeats={repeats}, seed={seed})",
+        f"{recipe.describe()!r}, repeats={repeats}, seed={seed}, precision={precision!r})",
         "date": datetime.date.today().isoformat(),
     }
     cache[key] = row
@@ -181,10 +193,12 @@ def scores(
     full_repeats: int = 1,
     device: str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
 ) -> Scores:
     """DD-Ranking's HLR, IOR, LRS and ARS of ``syn`` on ``data`` (module docstring). ``repeats`` fresh nets per
     accuracy (seeds ``seed``...), random real images drawn with ``real_seed``; ``weight`` (w) and ``gamma`` in [0, 1];
-    the full data trains at most ``full_steps`` steps, ``full_repeats`` nets, cached."""
+    the full data trains at most ``full_steps`` steps, ``full_repeats`` nets, cached; ``precision`` of every
+    training, as ``evaluate``."""
     for name, value in (("weight", weight), ("gamma", gamma)):
         if not (isinstance(value, (int, float)) and 0 <= value <= 1):
             raise ConfigError(f"`{name}` is a weight from 0 to 1, got {value}")
@@ -196,7 +210,8 @@ def scores(
     if syn.zca is not None and data.zca is None:
         data = data.with_zca()  # every run in the set's space: the full data and the random images too
     syn = dataclasses.replace(syn, views=None)  # stored views would fix the augmentation the ARS runs turn off
-    kw = {"repeats": repeats, "seed": seed, "device": device, "progress": progress}
+    precision = resolve_precision(precision, device)
+    kw = {"repeats": repeats, "seed": seed, "device": device, "progress": progress, "precision": precision}
     real = random_real_like(syn, data, seed=real_seed)
     acc: dict[str, dict[str, Any]] = {}
     own, rdm = evaluate(syn, data, **kw), evaluate(real, data, **kw)
@@ -221,7 +236,15 @@ def scores(
     steps = min(full_steps, standard.steps or standard.total_epochs * per_epoch)
     full_recipe = dataclasses.replace(standard, steps=steps, epochs=None)
     acc["full-hard"] = full_accuracy(
-        data, net, net_kwargs, full_recipe, repeats=full_repeats, seed=seed, device=device, progress=progress
+        data,
+        net,
+        net_kwargs,
+        full_recipe,
+        repeats=full_repeats,
+        seed=seed,
+        device=device,
+        progress=progress,
+        precision=precision,
     )
 
     hlr = acc["full-hard"]["mean"] - acc["syn-hard"]["mean"]
@@ -264,6 +287,7 @@ def scores(
             "full_repeats": full_repeats,
             "hard_recipe": standard.describe(),
             "device": device,
+            "precision": precision,
         },
     )
 

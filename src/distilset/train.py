@@ -23,6 +23,7 @@ from distilset.errors import DistilsetError
 from distilset.losses import LOSSES, kd_kl, soft_cross_entropy
 from distilset.progress import Progress
 from distilset.recipes import Standard, Teacher
+from distilset.runtime import autocast, check_precision, tune_allocator
 
 if TYPE_CHECKING:
     from distilset.relabel import StoredViews
@@ -73,6 +74,7 @@ def fit(
     resume: dict | None = None,
     desc: str = "train",
     views: StoredViews | None = None,
+    precision: str = "float32",
 ) -> nn.Module:
     """Train ``net`` in place on (x, y) by ``recipe``; y hard (N,) or soft (N, K).
 
@@ -90,7 +92,11 @@ def fit(
     nets), which then hears how far this training is (``Progress.within``) and no bar of its own is drawn.
     ``views`` (a teacher recipe's stored views, ``distilset.relabel``) replace the
     minibatch order, the views and the teacher's outputs with the stored ones: no teacher is run.
+    ``precision`` (``distilset.runtime``): float32, bfloat16 (forward passes and the loss under autocast; weights,
+    gradients and the optimiser in float32) or auto.
     """
+    check_precision(precision)
+    tune_allocator()
     if isinstance(recipe, Teacher) and teacher is None and views is None:
         raise DistilsetError("the teacher recipe trains against a teacher's outputs; give the teacher network")
     g = torch.Generator().manual_seed(seed)
@@ -131,17 +137,22 @@ def fit(
             if getattr(recipe, "crop", None):
                 xb = toroidal_crop(xb, recipe.crop, seed=int(torch.randint(2**62, (1,), generator=g)))
             if isinstance(recipe, Teacher) and views is not None:  # stored views and soft labels (FKD)
-                out = net(apply_view(xb, views.view(epoch, b)))
-                loss = kd_kl(out, views.targets(epoch, b, out.shape[1]).to(out.device), recipe.temperature)
+                with autocast(precision, x.device):
+                    out = net(apply_view(xb, views.view(epoch, b)))
+                loss = kd_kl(out.float(), views.targets(epoch, b, out.shape[1]).to(out.device), recipe.temperature)
             elif isinstance(recipe, Teacher):
                 xb = teacher_view(xb, recipe, g)
-                with torch.no_grad():
-                    target = torch.softmax(teacher(xb) / recipe.temperature, 1)
-                loss = kd_kl(net(xb), target, recipe.temperature)
+                with torch.no_grad(), autocast(precision, x.device):
+                    target = torch.softmax(teacher(xb).float() / recipe.temperature, 1)
+                with autocast(precision, x.device):
+                    out = net(xb)
+                loss = kd_kl(out.float(), target, recipe.temperature)
             else:
                 if recipe.dsa:
                     xb = dsa(xb, recipe.dsa, seed=int(torch.randint(2**62, (1,), generator=g)), siamese=False)
-                loss = loss_fn(net(xb), y[idx])
+                with autocast(precision, x.device):
+                    out = net(xb)
+                loss = loss_fn(out.float(), y[idx])
             if not torch.isfinite(loss):
                 _diverged(loss, None if custom_loss or teacher is not None else y, epoch, opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
@@ -280,12 +291,16 @@ def replay(
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Fraction of ``x`` classified as ``y`` (eval mode, restored afterwards)."""
+def accuracy(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, precision: str = "float32"
+) -> float:
+    """Fraction of ``x`` classified as ``y`` (eval mode, restored afterwards; no autograd graph); ``precision`` as
+    in ``fit``."""
     was_training = net.training
     net.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += (net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+    with torch.inference_mode(), autocast(precision, x.device):
+        for i in range(0, len(x), batch_size):
+            correct += (net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
     net.train(was_training)
     return correct / max(len(x), 1)

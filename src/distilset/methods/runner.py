@@ -50,6 +50,7 @@ from distilset.methods.base import Distiller, NonFiniteError, RunOptions, split_
 from distilset.methods.registry import METHODS, data_parallel_methods, get_method, make_config, preset_of
 from distilset.progress import Progress
 from distilset.rundir import prepare_out, releases_locks
+from distilset.runtime import tune_allocator
 from distilset.synset import SyntheticSet
 
 CHECKPOINT_FORMAT = 2
@@ -331,6 +332,7 @@ def distill(
     parts as Ray tasks (``distilset.jobs``; ``True`` a local cluster, or an address). Objects a method takes as
     they are (``Method.objects``, e.g. a pretrained pool) are passed as keywords too.
     """
+    tune_allocator()
     m = get_method(method)
     objects = {k: options.pop(k) for k in m.objects if k in options}
     opts = split_options(RunOptions, options)
