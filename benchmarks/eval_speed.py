@@ -15,9 +15,10 @@ Rows (each replaces its earlier result in ``benchmarks/results/eval-speed.json``
   each net's wall time (the call, not the process start) and accuracy; their ratio; and whether the two arms'
   mean accuracies differ by less than the larger of their population stds (parity).
 - ``levers``: what each change does to one training step of that workload (100 images, fp32 or bfloat16
-  autocast, glibc's allocator as it is or tuned by ``distilset.runtime.tune_allocator``): the median of 20 steps
-  per arm, arms alternating step by step in one process; and the test pass (10,000 images) as the baseline ran it
-  (the forward under autograd) and as ``distilset.train.accuracy`` runs it now.
+  autocast, glibc's allocator as it is or tuned by ``distilset.runtime.tune_allocator``; and bfloat16 with the
+  input laid out channels-last, as the baseline's DSA crop returned it, so that the whole net ran channels-last):
+  the median of 20 steps per arm, arms alternating step by step in one process; and the test pass (10,000
+  images) as the baseline ran it (the forward under autograd) and as ``distilset.train.accuracy`` runs it now.
 - ``eval-parity``: the accuracy-parity row deciding ``precision="auto"``: 100 random real mnist5k images by DC's
   protocol without DSA (300 epochs) and 100 random real Fashion-MNIST images by the Adam recipe (lr 1e-3, 300
   epochs) on ConvNet-3, 5 nets each (seeds 0-4) in float32 and in bfloat16 (this tree, tuned allocator):
@@ -48,6 +49,7 @@ OUT = RESULTS / "eval-speed.json"
 SETTINGS = {"benchmark": "eval-speed", "version": 1}
 DSA = "color_crop_cutout_flip_scale_rotate"
 ROWS = ("levers", "eval-parity", "eval-dsa")
+CHANNELS_LAST = "bfloat16, input channels-last (the baseline's DSA crop)"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # one net of eval-dsa, run as its own process by either tree; prints one JSON line
@@ -129,14 +131,17 @@ def _levers_here(steps: int) -> dict:
     data = ds.load_dataset("fashion-mnist")
     syn = ds.baseline("random", data, ipc=10, seed=0)
     x, y = syn.images, syn.labels
-    nets = {p: create_net("convnet", (1, 28, 28), 10, seed=0) for p in ("float32", "bfloat16")}
+    arms = ("float32", "bfloat16", CHANNELS_LAST)
+    nets = {p: create_net("convnet", (1, 28, 28), 10, seed=0) for p in arms}
     opts = {p: torch.optim.SGD(n.parameters(), 0.01, momentum=0.9, weight_decay=5e-4) for p, n in nets.items()}
     times: dict[str, list[float]] = {p: [] for p in nets}
     for step in range(steps + 3):
         for precision in list(nets) if step % 2 == 0 else list(nets)[::-1]:
             xb = dsa(x, DSA, seed=step, siamese=False)
+            if precision == CHANNELS_LAST:  # the layout the baseline's DSA crop left: the whole net channels-last
+                xb = xb.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
             t0 = time.perf_counter()
-            with autocast(precision):
+            with autocast(precision.split(",")[0]):
                 out = nets[precision](xb)
             loss = torch.nn.functional.cross_entropy(out.float(), y)
             opts[precision].zero_grad(set_to_none=True)
@@ -213,12 +218,73 @@ def eval_parity(repeats: int = 5) -> dict:
     return {"row": "eval-parity", "repeats": repeats, "cases": out, "parity": all(c["parity"] for c in out.values())}
 
 
+def table() -> str:
+    """The docs' tables of the evaluation path (``docs/speed.md``), from ``benchmarks/results/eval-speed.json``."""
+    data = json.loads(OUT.read_text())
+    rows = {r["row"]: r for r in data["rows"]}
+    m = data["machine"]
+    lines = []
+    if "eval-dsa" in rows:
+        r = rows["eval-dsa"]
+        b, t = r["summary"]["baseline"], r["summary"]["this"]
+        lines += [
+            "| eval-dsa: 100 Fashion-MNIST images, DC's protocol + DSA, 1000 epochs, ConvNet-3 w128, 3 nets | "
+            "s per net (train + test) | accuracy % | precision |",
+            "|---|---|---|---|",
+            f"| baseline, commit {r['baseline_commit'][:7]} | {b['s_mean']:.1f} | "
+            f"{100 * b['acc_mean']:.2f} ± {100 * b['acc_std']:.2f} | float32 |",
+            f"| this tree, commit {r['this_commit'][:7]} | {t['s_mean']:.1f} | "
+            f"{100 * t['acc_mean']:.2f} ± {100 * t['acc_std']:.2f} | "
+            f"{r['runs']['this'][0]['settings'].get('precision', 'float32')} |",
+            "",
+            f"Speed-up **{r['speedup']:.2f}x** (time ratio {r['time_ratio']:.3f}), paired: each net a fresh process, "
+            f"the two trees alternating; accuracies {'within' if r['parity'] else 'NOT within'} the larger std. "
+            f"Command: `{r['command']}`.",
+            "",
+        ]
+    if "levers" in rows:
+        r = rows["levers"]
+        lines += ["| lever (one training step of eval-dsa, 100 images) | ms |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in r["train_step_ms"].items()]
+        lines += ["", "| the test pass (10,000 images, batch 1024) | s |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in r["test_pass_s"].items()]
+        lines += [
+            "",
+            f"Median of {r['steps']} steps per arm; each allocator arm is two fresh processes (the mean "
+            f"of both), the precisions alternating step by step within each. Command: `{r['command']}`.",
+            "",
+        ]
+    if "eval-parity" in rows:
+        r = rows["eval-parity"]
+        lines += [
+            "| parity: 100 random real images, ConvNet-3, 5 nets | float32 % | bfloat16 % | difference "
+            "(points) | within the larger std |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c in r["cases"].items():
+            f32, b16 = c["float32"], c["bfloat16"]
+            lines.append(
+                f"| {name} | {100 * f32['acc_mean']:.2f} ± {100 * f32['acc_std']:.2f} | "
+                f"{100 * b16['acc_mean']:.2f} ± {100 * b16['acc_std']:.2f} | {100 * c['difference']:+.2f} | "
+                f"{'yes' if c['parity'] else 'no'} |"
+            )
+        lines += ["", f"Command: `{r['command']}`.", ""]
+    lines.append(
+        f"{m['cores']} CPU cores, torch {m['torch']}, {data['rows'][0].get('threads', 2)} threads, {m['date']}."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=["levers", "eval-parity", "eval-dsa"], choices=ROWS)
     p.add_argument("--baseline-tree", type=Path, help="a checkout of the baseline commit (eval-dsa)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", action="store_true", help="print the docs' tables and exit")
     args = p.parse_args()
+    if args.table:
+        print(table())
+        return
     if "eval-dsa" in args.rows and args.baseline_tree is None:
         p.error("eval-dsa needs --baseline-tree (a git worktree of the baseline commit)")
     torch.set_num_threads(args.threads)

@@ -36,7 +36,12 @@ Rows:
   the instance norm as ``group_norm`` and as composed mean/variance ops; ReLU + average pooling. It shows where
   an MTT student step spends its time. ``compile``: whether ``torch.compile`` takes the double backward.
 
-The reference column holds the papers' released code as run on this machine kind (2 cores, 2 threads, the same
+``--reference [WORKLOAD ...]`` (``released-*`` rows): the papers' released code itself, run from its own venv
+(torch 2.14.1 with torchvision) beside distilset's row of the same work, in fresh processes alternating; how it
+is prepared, fed the same data and timed is ``benchmarks/released.py``'s docstring. The rows record the released
+command, its commit and every known difference.
+
+The older reference column holds the papers' released code as run on this machine kind (2 cores, 2 threads, the same
 data and settings) when the speed work was planned: DD (Wang et al.'s code) and MTT (Cazenavette et al.'s code).
 """
 
@@ -88,7 +93,11 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
         for path in ("plain", "checkpoint")
     },
     **{m: (m, {}, None) for m in ("labels", "dc", "dsa", "dm", "kip", "frepo", "ls")},
+    "dc-fashion": ("dc", {"ipc": 10}, None),  # the released DC / DM code's workload (benchmarks/released.py)
+    "dm-fashion": ("dm", {"ipc": 10}, None),
 }
+DATASET_OF = {"dc-fashion": "fashion-mnist", "dm-fashion": "fashion-mnist"}
+"""Rows on another dataset than mnist5k."""
 # The released code's loop, written out here from the algorithm (not the library's engine): same data, same net.
 CLASSIC = {"dd-T30-classic": "dd-T30", **{f"mtt-s{s}-classic": f"mtt-s{s}-plain" for s in (10, 20, 40)}}
 # Things tried to make the unrolled workloads faster, each measured as a variant of a row above.
@@ -212,7 +221,7 @@ def one(name: str, iterations: int) -> dict:
     under the profiler, then (rows in ``PAIRS``) the paired comparison."""
     import distilset as ds
 
-    data = ds.load_dataset("mnist5k")
+    data = ds.load_dataset(DATASET_OF.get(name, "mnist5k"))
     step, cfg = _stepper(name, data)
     with _variant(name):
         step(0)
@@ -372,6 +381,77 @@ def run(names: list[str], redo: list[str], threads: int, iterations: int) -> Non
         print(name, row["s_per_iter"], "s/iter", row["peak_rss_mb"], "MB", flush=True)
 
 
+def reference(names: list[str], ref_dir: Path, threads: int, iterations: int) -> None:
+    """The ``released-*`` rows: each workload of ``released.WORKLOADS`` by the released code and by distilset's
+    row of the same work, in fresh processes alternating (see ``benchmarks/released.py``)."""
+    import released
+
+    python, data_root = ref_dir / "venv" / "bin" / "python", EXPERTS / "torchvision-data"
+    if not python.exists():
+        sys.exit(f"no released-code venv at {python}; prepare {ref_dir} as benchmarks/released.py says")
+    for dataset, folder in (("mnist5k", "MNIST"), ("fashion-mnist", "FashionMNIST")):
+        if not (data_root / folder / "raw" / "t10k-labels-idx1-ubyte").exists():
+            released.export_dataset(dataset, data_root, folder)
+    results = ResultFile(OUT, SETTINGS)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for name in names:
+        w = released.WORKLOADS[name]
+        code = ref_dir / w.repo
+        work = EXPERTS / f"released-{w.repo}"
+        fill = {"data": str(data_root), "work": str(work)}
+        if w.setup and not (work / "setup-done").exists():
+            script, args = w.setup.split(" ", 1)
+            released.run_released(python, code, script, args.format(**fill))
+            (work / "setup-done").write_text("")
+        if w.ours.startswith("mtt"):
+            experts_dir(ROWS[w.ours][1]["net_kwargs"]["width"])
+        ours, theirs, ours_rss, their_rss = [], [], [], []
+        for _ in range(released.ROUNDS):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                w.ours,
+                "--threads",
+                str(threads),
+                "--iterations",
+                str(iterations),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
+            if out.returncode:
+                sys.exit(f"row {w.ours} failed:\n{out.stderr[-3000:]}")
+            mine = json.loads(out.stdout.splitlines()[-1])
+            ours.append(mine["s_per_iter_mean"])
+            ours_rss.append(mine["peak_rss_mb"])
+            (t1, rss1), (t2, rss2) = (
+                released.run_released(python, code, w.script, w.args.format(n=n, **fill)) for n in (w.n1, w.n2)
+            )
+            theirs.append((t2 - t1) / ((w.n2 - w.n1) * w.per_iteration))
+            their_rss.append(max(rss1, rss2))
+            print(f"released-{name}: ours {ours[-1]:.3f} s/it, released {theirs[-1]:.3f} s/it", flush=True)
+        o, t = released.median(ours), released.median(theirs)
+        row = {
+            "row": f"released-{name}",
+            "threads": threads,
+            "ours_row": w.ours,
+            "ours_s_per_iter": round(o, 4),
+            "ours_peak_rss_mb": round(max(ours_rss), 1),
+            "released_s_per_iter": round(t, 4),
+            "released_peak_rss_mb": round(max(their_rss), 1),
+            "time_ratio": round(o / t, 3),
+            "memory_ratio": round(max(ours_rss) / max(their_rss), 3),
+            "rounds": {"ours": ours, "released": theirs},
+            "released_command": f"cd $R/{w.repo} && WANDB_MODE=disabled $R/venv/bin/python {w.script} "
+            + w.args.format(n=f"{w.n1}|{w.n2}", **fill),
+            "released_commit": subprocess.run(
+                ["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True
+            ).stdout.strip(),
+            "note": f"setup (R={ref_dir}): {released.SETUP}; differences: {w.differences or 'none known'}",
+        }
+        results.drop({"row": row["row"], "threads": threads})
+        results.add(row)
+
+
 def table(threads: int = 2) -> None:
     data = json.loads(OUT.read_text())
     rows = {r["row"]: r for r in data["rows"] if r.get("threads") == threads}
@@ -419,6 +499,17 @@ def table(threads: int = 2) -> None:
         print("|---|---|---|")
         for m in rows["micro"]["rows"]:
             print(f"| {m['layer']} | {m['op']} | {m['ms']:g} |")
+    side = [r for name, r in rows.items() if name.startswith("released-")]
+    if side:
+        print("\n| workload: beside the released code (fresh processes alternating) | ours s/it | released s/it | "
+              "ratio ours / released | ours peak RSS (MB) | released peak RSS (MB) | memory ratio |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for r in side:
+            print(
+                f"| {r['row'].removeprefix('released-')} (ours: {r['ours_row']}) | {r['ours_s_per_iter']:.3f} | "
+                f"{r['released_s_per_iter']:.3f} | **{r['time_ratio']:.2f}** | {r['ours_peak_rss_mb']:.0f} | "
+                f"{r['released_peak_rss_mb']:.0f} | {r['memory_ratio']:.2f} |"
+            )
     comp = rows.get("compile")
     mm = rows.get("matmul", {}).get("gflops")
     m = data["machine"]
@@ -456,11 +547,25 @@ def main() -> None:
     parser.add_argument(
         "--profiles", nargs="*", choices=list(ROWS), help="with --table: per-operator tables of these rows"
     )
+    parser.add_argument(
+        "--reference",
+        nargs="*",
+        metavar="WORKLOAD",
+        help="time the released code beside ours (benchmarks/released.py: dd-T30 dd-T100 mtt-s10 mtt-s20 "
+        "mtt-s40 dc dm; none named: all)",
+    )
+    parser.add_argument(
+        "--reference-dir", type=Path, default=Path("/tmp/distilset-released"), help="the released code and its venv"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         torch.set_num_threads(args.threads)
         print(json.dumps(one(args.one, args.iterations)))
+    elif args.reference is not None:
+        import released
+
+        reference(args.reference or list(released.WORKLOADS), args.reference_dir, args.threads, args.iterations)
     elif args.table:
         table(args.threads)
         for name in args.profiles or []:

@@ -137,6 +137,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "scale": _from("scale", "table"),
     "speed": _from("speed", "table"),
     "speed-profile": _from("speed", "profile_table", "mtt-s10-plain"),
+    "eval-speed": _from("eval_speed", "table"),
 }
 
 

@@ -26,17 +26,17 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class _HalfAverage(torch.autograd.Function):
-    """2x2 average pooling, stride 2, of an even-sized map, by the faster of ATen's kernels for bfloat16 NCHW maps
-    on the CPU: the forward by ``adaptive_avg_pool2d`` (the same values as ``avg_pool2d``), the backward by
-    repeating a quarter of each gradient over its four inputs (the values of ``avg_pool2d_backward``: a quarter
-    is exact in binary floating point; itself differentiable, so MTT's unrolled steps can use it). Measured beside
-    ``nn.AvgPool2d`` in ``benchmarks/eval_speed.py`` (row ``levers``)."""
+    """2x2 average pooling, stride 2, of an even-sized map (``avg_pool2d``), whose backward repeats a quarter of each
+    gradient over its four inputs: the values of ``avg_pool2d_backward`` (a quarter is exact in binary floating
+    point), without ATen's bfloat16 NCHW kernel for it, which is the slowest step of a ConvNet's training in
+    bfloat16 on this CPU (a training step: about 150 -> 130 ms, width 128, 100 images). Itself differentiable, so
+    MTT's unrolled steps can use it."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, (x.shape[-2] // 2, x.shape[-1] // 2))
+        return F.avg_pool2d(x, 2, 2)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -55,10 +55,8 @@ class AvgPool2x2(nn.AvgPool2d):
         super().__init__(2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.ndim == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
-            if x.requires_grad:
-                return _HalfAverage.apply(x)
-            return F.adaptive_avg_pool2d(x, (x.shape[-2] // 2, x.shape[-1] // 2))
+        if x.dtype == torch.bfloat16 and x.requires_grad and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            return _HalfAverage.apply(x)
         return super().forward(x)
 
 
