@@ -43,8 +43,8 @@ def _faults(env_value: str | None) -> dict:
 def test_the_tuned_allocator_reuses_large_blocks_instead_of_faulting_them_in_again():
     system, tuned = _faults("system"), _faults(None)
     pages = (64 << 20) // 4096
-    assert not system["tuned"] and system["faults"] > 5 * pages  # every clone faults its 16k pages in again
-    assert tuned["tuned"] and tuned["faults"] < 2 * pages  # the first clone only
+    assert not system["tuned"] and system["faults"] > 8 * pages  # each of the 10 clones faults its pages in again
+    assert tuned["tuned"] and tuned["faults"] < 5 * pages  # the first clones only, until the heap has room
 
 
 def test_auto_precision_is_bfloat16_only_on_a_cpu_that_computes_it(monkeypatch):
@@ -77,7 +77,7 @@ def test_the_pooling_gives_avgpool2d_values_and_gradients_in_bfloat16(side):
 
 def test_bfloat16_training_learns_as_float32_does(digits):
     x, y = digits.train_x[:200], digits.train_y[:200]
-    recipe = Standard(lr=0.01, epochs=60, batch_size=50)
+    recipe = Standard(lr=0.03, epochs=60, batch_size=50)
     accs = {}
     for precision in ("float32", "bfloat16"):
         net = create_net("convnet", (1, 8, 8), 10, seed=0, width=16)
