@@ -98,8 +98,7 @@ def _crop(x, p, g, siamese):
     ys, xs = ys.clamp(0, h + 1).expand(n, h, w), xs.clamp(0, w + 1).expand(n, h, w)
     padded = F.pad(x, [1, 1, 1, 1])  # out-of-range indices land on the zero border
     b = torch.arange(n, device=x.device).view(-1, 1, 1).expand(n, h, w)
-    # the gather leaves channels last; a net fed that layout runs its convolutions and norms channels-last, which
-    # for the instance norm is several times slower (benchmarks/eval_speed.py): back to NCHW strides
+    # the gather leaves the channels last; back to the NCHW strides every other op returns
     return padded.permute(0, 2, 3, 1)[b, ys, xs].permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
