@@ -38,8 +38,8 @@ import torch
 
 ROUNDS = 2
 SETUP = (
-    "python3.11 -m venv $R/venv && $R/venv/bin/pip install torch==2.14.1 torchvision==0.29.1 kornia wandb tqdm "
-    "scipy matplotlib; git clone https://github.com/SsnL/dataset-distillation $R/dataset-distillation; "
+    "python3.11 -m venv $R/venv && $R/venv/bin/pip install torch==2.14.1 torchvision==0.29.1 kornia wandb tqdm six "
+    "pyyaml scipy matplotlib; git clone https://github.com/SsnL/dataset-distillation $R/dataset-distillation; "
     "git clone https://github.com/GeorgeCazenavette/mtt-distillation $R/mtt-distillation; "
     "sed -i 's/image_save = image_syn.cuda()/image_save = image_syn.to(args.device)/' $R/mtt-distillation/distill.py; "
     "git clone https://github.com/VICO-UoE/DatasetCondensation $R/DatasetCondensation"
@@ -76,7 +76,7 @@ MTT = (
     "--eval_it 100000 --data_path {data} --buffer_path {work}/buffers --Iteration {n}"
 )
 MTT_BUFFERS = (
-    "buffer.py --dataset MNIST --model ConvNetW32 --num_experts 1 --train_epochs 3 --dsa True "
+    "buffer.py --dataset MNIST --model ConvNetW32 --num_experts 1 --train_epochs 3 --dsa True --save_interval 1 "
     "--data_path {data} --buffer_path {work}/buffers"
 )
 MATCHING = (

@@ -61,3 +61,9 @@ def test_unknown_op_and_bad_shape():
         dsa(torch.zeros(1, 1, 4, 4), "color_blur")
     with pytest.raises(DistilsetError, match=r"\(N, C, H, W\)"):
         dsa(torch.zeros(4, 4), "color")
+
+
+def test_every_op_returns_nchw_strides():
+    x = torch.randn(5, 3, 8, 8)
+    for op in ("color", "crop", "cutout", "flip", "scale", "rotate"):
+        assert dsa(x, op, seed=1, siamese=False).stride() == (192, 64, 8, 1), op

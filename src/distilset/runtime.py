@@ -5,16 +5,16 @@
 images at 32x32: 52 MB per layer output; a 1024-image test batch: ten times that) then faults every page of
 every such tensor in again, every step: the kernel zeroes the memory and the step waits. ``tune_allocator`` sets
 glibc's ``M_MMAP_MAX`` to 0 (no mmap: large blocks come from the heap and are reused) and keeps up to 1 GiB of
-freed memory (``M_TRIM_THRESHOLD``) instead of returning it at once. The process's memory stays near its peak
-instead of falling back between steps; the peak itself does not grow. ``benchmarks/speed.py`` (rows ``eval-*``)
-measures the effect. It is called by the command line, ``distill`` and ``fit``; ``DISTILSET_ALLOCATOR=system``
-leaves the allocator alone. Other C libraries (musl, macOS) are left alone too.
+freed memory (``M_TRIM_THRESHOLD``) instead of returning it at once, so the process's resident memory stays near
+its peak instead of falling between steps. ``benchmarks/eval_speed.py`` (row ``levers``) measures the effect. It
+is called by the command line, ``distill`` and ``fit``; ``DISTILSET_ALLOCATOR=system`` leaves the allocator
+alone. Other C libraries (musl, macOS) are left alone too.
 
 **Precision.** ``precision`` of ``fit``, ``accuracy`` and ``evaluate``: ``float32``, ``bfloat16`` (the forward
 pass and loss under ``torch.autocast``; weights, gradients and optimiser state stay float32) or ``auto``:
 bfloat16 on a CPU with native bfloat16 arithmetic (AVX-512 BF16 or AMX), float32 elsewhere (CUDA included: not
 measured yet). The evaluation harness defaults to ``auto`` because of a measured accuracy-parity row
-(``benchmarks/speed.py``, row ``eval-parity``: the same sets, nets and seeds, float32 against bfloat16, the
+(``benchmarks/eval_speed.py``, row ``eval-parity``: the same sets, nets and seeds, float32 against bfloat16, the
 final accuracies within the repeats' spread); training that other computations depend on (MTT's experts,
 teachers, the replay of learned steps) stays float32 unless asked.
 """

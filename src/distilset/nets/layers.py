@@ -28,9 +28,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 class _HalfAverage(torch.autograd.Function):
     """2x2 average pooling, stride 2, of an even-sized map (``avg_pool2d``), whose backward repeats a quarter of each
     gradient over its four inputs: the values of ``avg_pool2d_backward`` (a quarter is exact in binary floating
-    point), without ATen's bfloat16 NCHW kernel for it, which is the slowest step of a ConvNet's training in
-    bfloat16 on this CPU (a training step: about 150 -> 130 ms, width 128, 100 images). Itself differentiable, so
-    MTT's unrolled steps can use it."""
+    point), without ATen's bfloat16 NCHW kernel for it, the slowest part of a ConvNet's bfloat16 training step on
+    this CPU after the convolutions (measured by hand with the profiler, not in a benchmark row). Itself
+    differentiable, so MTT's unrolled steps can use it."""
 
     generate_vmap_rule = True
 
