@@ -9,7 +9,8 @@ Nothing of the released code is committed. Its checkouts and their venv are prep
 - ``dataset-distillation`` (Wang et al., SsnL's code), ``mtt-distillation`` (Cazenavette et al.), and
   ``DatasetCondensation`` (Zhao et al.: DC, DSA, DM), cloned from GitHub; MTT's ``distill.py`` moves its saved
   images to the CUDA device unconditionally (one ``.cuda()``), which ``SETUP`` replaces by ``.to(args.device)``
-  so that it runs on a CPU; nothing else is changed.
+  so that it runs on a CPU, and its ``utils.get_dataset`` has no MNIST branch: ``SETUP`` inserts
+  DatasetCondensation's (the same lineage of code); nothing else is changed.
 
 The data: distilset's split of the dataset (mnist5k: its 4,000 training and 1,000 test digits; Fashion-MNIST: its
 60,000 / 10,000) written back as 8-bit pixels in the IDX files torchvision's ``MNIST`` / ``FashionMNIST`` read,
@@ -42,6 +43,11 @@ SETUP = (
     "pyyaml scipy matplotlib; git clone https://github.com/SsnL/dataset-distillation $R/dataset-distillation; "
     "git clone https://github.com/GeorgeCazenavette/mtt-distillation $R/mtt-distillation; "
     "sed -i 's/image_save = image_syn.cuda()/image_save = image_syn.to(args.device)/' $R/mtt-distillation/distill.py; "
+    "in $R/mtt-distillation/utils.py, get_dataset, before its final `else: exit(...)`: the MNIST branch of "
+    "DatasetCondensation's utils.get_dataset (same authors' lineage; MTT's code has none), plus "
+    "`class_map = {x: x for x in range(num_classes)}`; "
+    "sed -i 's/out = out.view(out.size(0), -1)/out = out.reshape(out.size(0), -1)/' $R/mtt-distillation/networks.py "
+    "(its DSA crop leaves channels-last maps, which torch 2.14 keeps through the ConvNet, and `view` refuses); "
     "git clone https://github.com/VICO-UoE/DatasetCondensation $R/DatasetCondensation"
 )
 

@@ -163,7 +163,9 @@ def _stepper(name: str, data) -> tuple:
     if method == "mtt":
         options = {**options, "experts_dir": str(experts_dir(options["net_kwargs"]["width"]))}
     cfg, _ = make_config(m, options).resolve(data)
-    distiller = m.build(data, cfg, Context(seed=0))
+    ctx = Context(seed=0)
+    objects = m.prepare(data, cfg, ctx) if m.prepare else {}  # MTT: the experts named by experts_dir, loaded
+    distiller = m.build(data, cfg, ctx, **objects)
     if name in CLASSIC:
         return partial(classic_mtt_step if method == "mtt" else classic_dd_step, distiller), cfg
     return distiller.step, cfg
