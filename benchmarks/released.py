@@ -47,7 +47,8 @@ SETUP = (
     "DatasetCondensation's utils.get_dataset (same authors' lineage; MTT's code has none), plus "
     "`class_map = {x: x for x in range(num_classes)}`; "
     "sed -i 's/out = out.view(out.size(0), -1)/out = out.reshape(out.size(0), -1)/' $R/mtt-distillation/networks.py "
-    "(its DSA crop leaves channels-last maps, which torch 2.14 keeps through the ConvNet, and `view` refuses); "
+    "(its DSA crop leaves channels-last maps, which torch 2.14 keeps through the ConvNet, and `view` refuses), "
+    "and the same in $R/DatasetCondensation/networks.py; "
     "git clone https://github.com/VICO-UoE/DatasetCondensation $R/DatasetCondensation"
 )
 
