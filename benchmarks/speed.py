@@ -57,6 +57,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import released
 import torch
 from _common import RESULTS, HeapPeak, ResultFile
 
@@ -386,8 +387,6 @@ def run(names: list[str], redo: list[str], threads: int, iterations: int) -> Non
 def reference(names: list[str], ref_dir: Path, threads: int, iterations: int) -> None:
     """The ``released-*`` rows: each workload of ``released.WORKLOADS`` by the released code and by distilset's
     row of the same work, in fresh processes alternating (see ``benchmarks/released.py``)."""
-    import released
-
     python, data_root = ref_dir / "venv" / "bin" / "python", EXPERTS / "torchvision-data"
     if not python.exists():
         sys.exit(f"no released-code venv at {python}; prepare {ref_dir} as benchmarks/released.py says")
@@ -552,6 +551,7 @@ def main() -> None:
     parser.add_argument(
         "--reference",
         nargs="*",
+        choices=list(released.WORKLOADS),
         metavar="WORKLOAD",
         help="time the released code beside ours (benchmarks/released.py: dd-T30 dd-T100 mtt-s10 mtt-s20 "
         "mtt-s40 dc dm; none named: all)",
@@ -565,8 +565,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(one(args.one, args.iterations)))
     elif args.reference is not None:
-        import released
-
         reference(args.reference or list(released.WORKLOADS), args.reference_dir, args.threads, args.iterations)
     elif args.table:
         table(args.threads)
