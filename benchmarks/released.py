@@ -10,7 +10,10 @@ Nothing of the released code is committed. Its checkouts and their venv are prep
   ``DatasetCondensation`` (Zhao et al.: DC, DSA, DM), cloned from GitHub; MTT's ``distill.py`` moves its saved
   images to the CUDA device unconditionally (one ``.cuda()``), which ``SETUP`` replaces by ``.to(args.device)``
   so that it runs on a CPU, and its ``utils.get_dataset`` has no MNIST branch: ``SETUP`` inserts
-  DatasetCondensation's (the same lineage of code); nothing else is changed.
+  DatasetCondensation's (the same lineage of code). Two patches follow from torch 2.x, not from the methods: the
+  ConvNets' ``out.view`` becomes ``out.reshape`` (their DSA crop leaves channels-last maps), and DD's
+  ``optimizer.zero_grad()`` keeps zero tensors (``set_to_none=False``, the default before torch 2.0), since its
+  ``accumulate_grad`` adds into ``.grad`` in place. Nothing else is changed.
 
 The data: distilset's split of the dataset (mnist5k: its 4,000 training and 1,000 test digits; Fashion-MNIST: its
 60,000 / 10,000) written back as 8-bit pixels in the IDX files torchvision's ``MNIST`` / ``FashionMNIST`` read,
@@ -20,13 +23,20 @@ Time per iteration by difference: the released script runs whole for ``n1`` and 
 same command otherwise); (T(n2) - T(n1)) / (n2 - n1) cancels what both runs do once (loading the data, building
 the nets, the evaluation at iteration 0 with 1 net for 1 epoch, saving). Peak memory: the larger of the two
 processes' peak resident sets. distilset's side is ``speed.py``'s own row of the same workload, each a fresh
-process; the three processes alternate (ours, released n1, released n2, ours, ...) for ``ROUNDS`` rounds and each
-side reports its median.
+process; the three processes alternate (ours, released n1, released n2, ours, ...) for ``Workload.rounds`` rounds
+and each side reports its median.
+
+DD's released code times its own iterations: with ``--log_interval 1`` it logs each one's data time (loading 1,024
+real images through torchvision's transforms) and train time (forward, backward, step). Its difference of runs
+spread by a factor of 2-3 between rounds (the evaluation and PNG figures each run draws at epoch 0 vary), so DD's
+rows instead take the median over one run's iterations past the first epoch of data time + train time (logged to
+1/100 s) for the released side (``Workload.logged``); the run is still whole and alternates with ours.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -49,6 +59,9 @@ SETUP = (
     "sed -i 's/out = out.view(out.size(0), -1)/out = out.reshape(out.size(0), -1)/' $R/mtt-distillation/networks.py "
     "(its DSA crop leaves channels-last maps, which torch 2.14 keeps through the ConvNet, and `view` refuses), "
     "and the same in $R/DatasetCondensation/networks.py; "
+    "sed -i 's/            self.optimizer.zero_grad()$/            self.optimizer.zero_grad(set_to_none=False)/' "
+    "$R/dataset-distillation/train_distilled_image.py (torch >= 2.0 clears gradients to None, and the code adds "
+    "into them in place); "
     "git clone https://github.com/VICO-UoE/DatasetCondensation $R/DatasetCondensation"
 )
 
@@ -69,13 +82,25 @@ class Workload:
     differences: str = ""
     setup: str = ""
     """A command run once before the rows (MTT's expert buffers)."""
+    rounds: int = ROUNDS
+    """Alternating rounds (DD's, seconds each, take more: its iterations are short and the machine's speed drifts)."""
+    logged: bool = False
+    """Time per iteration from the released code's own log (DD) instead of the difference of two runs."""
+    scratch: str = ""
+    """A folder under ``{work}`` removed before each run (DD's results folder: a second run into it reads the first
+    run's options back with a ``yaml.load`` that today's PyYAML refuses)."""
 
 
 DD = (
     "--mode distill_basic --dataset MNIST --arch LeNet --distill_steps 10 --distill_epochs {epochs} "
     "--distilled_images_per_class_per_step 1 --train_nets_type known_init --n_nets 1 --test_nets_type same_as_train "
     "--batch_size 1024 --device_id -1 --num_workers 0 --dataset_root {data} --results_dir {work}/results "
-    "--log_interval 100000 --checkpoint_interval 100000 --epochs {n}"
+    "--log_interval 1 --checkpoint_interval 100000 --epochs {n}"
+)
+DD_DIFFERENCES = (
+    "the released code loads each real batch of 1,024 images through torchvision's transforms (its logged data time, "
+    "counted), logs each iteration's loss (--log_interval 1: one .item() per iteration) and would keep a checkpoint "
+    "each --checkpoint_interval epochs (set out of reach here)"
 )
 MTT = (
     "--dataset MNIST --model ConvNetW32 --ipc 10 --syn_steps {steps} --expert_epochs 1 --max_start_epoch 1 "
@@ -93,11 +118,12 @@ MATCHING = (
 WORKLOADS: dict[str, Workload] = {
     "dd-T30": Workload(
         "dataset-distillation", "main.py", DD.replace("{epochs}", "3"), 2, 6, "dd-T30", per_iteration=4,
-        differences="the released code also logs and keeps a checkpoint each --checkpoint_interval epochs (set out "
-        "of reach here)",
+        scratch="results", logged=True, rounds=4,
+        differences=DD_DIFFERENCES,
     ),
     "dd-T100": Workload(
-        "dataset-distillation", "main.py", DD.replace("{epochs}", "10"), 1, 3, "dd-T100-plain", per_iteration=4
+        "dataset-distillation", "main.py", DD.replace("{epochs}", "10"), 1, 5, "dd-T100-plain", per_iteration=4,
+        scratch="results", logged=True, rounds=4, differences=DD_DIFFERENCES,
     ),
     **{
         f"mtt-s{s}": Workload(
@@ -139,8 +165,20 @@ def export_dataset(name: str, root: Path, folder: str) -> Path:
     return root
 
 
-def run_released(python: Path, code: Path, script: str, args: str) -> tuple[float, float]:
-    """Run one released script to its end: (wall seconds, peak resident MB of the process)."""
+LOGGED = re.compile(r"Data Time: ([0-9.]+)s\s+Train Time: ([0-9.]+)s")
+
+
+def logged_seconds(output: str, skip: int) -> tuple[float, float]:
+    """Medians of the seconds per iteration DD's released code logs past its first ``skip`` iterations: data time +
+    train time, and train time alone."""
+    times = [(float(d), float(t)) for d, t in LOGGED.findall(output)][skip:]
+    if not times:
+        raise SystemExit(f"no iteration times past the first {skip} in the released code's log:\n{output[-2000:]}")
+    return median([d + t for d, t in times]), median([t for _, t in times])
+
+
+def run_released(python: Path, code: Path, script: str, args: str) -> tuple[float, float, str]:
+    """Run one released script to its end: (wall seconds, peak resident MB of the process, its output)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cmd = [str(python), script, *shlex.split(args)]
     t0 = time.perf_counter()
@@ -151,7 +189,7 @@ def run_released(python: Path, code: Path, script: str, args: str) -> tuple[floa
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{script} {args} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, out
 
 
 def median(values: list[float]) -> float:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -406,8 +407,8 @@ def reference(names: list[str], ref_dir: Path, threads: int, iterations: int) ->
             (work / "setup-done").write_text("")
         if w.ours.startswith("mtt"):
             experts_dir(ROWS[w.ours][1]["net_kwargs"]["width"])
-        ours, theirs, ours_rss, their_rss = [], [], [], []
-        for _ in range(released.ROUNDS):
+        ours, theirs, their_train, ours_rss, their_rss = [], [], [], [], []
+        for _ in range(w.rounds):
             cmd = [
                 sys.executable,
                 __file__,
@@ -424,11 +425,18 @@ def reference(names: list[str], ref_dir: Path, threads: int, iterations: int) ->
             mine = json.loads(out.stdout.splitlines()[-1])
             ours.append(mine["s_per_iter_mean"])
             ours_rss.append(mine["peak_rss_mb"])
-            (t1, rss1), (t2, rss2) = (
-                released.run_released(python, code, w.script, w.args.format(n=n, **fill)) for n in (w.n1, w.n2)
-            )
-            theirs.append((t2 - t1) / ((w.n2 - w.n1) * w.per_iteration))
-            their_rss.append(max(rss1, rss2))
+            timed = []
+            for n in (w.n2,) if w.logged else (w.n1, w.n2):
+                if w.scratch:
+                    shutil.rmtree(work / w.scratch, ignore_errors=True)
+                timed.append(released.run_released(python, code, w.script, w.args.format(n=n, **fill)))
+            if w.logged:
+                whole, train_only = released.logged_seconds(timed[0][2], skip=w.per_iteration)
+                theirs.append(whole)
+                their_train.append(train_only)
+            else:
+                theirs.append((timed[1][0] - timed[0][0]) / ((w.n2 - w.n1) * w.per_iteration))
+            their_rss.append(max(rss for _, rss, _ in timed))
             print(f"released-{name}: ours {ours[-1]:.3f} s/it, released {theirs[-1]:.3f} s/it", flush=True)
         o, t = released.median(ours), released.median(theirs)
         row = {
@@ -443,12 +451,18 @@ def reference(names: list[str], ref_dir: Path, threads: int, iterations: int) ->
             "memory_ratio": round(max(ours_rss) / max(their_rss), 3),
             "rounds": {"ours": ours, "released": theirs},
             "released_command": f"cd $R/{w.repo} && WANDB_MODE=disabled $R/venv/bin/python {w.script} "
-            + w.args.format(n=f"{w.n1}|{w.n2}", **fill),
+            + w.args.format(n=w.n2 if w.logged else f"{w.n1}|{w.n2}", **fill),
+            "released_timing": "median of the logged data + train time per iteration past the first epoch"
+            if w.logged
+            else "difference of whole runs of n1 and n2 iterations",
             "released_commit": subprocess.run(
                 ["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True
             ).stdout.strip(),
             "note": f"setup (R={ref_dir}): {released.SETUP}; differences: {w.differences or 'none known'}",
         }
+        if their_train:
+            row["released_train_s_per_iter"] = round(released.median(their_train), 4)
+            row["rounds"]["released_train"] = their_train
         results.drop({"row": row["row"], "threads": threads})
         results.add(row)
 
