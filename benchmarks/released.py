@@ -192,5 +192,14 @@ def run_released(python: Path, code: Path, script: str, args: str) -> tuple[floa
     return wall, usage.ru_maxrss / 1024, out
 
 
+def import_mb(python: Path, statement: str) -> float:
+    """Peak resident MB of a Python process that runs only ``statement`` (the libraries' floor under every row)."""
+    proc = subprocess.Popen([str(python), "-c", statement], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{python} -c {statement!r} failed")
+    return round(usage.ru_maxrss / 1024, 1)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
