@@ -97,8 +97,9 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
     **{m: (m, {}, None) for m in ("labels", "dc", "dsa", "dm", "kip", "frepo", "ls")},
     "dc-fashion": ("dc", {"ipc": 10}, None),  # the released DC / DM code's workload (benchmarks/released.py)
     "dm-fashion": ("dm", {"ipc": 10}, None),
+    "dm-fashion-bf16": ("dm", {"ipc": 10, "precision": "bfloat16"}, None),  # the real batches embedded in bfloat16
 }
-DATASET_OF = {"dc-fashion": "fashion-mnist", "dm-fashion": "fashion-mnist"}
+DATASET_OF = {"dc-fashion": "fashion-mnist", "dm-fashion": "fashion-mnist", "dm-fashion-bf16": "fashion-mnist"}
 """Rows on another dataset than mnist5k."""
 # The released code's loop, written out here from the algorithm (not the library's engine): same data, same net.
 CLASSIC = {"dd-T30-classic": "dd-T30", **{f"mtt-s{s}-classic": f"mtt-s{s}-plain" for s in (10, 20, 40)}}
@@ -118,6 +119,7 @@ TRIED = {
 UNROLLS = ("dd-T100", "mtt-s10", "mtt-s20", "mtt-s40", "mtt-w128-s20")
 PAIRS = {**CLASSIC, **{f"{u}-checkpoint": f"{u}-plain" for u in UNROLLS}}
 PAIRS.update({name: of for name, (of, _) in TRIED.items()})
+PAIRS["dm-fashion-bf16"] = "dm-fashion"
 for _name, _of in {**CLASSIC, **{k: v[0] for k, v in TRIED.items()}}.items():
     ROWS[_name] = (*ROWS[_of][:2], None)  # the released code's figures describe the base row only
 

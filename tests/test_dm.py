@@ -44,11 +44,40 @@ def test_the_loss_falls_and_resume_is_exact(digits, tmp_path):
     assert resumed.recipe == ds.Standard(dsa=digits.info.dsa_strategy) and resumed.method == "dm"
 
 
+def test_bfloat16_embeds_only_the_real_batches(digits, monkeypatch):
+    """``precision="bfloat16"``: the real batches' embeddings run under autocast (their matmuls in bfloat16), the
+    synthetic images' embeddings and their gradient stay float32, and the step lands near the float32 one."""
+    steps = {}
+    for precision in ("float32", "bfloat16"):
+        dm = DistributionMatching(digits, DMConfig(ipc=2, precision=precision, **FAST))
+        seen = []
+        embed = type(dm.fresh_net()).embed
+
+        def spy(net, x, embed=embed, seen=seen):
+            out = embed(net, x)
+            seen.append((x.requires_grad, out.dtype))
+            return out
+
+        monkeypatch.setattr(type(dm.fresh_net()), "embed", spy)
+        before = dm.images.detach().clone()
+        dm.step(0)
+        monkeypatch.undo()
+        steps[precision] = dm.images.detach() - before
+        real = {dtype for grad, dtype in seen if not grad}
+        assert real == ({torch.bfloat16} if precision == "bfloat16" else {torch.float32})
+        assert {dtype for grad, dtype in seen if grad} == {torch.float32}
+        assert dm.images.dtype == torch.float32
+    a, b = steps["float32"], steps["bfloat16"]
+    assert (a - b).norm() < 0.1 * a.norm()  # bfloat16 keeps ~3 significant digits: the step is nearly the same
+
+
 def test_bad_options_are_refused(digits):
     with pytest.raises(ds.ConfigError, match="lr_img must be > 0"):
         ds.distill("dm", digits, lr_img=0)
     with pytest.raises(ds.DistilsetError, match="ipc 500 needs 500 training images"):
         ds.distill("dm", digits, ipc=500)
+    with pytest.raises(ds.ConfigError, match="precision"):
+        ds.distill("dm", digits, precision="half")
 
 
 @pytest.mark.heavy
