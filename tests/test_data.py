@@ -18,6 +18,7 @@ from conftest import needs_fashion
 
 import distilset as ds
 from distilset.data import cifar, mnist_family
+from distilset.data.dataset import from_arrays
 from distilset.data.download import download_verified
 from distilset.data.idx import read_idx, write_idx
 from distilset.errors import ChecksumError, DatasetNotFoundError, DistilsetError
@@ -279,3 +280,16 @@ def test_mnist_download_through_mirror(tmp_path, loopback_server, monkeypatch):
 def test_download_refused_for_bundled_sources():
     with pytest.raises(DistilsetError, match="cannot be downloaded"):
         ds.load_dataset("digits", download=True)
+
+
+def test_from_arrays_normalises_one_copy_and_leaves_the_callers_arrays_alone():
+    """The pixels are scaled and normalised in place on the one float32 copy ``from_arrays`` makes: the values of
+    (x / scale - mean) / std, and the caller's arrays (float32 ones included, which need no conversion) unchanged."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 1, 4, 4)).astype(np.float32)
+    y = np.repeat(np.arange(4), 10)
+    before = x.copy()
+    data = from_arrays("toy", x, y, x[:8], y[:8], mean=(0.5,), std=(0.25,))
+    assert np.array_equal(x, before)
+    expected = (torch.from_numpy(before) / 255.0 - 0.5) / 0.25
+    assert torch.equal(data.train_x, expected) and data.train_x.is_contiguous()

@@ -19,7 +19,7 @@ from distilset.errors import ConfigError, DistilsetError
 from distilset.methods.experts import ExpertBuffer, ExpertConfig, expert_path, train_experts
 from distilset.methods.mtt import MTT, MTTConfig
 from distilset.methods.runner import Identity, RunConfig, run
-from distilset.unroll import sgd_unroll
+from distilset.unroll import sgd_unroll, unrolled_gradient
 
 EXPERT = ExpertConfig(net="mlp", epochs=3, batch_size=64, lr=0.05)
 SMALL = {"net": "mlp", "ipc": 2, "syn_steps": 4, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10.0}
@@ -343,3 +343,26 @@ def test_experts_overwrite_replaces_the_experts_and_nothing_else(tmp_path, capsy
     assert main([*map(str, flags), "--epochs", "3", "--overwrite"]) == 0
     buf = ExpertBuffer(out)
     assert buf.epochs == 3 and len(buf) == 2 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_flat_student_gives_the_per_tensor_gradient(digits, experts_dir):
+    """The student keeps one flat parameter vector (``FlatStudent``, as the released code's ReparamModule): its
+    loss and gradients equal those of the same unroll over the net's parameter tensors one by one."""
+    mtt = MTT(digits, experts=experts_dir, cfg=MTTConfig(**SMALL))
+    expert, start, order, seeds = mtt._plan()
+    loss, (g_img, g_lr) = mtt.matching_loss(expert, start, order, seeds)
+    target = mtt.experts.flat(expert, start + mtt.cfg.expert_epochs)
+    denom = (mtt.experts.flat(expert, start) - target).pow(2).sum()
+
+    def outer(params):
+        return (torch.cat([p.reshape(-1) for p in params.values()]) - target).pow(2).sum() / denom
+
+    def step_fn(t):
+        return mtt.student_batch(order[t], seeds[t]), mtt.labels[order[t]], mtt.syn_lr
+
+    theta = mtt.experts.params(expert, start)
+    leaves = [mtt.images, mtt.syn_lr]
+    ref, (r_img, r_lr) = unrolled_gradient(mtt.model, theta, step_fn, mtt.cfg.syn_steps, outer, leaves)
+    assert torch.allclose(loss, ref, rtol=1e-6) and float(ref) > 0
+    assert (g_img - r_img).norm() <= 1e-5 * r_img.norm() and r_img.norm() > 0
+    assert torch.allclose(g_lr, r_lr, rtol=1e-5)

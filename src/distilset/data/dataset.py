@@ -60,6 +60,11 @@ class Normalization:
         mean, std = self._stats(pixels)
         return (pixels - mean.to(pixels.device)) / std.to(pixels.device)
 
+    def normalize_(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``normalize`` in place (the same arithmetic, no second copy of the pixels); returns ``pixels``."""
+        mean, std = self._stats(pixels)
+        return pixels.sub_(mean.to(pixels.device)).div_(std.to(pixels.device))
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(x)
         return x * std.to(x.device) + mean.to(x.device)
@@ -286,8 +291,10 @@ def from_arrays(
                 f"{name}: the {split} split has no images; add some (a class needs at least 3 images for the 20 % "
                 "held out for testing when no test split is given)"
             )
-    tx = torch.as_tensor(np.asarray(train_x, dtype=np.float32) / scale)
-    vx = torch.as_tensor(np.asarray(test_x, dtype=np.float32) / scale)
+    # One float32 copy per split, scaled by the division that makes it and normalised in place below: 60,000
+    # Fashion-MNIST images held three 188 MB copies at once before.
+    tx = torch.from_numpy(np.divide(np.asarray(train_x), scale, dtype=np.float32))
+    vx = torch.from_numpy(np.divide(np.asarray(test_x), scale, dtype=np.float32))
     if mean is None or std is None:
         mean = tuple(float(v) for v in tx.mean(dim=(0, 2, 3)))
         std = tuple(max(float(v), 1e-6) for v in tx.std(dim=(0, 2, 3)))
@@ -305,4 +312,4 @@ def from_arrays(
         dsa_strategy=dsa_strategy,
         description=description,
     )
-    return Dataset(info, norm.normalize(tx).contiguous(), ty, norm.normalize(vx).contiguous(), vy)
+    return Dataset(info, norm.normalize_(tx), ty, norm.normalize_(vx), vy)

@@ -8,7 +8,8 @@ minibatches of the synthetic images (hard labels); the loss is
     ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2,    M = expert_epochs,
 
 back-propagated through the whole student trajectory to the images and the lr, each updated by SGD with
-momentum 0.5. ``memory="checkpoint"`` recomputes the trajectory in segments (``distilset.unroll``): the same
+momentum 0.5. The student keeps its parameters as one flat vector (``FlatStudent``, as the released code's
+``ReparamModule``). ``memory="checkpoint"`` recomputes the trajectory in segments (``distilset.unroll``): the same
 gradient with peak memory flat in ``syn_steps``.
 
 Texture mode: every synthetic item is a canvas ``canvas`` times the image size; every student step trains
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+from torch.func import functional_call
 
 from distilset.augment import dsa, toroidal_crop
 from distilset.config import auto
@@ -45,7 +47,14 @@ from distilset.data.dataset import Dataset
 from distilset.errors import ConfigError, DistilsetError
 from distilset.files import EXPERTS_DIR
 from distilset.methods.base import Context, Distiller, MethodConfig, PixelStatsOption, check_finite, restore_optimizer
-from distilset.methods.experts import MANIFEST, ExpertBuffer, ExpertConfig, expert_batch_for, train_experts
+from distilset.methods.experts import (
+    MANIFEST,
+    ExpertBuffer,
+    ExpertConfig,
+    expert_batch_for,
+    train_experts,
+    unflatten,
+)
 from distilset.methods.registry import Preset, register_method
 from distilset.nets import create_net
 from distilset.nets.options import NetOption
@@ -219,6 +228,21 @@ class MTTConfig(MethodConfig, NetOption, PixelStatsOption):
         return cfg, {**notes, **more}
 
 
+class FlatStudent(torch.nn.Module):
+    """The student network reading all its parameters from one flat vector, its parameter ``flat`` (the released
+    code's ``ReparamModule``): an unrolled SGD step over ``{"flat": theta}`` is one multiply and one subtraction
+    instead of one pair per parameter tensor, and the matching loss compares vectors with no concatenation.
+    ``shapes``: the parameters' names and shapes in the experts' order."""
+
+    def __init__(self, net: torch.nn.Module, shapes: list[tuple[str, tuple[int, ...]]]):
+        super().__init__()
+        self.net, self.shapes = net, shapes
+        self.flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.net, unflatten(self.flat, self.shapes), (x,), strict=False)
+
+
 class MTT(Distiller):
     """Trajectory matching over an experts directory; stepwise and checkpointable (``distilset.methods.runner``).
     ``experts``: the buffer (or its directory) the ``prepare`` hook made or found."""
@@ -242,6 +266,7 @@ class MTT(Distiller):
         self.lr_momentum = torch.zeros((), device=device)
         self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.model = create_net(cfg.net, data.image_shape, k, seed=0, **cfg.net_kwargs).to(device)
+        self.student = FlatStudent(self.model, self.experts.param_shapes)
         self.strategy = data.info.dsa_strategy if cfg.dsa else None
 
     def _init_images(self, k: int, c: int, side: tuple[int, int]) -> torch.Tensor:
@@ -281,9 +306,9 @@ class MTT(Distiller):
     def matching_loss(self, expert: int, start: int, order, seeds, memory: str | None = None):
         """The normalised trajectory-matching loss and its gradients w.r.t. (images, syn_lr)."""
         cfg, dev = self.cfg, self.device
-        theta_start = self.experts.params(expert, start, dev)
+        theta_start = {"flat": self.experts.flat(expert, start).to(dev)}
         target = self.experts.flat(expert, start + cfg.expert_epochs).to(dev)
-        denom = (self.experts.flat(expert, start).to(dev) - target).pow(2).sum()
+        denom = (theta_start["flat"] - target).pow(2).sum()
         if not denom > 0:
             raise DistilsetError(f"expert {expert} did not move between epochs {start} and {start + cfg.expert_epochs}")
 
@@ -291,13 +316,12 @@ class MTT(Distiller):
             return self.student_batch(order[t], seeds[t]), self.labels[order[t]], self.syn_lr
 
         def outer(params):
-            flat = torch.cat([p.reshape(-1) for p in params.values()])
-            return (flat - target).pow(2).sum() / denom
+            return (params["flat"] - target).pow(2).sum() / denom
 
         memory = memory or cfg.memory
         segment = min(cfg.segment, cfg.syn_steps) if memory == "checkpoint" else None
         return unrolled_gradient(
-            self.model, theta_start, step_fn, cfg.syn_steps, outer, [self.images, self.syn_lr], segment=segment
+            self.student, theta_start, step_fn, cfg.syn_steps, outer, [self.images, self.syn_lr], segment=segment
         )
 
     def outer_step(self, iteration: int) -> dict[str, float]:
