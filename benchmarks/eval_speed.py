@@ -285,35 +285,27 @@ def table() -> str:
             f"of both), the precisions alternating step by step within each. Command: `{r['command']}`.",
             "",
         ]
-    if "eval-parity" in rows:
-        r = rows["eval-parity"]
-        lines += [
-            "| parity: 100 random real images, ConvNet-3, 5 nets | float32 % | bfloat16 % | difference "
-            "(points) | within the larger std |",
-            "|---|---|---|---|---|",
-        ]
+
+    def acc(arm: dict) -> str:
+        timed = f"{arm['distill_s']:.0f}, " if "distill_s" in arm else ""
+        return f"{timed}{100 * arm['acc_mean']:.2f} ± {100 * arm['acc_std']:.2f}"
+
+    for key, head in (
+        ("eval-parity", "parity: 100 random real images, ConvNet-3, 5 nets | float32 % | bfloat16 %"),
+        (
+            "dm-parity",
+            "DM, real batches embedded in float32 / bfloat16 (`precision`), the set evaluated by its recipe "
+            "| float32: distil s, accuracy % | bfloat16: distil s, accuracy %",
+        ),
+    ):
+        if key not in rows:
+            continue
+        r = rows[key]
+        lines += [f"| {head} | difference (points) | within the larger std |", "|---|---|---|---|---|"]
         for name, c in r["cases"].items():
-            f32, b16 = c["float32"], c["bfloat16"]
             lines.append(
-                f"| {name} | {100 * f32['acc_mean']:.2f} ± {100 * f32['acc_std']:.2f} | "
-                f"{100 * b16['acc_mean']:.2f} ± {100 * b16['acc_std']:.2f} | {100 * c['difference']:+.2f} | "
+                f"| {name} | {acc(c['float32'])} | {acc(c['bfloat16'])} | {100 * c['difference']:+.2f} | "
                 f"{'yes' if c['parity'] else 'no'} |"
-            )
-        lines += ["", f"Command: `{r['command']}`.", ""]
-    if "dm-parity" in rows:
-        r = rows["dm-parity"]
-        lines += [
-            "| DM, real batches embedded in float32 / bfloat16 (`precision`), the set evaluated by its recipe "
-            "| float32: distil s, accuracy % | bfloat16: distil s, accuracy % | difference "
-            "(points) | within the larger std |",
-            "|---|---|---|---|---|",
-        ]
-        for name, c in r["cases"].items():
-            f32, b16 = c["float32"], c["bfloat16"]
-            lines.append(
-                f"| {name} | {f32['distill_s']:.0f}, {100 * f32['acc_mean']:.2f} ± {100 * f32['acc_std']:.2f} | "
-                f"{b16['distill_s']:.0f}, {100 * b16['acc_mean']:.2f} ± {100 * b16['acc_std']:.2f} | "
-                f"{100 * c['difference']:+.2f} | {'yes' if c['parity'] else 'no'} |"
             )
         lines += ["", f"Command: `{r['command']}`.", ""]
     lines.append(
