@@ -22,8 +22,9 @@ seed 0) under the same evaluations:
   the same base images with one-hot labels on the same nets; sets saved at the real images' pixel statistics
   (``--pixel-stats real``) add their images as learned on the same nets (``transfer_as_learned``).
 - ``adam``: the set's net trained with Adam (lr 1e-3, no weight decay), DC's epochs.
-- ``scores``: DD-Ranking's LRS and ARS (``distilset.scores``, seed 100, the same repeats; the full-data accuracy
-  cached as that module says), with the HLR and IOR they come from. Rows made before this column have none.
+- ``scores``: DD-Ranking's LRS and ARS (``distilset.scores``, seed 100, the same repeats; the full-data run at
+  most ``--full-steps`` steps, 5000 unless the row's ``scores.settings`` says otherwise, its accuracy cached as
+  that module says), with the HLR and IOR they come from. Rows made before this column have none.
 
 Rows go to ``benchmarks/results/defaults.json`` as they finish; a rerun skips finished rows (``--redo`` runs the
 selected rows again and replaces them). ``--ray [--ray-address ADDRESS]`` runs each row as a Ray task (one CPU,
@@ -63,6 +64,7 @@ from _common import (
 import distilset as ds
 from distilset.io import write_text
 from distilset.report import results_page
+from distilset.scores import FULL_STEPS
 
 WORK = Path("/tmp/distilset-defaults")
 OUT = RESULTS / "defaults.json"
@@ -117,11 +119,19 @@ def run(args: argparse.Namespace) -> None:
         if results.has(key) and not args.redo:
             continue
         results.drop(key)
-        todo.append((name, method, options, what, args.repeats, command_line()))
+        todo.append((name, method, options, what, args.repeats, command_line(), args.full_steps))
     rows_on_ray(row, todo, results, ray_arg(args))
 
 
-def row(name: str, method: str, options: dict, what: str, repeats: int, benchmark_command: str) -> dict:
+def row(
+    name: str,
+    method: str,
+    options: dict,
+    what: str,
+    repeats: int,
+    benchmark_command: str,
+    full_steps: int = FULL_STEPS,
+) -> dict:
     """One row of the matrix: distil with ``options`` only, then score the set and its random-real twin."""
     data = ds.load_dataset(name)
     key = {"dataset": name, "method": method, **({"ablation": what} if what else {})}
@@ -144,7 +154,7 @@ def row(name: str, method: str, options: dict, what: str, repeats: int, benchmar
     if "learned_pixel_stats" in syn.extra:  # the images as learned, before the map to real statistics
         distilled["transfer_as_learned"] = transfer(syn.as_learned(), data)
     try:
-        robust = ds.scores(syn, data, repeats=repeats, seed=100)
+        robust = ds.scores(syn, data, repeats=repeats, seed=100, full_steps=full_steps)
         robust_row = {"lrs": robust.lrs, "ars": robust.ars, "hlr": robust.hlr, "ior": robust.ior,
                       "full_hard": robust.accuracies["full-hard"]["mean"], "settings": robust.settings}  # fmt: skip
     except ds.DistilsetError as e:  # a run that diverges is recorded as such, the row kept
@@ -257,6 +267,12 @@ if __name__ == "__main__":
     p.add_argument("--methods", nargs="+", default=ds.list_methods())
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--full-steps",
+        type=int,
+        default=FULL_STEPS,
+        help="most minibatch steps of the scores' full-data run (recorded in the row's scores settings)",
+    )
     p.add_argument("--redo", action="store_true", help="run the selected rows again, replacing their results")
     p.add_argument("--ablation", action="store_true", help="the digits rows with an earlier default each")
     p.add_argument("--table", action="store_true", help="print the markdown table and exit")
