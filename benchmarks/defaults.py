@@ -210,11 +210,16 @@ def _scores(r: dict) -> str:
     return f"{100 * s['lrs']:.1f} / {ars}" + (f" (full data: {s['settings']['full_steps']} steps)" if capped else "")
 
 
-def _net_of(config: dict) -> str:
-    """The distillation net of a row's config; kernel methods name their kernel instead."""
+def _net_of(r: dict) -> str:
+    """The distillation net of a row; kernel methods name their kernel instead, teacher-recipe sets (SRe2L, RDED)
+    the student net their recipe trains with the teacher."""
+    config = r["config"]
     if "net" in config:
         return config["net"]
-    return f"{config.get('kernel', 'ntk')} of {config.get('arch', 'fc')}"
+    if "kernel" in config:
+        return f"{config['kernel']} of {config.get('arch', 'fc')}"
+    own = r["distilled"]["recipe"]
+    return f"{own.get('net', '?')}, {own.get('recipe', {}).get('kind', '?')} recipe"
 
 
 def table(path: Path = OUT) -> str:
@@ -241,7 +246,7 @@ def table(path: Path = OUT) -> str:
         if "transfer" not in d and "other_net" in d:  # rows measured before the transfer column: one other net
             pair["transfer"] = f"{_cell(d['other_net'])} / {_cell(real['other_net'])} ({d['other_net']['net']} only)"
         lines.append(
-            f"| {r['dataset']} | {r['method']} ({r.get('ablation') or _net_of(r['config'])}) | {r['images']} | "
+            f"| {r['dataset']} | {r['method']} ({r.get('ablation') or _net_of(r)}) | {r['images']} | "
             f"{r['iterations']} | "
             f"{pair['recipe']} | {pair['standard']} | {pair['transfer']} | {pair['adam']} | {_scores(r)} | "
             f"{r['distill_s'] / 60:.1f} min{' (1 thread)' if r.get('threads') == 1 else ''} |"

@@ -92,7 +92,7 @@ def methods(prefix: str = "docs/") -> str:
             d, real = r["distilled"]["recipe"], r["random_real"]["recipe"]
             if d.get("recipe") != real.get("recipe") or d.get("net") != real.get("net"):
                 raise SystemExit(f"tables: the defaults row of {method} pairs runs of different recipes; rerun it")
-            net = d.get("net", "")
+            net = d.get("net", "") + (", teacher recipe" if d.get("recipe", {}).get("kind") == "teacher" else "")
             cell = f"digits, {r['images']} images, {net}: {_pair(d['mean'], real['mean'])}"
             source = "`defaults.json`"
         else:
