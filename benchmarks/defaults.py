@@ -289,6 +289,8 @@ if __name__ == "__main__":
     p.add_argument("--html", metavar="PATH", help="write the results as an HTML page (distilset report's style)")
     add_ray_args(p)
     args = p.parse_args()
+    if min(args.repeats, args.threads, args.full_steps) < 1:  # before any row runs, not after an hour of one
+        p.error("--repeats, --threads and --full-steps are counts >= 1")
     if args.html:
         write_text(args.html, results_page(ABLATION if args.ablation else OUT))
     elif args.table:
