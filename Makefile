@@ -21,7 +21,7 @@ lint: setup
 tables: setup
 	$(PY) benchmarks/tables.py
 
-# The fast suite: everything but the tests marked heavy (about 4 minutes on 2 cores).
+# The fast suite: everything but the tests marked heavy (about 2 minutes on 2 cores).
 test: lint
 	$(PY) benchmarks/tables.py --check
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not heavy"
